@@ -1,0 +1,131 @@
+"""The running exporter: owns the config, the shared HTTP client, targets' state and pollers.
+
+Reload is atomic: the new config is fully validated before anything changes; a
+broken one is rejected and the old one keeps running. State survives a reload
+for targets whose name and engine did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+from prometheus_client import CollectorRegistry
+
+from . import __version__
+from .collector import ExporterCollector, ExporterStatus
+from .config import Config, ConfigError, TargetConfig, load_config
+from .poller import Poller
+from .sources import source_for
+from .sources.base import HttpFetcher
+from .state import TargetState
+
+log = logging.getLogger("llm_exporter")
+
+
+def make_session(max_connections: int = 256) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=4, ttl_dns_cache=60,
+                                     keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        headers={"User-Agent": f"llm-exporter/{__version__}"},
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+    )
+
+
+class Exporter:
+    def __init__(self, config: Config, config_path: str | None):
+        self.config = config
+        self.config_path = config_path
+        self.status = ExporterStatus()
+        self.status.config_reload_ok = True
+        self.status.config_reload_time = time.time()
+        self.states: dict[str, TargetState] = {}
+        self.pollers: dict[str, Poller] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.collector = ExporterCollector(config.namespace, lambda: list(self.states.values()), self.status)
+        self.registry.register(self.collector)
+        self.running = False
+        self._reload_lock = asyncio.Lock()
+        self._reload_again = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.session = make_session()
+        self._apply(self.config)
+        for poller in self.pollers.values():
+            poller.start()
+        self.running = True
+
+    async def stop(self) -> None:
+        self.running = False
+        await asyncio.gather(*(p.stop() for p in self.pollers.values()), return_exceptions=True)
+        self.pollers.clear()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def poll_all_once(self) -> None:
+        """--once: poll every target once (twice a short interval apart is not needed)."""
+        await asyncio.gather(*(p.poll() for p in self.pollers.values()))
+
+    # ------------------------------------------------------------------ pollers
+
+    def _make_poller(self, target: TargetConfig, state: TargetState) -> Poller:
+        source = source_for(target.engine)(target)
+        fetcher = HttpFetcher(self.session, target) if source.needs_http and self.session else None
+        return Poller(source, state, fetcher)
+
+    def _apply(self, config: Config) -> None:
+        states: dict[str, TargetState] = {}
+        for target in config.targets:
+            previous = self.states.get(target.name)
+            if previous is not None and previous.target.identity == target.identity:
+                previous.retarget(target)
+                states[target.name] = previous
+            else:
+                states[target.name] = TargetState(target)
+        self.states = states
+        self.pollers = {t.name: self._make_poller(t, states[t.name]) for t in config.targets}
+        self.config = config
+        self.collector.namespace = config.namespace
+
+    # ------------------------------------------------------------------ reload
+
+    async def reload(self) -> bool:
+        """Reload the config file. Coalesces storms: at most one reload runs and one waits."""
+        if self._reload_lock.locked():
+            self._reload_again = True
+            return False
+        async with self._reload_lock:
+            ok = await self._reload_once()
+            while self._reload_again:
+                self._reload_again = False
+                ok = await self._reload_once()
+            return ok
+
+    async def _reload_once(self) -> bool:
+        try:
+            new = await asyncio.get_running_loop().run_in_executor(None, load_config, self.config_path)
+        except ConfigError as exc:
+            self.status.config_reload_ok = False
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            return False
+        if new.listen != self.config.listen:
+            log.warning("config reload: listen changed to %s; restart the exporter to apply it", new.listen)
+        old_pollers = self.pollers
+        await asyncio.gather(*(p.stop() for p in old_pollers.values()), return_exceptions=True)
+        self._apply(new)
+        if self.running:
+            for poller in self.pollers.values():
+                poller.start()
+        self.status.config_reload_ok = True
+        self.status.config_reload_time = time.time()
+        log.info("config reloaded from %s: %d targets", new.source, len(new.targets))
+        return True

@@ -1,0 +1,130 @@
+"""The unified metric namespace: every metric the exporter can expose.
+
+One table, used by the collector to build families and by
+tests/unit/test_docs.py to check that docs/metrics.md lists every metric.
+Names are given without the namespace prefix (default `llm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    key: str            # the key sources and state use
+    name: str           # exposed name without namespace (counters without _total)
+    type: str           # gauge | counter | histogram | info
+    help: str
+    labels: tuple[str, ...] = ()   # labels besides target, engine, model and configured labels
+
+
+# Per-model metrics that sources fill from engine payloads.
+ENGINE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("requests_running", "requests_running", "gauge",
+               "Requests currently being processed (in a batch slot)."),
+    MetricSpec("requests_waiting", "requests_waiting", "gauge",
+               "Requests waiting for a batch slot."),
+    MetricSpec("kv_cache_usage_ratio", "kv_cache_usage_ratio", "gauge",
+               "Fraction of the KV cache in use (0-1)."),
+    MetricSpec("kv_cache_hit_tokens", "kv_cache_hit_tokens", "counter",
+               "Prompt tokens served from the prefix/prompt cache."),
+    MetricSpec("kv_cache_query_tokens", "kv_cache_query_tokens", "counter",
+               "Prompt tokens looked up in the prefix/prompt cache (hits + misses)."),
+    MetricSpec("kv_cache_hit_blocks", "kv_cache_hit_blocks", "counter",
+               "Prefix-cache hits counted in KV blocks (engines that count blocks, not tokens)."),
+    MetricSpec("kv_cache_query_blocks", "kv_cache_query_blocks", "counter",
+               "Prefix-cache queries counted in KV blocks (engines that count blocks, not tokens)."),
+    MetricSpec("kv_cache_lifetime_hit_ratio", "kv_cache_lifetime_hit_ratio", "gauge",
+               "Engine-reported prefix-cache hit ratio since engine start (vLLM V0 gauge); "
+               "not windowed."),
+    MetricSpec("prompt_tokens", "prompt_tokens", "counter",
+               "Prompt tokens computed by the engine (cache hits excluded where the engine "
+               "counts them apart)."),
+    MetricSpec("generation_tokens", "generation_tokens", "counter", "Tokens generated."),
+    MetricSpec("preemptions", "preemptions", "counter", "Requests preempted by the scheduler."),
+    MetricSpec("requests_finished", "requests_finished", "counter",
+               "Requests finished, by finish reason.", ("reason",)),
+    MetricSpec("slots_total", "slots", "gauge", "Batch slots (parallel sequences) the engine serves."),
+    MetricSpec("context_size_tokens", "context_size_tokens", "gauge", "Context size per slot, in tokens."),
+    MetricSpec("token_queue_latency", "token_queue_latency_seconds", "histogram",
+               "Time requests waited before getting a batch slot. Engine buckets where the engine "
+               "has them; for llama.cpp an estimate with only the +Inf bucket (see docs/metrics.md)."),
+    MetricSpec("time_to_first_token", "time_to_first_token_seconds", "histogram",
+               "Time to first token, as the engine measures it."),
+    MetricSpec("inter_token_latency", "inter_token_latency_seconds", "histogram",
+               "Time between consecutive output tokens, as the engine measures it."),
+    MetricSpec("request_latency", "request_latency_seconds", "histogram",
+               "End-to-end request latency, as the engine measures it."),
+)
+
+# Per-model metrics derived by the exporter over the target's window.
+DERIVED_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("kv_cache_hit_ratio", "kv_cache_hit_ratio", "gauge",
+               "Share of prompt tokens (or blocks, see unit) served from the prefix cache over the "
+               "window: delta hits / delta queries. Absent when nothing was queried.", ("unit",)),
+    MetricSpec("token_queue_latency_mean", "token_queue_latency_mean_seconds", "gauge",
+               "Mean queue wait over the window: delta sum / delta count of the queue-latency "
+               "histogram. Absent when no request left the queue in the window."),
+    MetricSpec("prompt_tokens_rate", "prompt_tokens_per_second", "gauge",
+               "Prompt tokens computed per second over the window."),
+    MetricSpec("generation_tokens_rate", "generation_tokens_per_second", "gauge",
+               "Tokens generated per second over the window."),
+)
+
+# Per-target metrics kept by the exporter itself.
+TARGET_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("up", "up", "gauge", "1 when the last poll of the target succeeded, else 0."),
+    MetricSpec("ready", "ready", "gauge", "1 when the engine is ready to serve, 0 when loading or down."),
+    MetricSpec("model_load", "model_load_seconds", "gauge",
+               "Time from engine process start (see basis) to ready to serve, for the current "
+               "engine process. Absent when it could not be measured.", ("basis",)),
+    MetricSpec("engine_restarts", "engine_restarts", "counter",
+               "Engine restarts detected (counters going down, new process start time)."),
+    MetricSpec("engine_process_start_time", "engine_process_start_time_seconds", "gauge",
+               "Unix time the engine process started.", ("basis",)),
+    MetricSpec("endpoint_enabled", "engine_endpoint_enabled", "gauge",
+               "1 when an optional engine endpoint answers, 0 when the engine has it disabled.",
+               ("endpoint",)),
+    MetricSpec("poll_duration", "exporter_poll_duration_seconds", "gauge",
+               "Duration of the last poll of the target."),
+    MetricSpec("poll_errors", "exporter_poll_errors", "counter", "Failed polls by reason.", ("reason",)),
+    MetricSpec("last_success", "exporter_last_success_timestamp_seconds", "gauge",
+               "Unix time of the last successful poll."),
+    MetricSpec("series_dropped", "exporter_series_dropped", "counter",
+               "Engine series dropped because the target exceeded max_series."),
+)
+
+# Process-wide metrics.
+EXPORTER_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("build_info", "exporter_build_info", "gauge", "Always 1; labels carry the version.",
+               ("version",)),
+    MetricSpec("config_reload_ok", "exporter_config_last_reload_successful", "gauge",
+               "1 when the last configuration (re)load succeeded."),
+    MetricSpec("config_reload_time", "exporter_config_last_reload_success_timestamp_seconds", "gauge",
+               "Unix time of the last successful configuration load."),
+)
+
+# Info metrics (value 1; the labels carry the information), filled from sources' InfoSamples.
+INFO_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("engine_info", "engine_info", "info",
+               "Engine facts: model, build (llama.cpp /props).", ("model", "build", "model_path")),
+    MetricSpec("kv_cache_config_info", "kv_cache_config_info", "info",
+               "KV-cache configuration read from vllm:cache_config_info, by key.",
+               ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching", "cache_dtype",
+                "gpu_memory_utilization", "kv_cache_size_tokens")),
+)
+
+ALL_METRICS = ENGINE_METRICS + DERIVED_METRICS + TARGET_METRICS + EXPORTER_METRICS + INFO_METRICS
+BY_KEY = {spec.key: spec for spec in ALL_METRICS}
+HISTOGRAM_KEYS = tuple(spec.key for spec in ENGINE_METRICS if spec.type == "histogram")
+
+
+def exposed_names(namespace: str, spec: MetricSpec) -> tuple[str, ...]:
+    """The sample names a spec produces on the wire."""
+    base = f"{namespace}_{spec.name}"
+    if spec.type == "counter":
+        return (base + "_total",)
+    if spec.type == "histogram":
+        return (base + "_bucket", base + "_sum", base + "_count")
+    return (base,)

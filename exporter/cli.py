@@ -1,0 +1,118 @@
+"""Command line: `llm-exporter [--config FILE] [--listen HOST:PORT] ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from . import __version__
+from .app import Exporter
+from .config import ConfigError, load_config, parse_listen
+from .logsetup import setup_logging
+from .server import build_app, render_metrics
+
+log = logging.getLogger("llm_exporter")
+EXIT_CONFIG = 2
+SHUTDOWN_BUDGET = 1.5  # seconds; SIGTERM must end the process within 2 s
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-exporter",
+        description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, NVIDIA GPUs).")
+    parser.add_argument("--config", metavar="FILE", help="YAML config (default: the embedded default config)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve /metrics on (overrides config)")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--once", action="store_true",
+                        help="poll every target once, print the exposition to stdout and exit")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"))
+    parser.add_argument("--web.max-requests", dest="max_requests", type=int, default=40, metavar="N",
+                        help="maximum concurrent /metrics scrapes; more get HTTP 503 (default 40)")
+    parser.add_argument("--version", action="version", version=f"llm-exporter {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_format)
+    try:
+        config = load_config(args.config)
+        if args.listen:
+            parse_listen(args.listen)
+            config = dataclasses.replace(config, listen=args.listen)
+    except ConfigError as exc:
+        print(f"llm-exporter: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:
+        print(f"llm-exporter: --listen: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"{config.source}: OK ({len(config.targets)} targets)")
+        return 0
+    if args.once:
+        return asyncio.run(_once(config, args.config))
+    try:
+        return asyncio.run(_serve(config, args.config, args.max_requests))
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled in the loop
+        return 0
+
+
+async def _once(config, config_path: str | None) -> int:  # type: ignore[no-untyped-def]
+    exporter = Exporter(config, config_path)
+    await exporter.start()
+    try:
+        await exporter.poll_all_once()
+        body, _ = render_metrics(exporter, "")
+        sys.stdout.write(body.decode("utf-8"))
+    finally:
+        await exporter.stop()
+    return 0
+
+
+async def _serve(config, config_path: str | None, max_requests: int) -> int:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    exporter = Exporter(config, config_path)
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(exporter.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+
+    host, port = config.host_port
+    runner = web.AppRunner(build_app(exporter, max_requests), access_log=None, handle_signals=False,
+                           shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", host, port, exc.strerror or exc)
+        await runner.cleanup()
+        return 1
+    await exporter.start()
+    log.info("llm-exporter %s listening on %s:%d with %d targets (config: %s)", __version__, host, port,
+             len(exporter.config.targets), exporter.config.source)
+    await stop.wait()
+    log.info("shutting down")
+    try:
+        async with asyncio.timeout(SHUTDOWN_BUDGET):
+            for task in reloads:
+                task.cancel()
+            await exporter.stop()
+            await runner.cleanup()
+    except TimeoutError:
+        log.warning("shutdown took longer than %.1fs; exiting anyway", SHUTDOWN_BUDGET)
+    return 0

@@ -1,0 +1,438 @@
+"""Configuration: YAML → typed, validated dataclasses.
+
+Every error names the file, the line and the key path, and near-miss keys get a
+"did you mean" hint. `${VAR}` and `${VAR:-default}` in string values expand from
+the environment (after YAML parsing, so a secret containing YAML syntax cannot
+change the document's structure).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import yaml
+
+ENGINES = ("llamacpp", "vllm", "nvml")
+RESERVED_LABELS = frozenset({"target", "engine", "model", "job", "instance", "le", "quantile"})
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+NAMESPACE_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
+               "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+DEFAULT_LISTEN = "0.0.0.0:9787"
+DEFAULT_PORT = 9787
+
+
+class ConfigError(Exception):
+    """A configuration problem, with where it is."""
+
+    def __init__(self, message: str, *, source: str = "<config>", line: int | None = None,
+                 key: str | None = None):
+        self.source, self.line, self.key, self.detail = source, line, key, message
+        where = source + (f":{line}" if line else "")
+        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+
+
+@dataclass(frozen=True)
+class ProcessMatch:
+    """How to find a target's engine process on this host (or a shared PID namespace)."""
+
+    pid_file: str | None = None
+    name: str | None = None          # exact /proc/<pid>/comm
+    cmdline: str | None = None       # regular expression searched in the command line
+
+
+@dataclass(frozen=True)
+class Defaults:
+    interval: float = 5.0
+    timeout: float = 3.0
+    window: float = 60.0
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_series: int = 10_000
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    engine: str
+    url: str
+    interval: float
+    timeout: float
+    window: float
+    max_body_bytes: int
+    max_series: int
+    labels: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    process: ProcessMatch | None = None
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """State survives a reload when this does not change."""
+        return (self.name, self.engine)
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = DEFAULT_LISTEN
+    namespace: str = "llm"
+    defaults: Defaults = Defaults()
+    targets: tuple[TargetConfig, ...] = ()
+    source: str = "<config>"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+# --------------------------------------------------------------------------- parsing helpers
+
+def parse_duration(value: Any) -> float:
+    """"500ms", "5s", "1m", "1.5h" → seconds. Bare numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        match = DURATION_RE.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {value!r}")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not seconds > 0 or seconds != seconds or seconds > 86400:
+        raise ValueError(f"duration must be between 0 and 24h, got {value!r}")
+    return seconds
+
+
+def parse_size(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a size like 8MiB, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        match = SIZE_RE.match(str(value))
+        if not match:
+            raise ValueError(f"expected a size like 65536, 512KiB or 8MiB, got {value!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    if size < 1024 or size > 1024**3:
+        raise ValueError(f"size must be between 1KiB and 1GiB, got {value!r}")
+    return size
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port (e.g. 0.0.0.0:{DEFAULT_PORT}), got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def validate_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+    try:
+        parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in URL {value!r}: {exc}") from None
+    if parts.username or parts.password:
+        raise ValueError("credentials in the URL are not allowed; use headers with ${ENV} instead")
+    return value.rstrip("/")
+
+
+def expand_env(text: str, environ: dict[str, str] | os._Environ) -> str:
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise KeyError(name)
+
+    return ENV_RE.sub(repl, text)
+
+
+# --------------------------------------------------------------------------- YAML with positions
+
+class _Doc:
+    """A YAML document converted to plain Python, remembering each key path's line."""
+
+    def __init__(self, text: str, source: str, environ: dict[str, str] | os._Environ):
+        self.source = source
+        self.lines: dict[tuple[Any, ...], int] = {}
+        self.environ = environ
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", source=source,
+                              line=mark.line + 1 if mark else None) from None
+        self.data = self._convert(node, ()) if node is not None else {}
+
+    def _convert(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    raise self.error("mapping keys must be plain strings", path, key_node)
+                key = key_node.value
+                if key in out:
+                    raise self.error(f"duplicate key {key!r}", path + (key,), key_node)
+                self.lines[path + (key,)] = key_node.start_mark.line + 1
+                out[key] = self._convert(value_node, path + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self._convert(item, path + (i,)) for i, item in enumerate(node.value)]
+        if node.tag == "tag:yaml.org,2002:str" or node.style in ("'", '"', "|", ">"):
+            return self._expand(node.value, path)
+        if "${" in node.value:
+            return self._expand(node.value, path)
+        try:
+            return yaml.SafeLoader(node.value).construct_object(node)  # ints, floats, bools, null
+        except yaml.YAMLError as exc:
+            raise self.error(f"cannot read value: {exc}", path, node) from None
+
+    def _expand(self, value: str, path: tuple[Any, ...]) -> str:
+        try:
+            return expand_env(value, self.environ)
+        except KeyError as missing:
+            raise ConfigError(f"environment variable ${{{missing.args[0]}}} is not set and has no "
+                              f"default (write ${{{missing.args[0]}:-default}} to give one)",
+                              source=self.source, line=self.lines.get(path), key=_dotted(path)) from None
+
+    def error(self, message: str, path: tuple[Any, ...], node: yaml.Node | None = None) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None else self.line(path)
+        return ConfigError(message, source=self.source, line=line, key=_dotted(path) or None)
+
+    def line(self, path: tuple[Any, ...]) -> int | None:
+        while path not in self.lines and path:
+            path = path[:-1]
+        return self.lines.get(path)
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+# --------------------------------------------------------------------------- schema
+
+_TOP_KEYS = ("listen", "namespace", "defaults", "targets")
+_DEFAULT_KEYS = ("interval", "timeout", "window", "max_body_bytes", "max_series")
+_TARGET_KEYS = ("name", "engine", "url", "interval", "timeout", "window", "max_body_bytes",
+                "max_series", "labels", "headers", "process")
+_PROCESS_KEYS = ("pid_file", "name", "cmdline")
+
+
+class _Validator:
+    def __init__(self, doc: _Doc):
+        self.doc = doc
+
+    def mapping(self, value: Any, path: tuple[Any, ...], allowed: tuple[str, ...]) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.doc.error(f"expected a mapping, got {_kind(value)}", path)
+        for key in value:
+            if key not in allowed:
+                hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(allowed)})"
+                raise self.doc.error(f"unknown key {key!r}{suggestion}", path + (key,))
+        return value
+
+    def field(self, mapping: dict[str, Any], key: str, path: tuple[Any, ...],
+              convert: Callable[[Any], Any], default: Any = None, required: bool = False) -> Any:
+        if key not in mapping or mapping[key] is None:
+            if required:
+                raise self.doc.error(f"missing required key {key!r}", path)
+            return default
+        try:
+            return convert(mapping[key])
+        except (ValueError, TypeError) as exc:
+            raise self.doc.error(str(exc), path + (key,)) from None
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a string, got {_kind(value)}")
+    return str(value)
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError(f"expected a whole number, got {_kind(value)}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().isdigit():
+        number = int(value)
+    else:
+        raise ValueError(f"expected a whole number, got {value!r}")
+    if not 1 <= number <= 10_000_000:
+        raise ValueError(f"expected a number between 1 and 10000000, got {number}")
+    return number
+
+
+def _engine(value: Any) -> str:
+    engine = _string(value)
+    if engine not in ENGINES:
+        hint = difflib.get_close_matches(engine, ENGINES, n=1, cutoff=0.5)
+        raise ValueError(f"unknown engine {engine!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                         + f"; known engines: {', '.join(ENGINES)}")
+    return engine
+
+
+def _str_map(value: Any, what: str, name_re: re.Pattern[str], reserved: frozenset[str] = frozenset()
+             ) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of {what}, got {_kind(value)}")
+    out = []
+    for key, item in value.items():
+        if not name_re.match(key):
+            raise ValueError(f"invalid {what[:-1]} name {key!r}")
+        if key in reserved or key.startswith("__"):
+            raise ValueError(f"label name {key!r} is reserved")
+        text = _string(item)
+        if "\n" in text or "\r" in text:
+            raise ValueError(f"{what[:-1]} {key!r} must not contain a newline")
+        out.append((key, text))
+    return tuple(out)
+
+
+def _namespace(value: Any) -> str:
+    text = _string(value)
+    if not NAMESPACE_RE.match(text):
+        raise ValueError(f"namespace must match [a-zA-Z_][a-zA-Z0-9_]*, got {text!r}")
+    return text
+
+
+def _listen(value: Any) -> str:
+    text = _string(value)
+    parse_listen(text)
+    return text
+
+
+def _regex(value: Any) -> str:
+    text = _string(value)
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {text!r}: {exc}") from None
+    return text
+
+
+def build_config(data: Any, doc: _Doc) -> Config:
+    v = _Validator(doc)
+    top = v.mapping(data, (), _TOP_KEYS)
+    listen = v.field(top, "listen", (), _listen, DEFAULT_LISTEN)
+    namespace = v.field(top, "namespace", (), _namespace, "llm")
+    d = v.mapping(top.get("defaults"), ("defaults",), _DEFAULT_KEYS)
+    base = Defaults()
+    defaults = Defaults(
+        interval=v.field(d, "interval", ("defaults",), parse_duration, base.interval),
+        timeout=v.field(d, "timeout", ("defaults",), parse_duration, base.timeout),
+        window=v.field(d, "window", ("defaults",), parse_duration, base.window),
+        max_body_bytes=v.field(d, "max_body_bytes", ("defaults",), parse_size, base.max_body_bytes),
+        max_series=v.field(d, "max_series", ("defaults",), _int, base.max_series),
+    )
+    raw_targets = top.get("targets") or []
+    if not isinstance(raw_targets, list):
+        raise doc.error(f"expected a list of targets, got {_kind(raw_targets)}", ("targets",))
+    targets: list[TargetConfig] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_targets):
+        path = ("targets", index)
+        t = v.mapping(raw, path, _TARGET_KEYS)
+        if not t:
+            raise doc.error("a target needs at least name and engine", path)
+        name = v.field(t, "name", path, _string, required=True)
+        if not LABEL_VALUE_OK(name):
+            raise doc.error("target name must be 1-128 printable characters", path + ("name",))
+        if name in seen:
+            raise doc.error(f"duplicate target name {name!r} (first at targets[{seen[name]}])", path + ("name",))
+        seen[name] = index
+        engine = v.field(t, "engine", path, _engine, required=True)
+        url = v.field(t, "url", path, lambda x: validate_url(_string(x)), required=engine != "nvml")
+        interval = v.field(t, "interval", path, parse_duration, defaults.interval)
+        timeout = v.field(t, "timeout", path, parse_duration, min(defaults.timeout, interval))
+        if timeout > interval:
+            raise doc.error(f"timeout ({timeout:g}s) must not exceed interval ({interval:g}s): "
+                            "polls of one target never overlap", path + ("timeout",))
+        window = v.field(t, "window", path, parse_duration, defaults.window)
+        if window < 2 * interval:
+            raise doc.error(f"window ({window:g}s) must cover at least two polls (interval {interval:g}s)",
+                            path + ("window",))
+        labels = v.field(t, "labels", path,
+                         lambda x: _str_map(x, "labels", LABEL_NAME_RE, RESERVED_LABELS), ())
+        headers = v.field(t, "headers", path, lambda x: _str_map(x, "headers", HEADER_NAME_RE), ())
+        process = None
+        if t.get("process") is not None:
+            p = v.mapping(t["process"], path + ("process",), _PROCESS_KEYS)
+            process = ProcessMatch(
+                pid_file=v.field(p, "pid_file", path + ("process",), _string),
+                name=v.field(p, "name", path + ("process",), _string),
+                cmdline=v.field(p, "cmdline", path + ("process",), _regex),
+            )
+            if not (process.pid_file or process.name or process.cmdline):
+                raise doc.error("process needs one of pid_file, name, cmdline", path + ("process",))
+        targets.append(TargetConfig(
+            name=name, engine=engine, url=url or "", interval=interval, timeout=timeout, window=window,
+            max_body_bytes=v.field(t, "max_body_bytes", path, parse_size, defaults.max_body_bytes),
+            max_series=v.field(t, "max_series", path, _int, defaults.max_series),
+            labels=labels, headers=headers, process=process,
+        ))
+    return Config(listen=listen, namespace=namespace, defaults=defaults, targets=tuple(targets),
+                  source=doc.source)
+
+
+def LABEL_VALUE_OK(value: str) -> bool:  # noqa: N802 - reads as a predicate constant
+    return 0 < len(value) <= 128 and value.isprintable()
+
+
+def load_config_text(text: str, source: str = "<config>",
+                     environ: dict[str, str] | os._Environ | None = None) -> Config:
+    doc = _Doc(text, source, os.environ if environ is None else environ)
+    return build_config(doc.data, doc)
+
+
+def load_config(path: str | None, environ: dict[str, str] | os._Environ | None = None) -> Config:
+    """Load FILE, or the embedded default config when path is None."""
+    if path is None:
+        text = resources.files("exporter").joinpath("default_config.yaml").read_text(encoding="utf-8")
+        return load_config_text(text, "<embedded default config>", environ)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(1024 * 1024 + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config: {exc.strerror or exc}", source=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config is not valid UTF-8", source=path) from None
+    if len(text) > 1024 * 1024:
+        raise ConfigError("config is larger than 1 MiB", source=path)
+    return load_config_text(text, path, environ)
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

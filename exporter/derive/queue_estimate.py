@@ -1,0 +1,47 @@
+"""Queue-wait estimate for engines that report no wait times (llama.cpp).
+
+Little's law on sampled queue state: integrating the number of waiting requests
+over time gives request-seconds spent waiting; counting tasks that start in a
+slot gives requests leaving the queue. Over a window, mean wait ≈
+Δ(waiting-seconds) / Δ(started). Requests that never waited count as starts
+with zero wait, so this is the mean over all requests, as an engine histogram
+would give. It cannot see time spent before the engine counts a request as
+waiting, and misses a task that starts and ends between two polls: poll
+sub-second for it to work.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..observation import Histogram, QueueProbe
+
+
+class QueueWaitEstimator:
+    def __init__(self) -> None:
+        self.wait_seconds = 0.0
+        self.started = 0
+        self._last_t: float | None = None
+        self._last_waiting = 0.0
+        self._last_tasks: dict[int, int | None] = {}
+
+    def observe(self, t: float, probe: QueueProbe) -> None:
+        waiting = probe.waiting if math.isfinite(probe.waiting) and probe.waiting >= 0 else 0.0
+        tasks = dict(probe.slot_tasks)
+        if self._last_t is not None and t > self._last_t:
+            # Trapezoidal rule between two samples of the waiting count.
+            self.wait_seconds += (self._last_waiting + waiting) / 2.0 * (t - self._last_t)
+            for slot, task in tasks.items():
+                # A slot seen before whose task id changed ran a new task (ids are global and
+                # also consumed by other requests, so only the change counts, not its size).
+                if task is not None and slot in self._last_tasks and self._last_tasks[slot] != task:
+                    self.started += 1
+        self._last_t, self._last_waiting, self._last_tasks = t, waiting, tasks
+
+    def reseed(self) -> None:
+        """Engine restarted: forget per-slot tasks (ids restart) but keep the cumulative totals."""
+        self._last_t = None
+        self._last_tasks = {}
+
+    def histogram(self) -> Histogram:
+        return Histogram.only_inf(self.wait_seconds, float(self.started))

@@ -1,0 +1,118 @@
+"""What a source returns from one poll: a typed, engine-neutral observation.
+
+Sources translate engine payloads into these; derivations and the collector
+never look at engine-specific names.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+LabelPairs = tuple[tuple[str, str], ...]
+
+
+class Readiness(enum.Enum):
+    DOWN = "down"          # nothing answered (connection refused, engine dead)
+    LOADING = "loading"    # the engine answered that it is still loading the model
+    READY = "ready"
+
+
+class Reason(str, enum.Enum):
+    """Why a poll failed: a fixed set, so `poll_errors_total{reason}` stays small."""
+
+    CONNECT = "connect"
+    TIMEOUT = "timeout"
+    HTTP_STATUS = "http_status"
+    TOO_LARGE = "too_large"
+    PARSE = "parse"
+    TLS = "tls"
+    OTHER = "other"
+
+
+class PollError(Exception):
+    """A poll failed for a classified reason. The message must never contain a secret."""
+
+    def __init__(self, reason: Reason, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A cumulative histogram snapshot: (upper bound, cumulative count) pairs ending at +Inf."""
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float
+    count: float
+
+    @staticmethod
+    def only_inf(total: float, count: float) -> "Histogram":
+        return Histogram(((math.inf, count),), total, count)
+
+    def bounds(self) -> tuple[float, ...]:
+        return tuple(b for b, _ in self.buckets)
+
+
+@dataclass
+class ModelSample:
+    """One model's values from one poll, keyed by unified metric key (see catalogue.py).
+
+    `values` maps (metric key, extra label pairs) → value for gauges and counters;
+    `histograms` maps metric key → cumulative histogram.
+    """
+
+    values: dict[tuple[str, LabelPairs], float] = field(default_factory=dict)
+    histograms: dict[str, Histogram] = field(default_factory=dict)
+
+    def set(self, key: str, value: float | None, **labels: str) -> None:
+        if value is None or value != value:  # drop absent and NaN values
+            return
+        self.values[(key, tuple(sorted(labels.items())))] = float(value)
+
+    def get(self, key: str, **labels: str) -> float | None:
+        return self.values.get((key, tuple(sorted(labels.items()))))
+
+
+@dataclass(frozen=True)
+class QueueProbe:
+    """Instantaneous queue state for engines that report no wait times (llama.cpp).
+
+    waiting: requests waiting for a slot now; slot_tasks: slot id → id of the task
+    it runs (None when the slot never ran one).
+    """
+
+    waiting: float
+    slot_tasks: tuple[tuple[int, int | None], ...]
+
+
+@dataclass(frozen=True)
+class InfoSample:
+    """An `<ns>_<name>_info` series with value 1."""
+
+    name: str
+    labels: LabelPairs
+
+
+@dataclass
+class Observation:
+    readiness: Readiness
+    models: dict[str, ModelSample] = field(default_factory=dict)
+    # Unix time the engine process started, and how that was learnt.
+    process_start_time: float | None = None
+    process_start_basis: str | None = None
+    # Unix time the engine itself says it became ready (llama.cpp header, vLLM _created).
+    engine_ready_time: float | None = None
+    # True when engine_ready_time is the exact moment (llama.cpp), not an approximation (vLLM).
+    engine_ready_exact: bool = False
+    # Something that identifies one engine process life (changes on restart).
+    instance_id: str | None = None
+    info: list[InfoSample] = field(default_factory=list)
+    # Optional engine endpoints and whether the engine has them enabled.
+    endpoints: dict[str, bool] = field(default_factory=dict)
+    queue_probes: dict[str, QueueProbe] = field(default_factory=dict)
+    # Conditions worth one log line when they first appear (e.g. "/slots disabled").
+    notices: tuple[str, ...] = ()
+    # Series that the source dropped because of the per-target cardinality cap.
+    dropped_series: int = 0

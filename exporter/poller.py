@@ -1,0 +1,123 @@
+"""One asyncio task per target: poll on schedule, never overlapping, within a deadline.
+
+A poll is `source.collect()` under the target's timeout. Transient failures
+(connection reset, keep-alive closed by the server) are retried with
+exponential backoff by tenacity while the poll's time budget lasts. Results go
+to the target's state; logs say what changed, once, not every poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from .observation import PollError, Reason
+from .sources.base import HttpFetcher, Source, TransientPollError
+from .state import TargetState
+
+log = logging.getLogger("llm_exporter.poller")
+
+JITTER = 0.05  # ±5 % of the interval, so many targets do not poll in lockstep
+
+
+async def poll_once(source: Source, fetcher: HttpFetcher | None, timeout: float) -> object:
+    """Collect one observation within `timeout` seconds, retrying transient failures."""
+    deadline = time.monotonic() + timeout
+
+    def budget_left(retry_state: object) -> bool:
+        return time.monotonic() + 0.1 >= deadline
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(TransientPollError),
+        stop=stop_after_attempt(3) | budget_left,
+        wait=wait_exponential(multiplier=0.05, max=0.5),
+        reraise=True,
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            async for attempt in retrying:
+                with attempt:
+                    return await source.collect(fetcher, time.time())
+    except TimeoutError:
+        raise PollError(Reason.TIMEOUT, f"poll did not finish within {timeout:g}s") from None
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Poller:
+    def __init__(self, source: Source, state: TargetState, fetcher: HttpFetcher | None):
+        self.source = source
+        self.state = state
+        self.fetcher = fetcher
+        self.task: asyncio.Task[None] | None = None
+        self.polls = 0
+
+    @property
+    def name(self) -> str:
+        return self.state.target.name
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"poll:{self.name}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+            self.task = None
+        await self.source.close()
+
+    async def run(self) -> None:
+        target = self.state.target
+        # Spread first polls over a fraction of the interval.
+        await asyncio.sleep(random.uniform(0, min(target.interval, 1.0) * 0.2))
+        next_at = time.monotonic()
+        while True:
+            await self.poll()
+            interval = self.state.target.interval  # a reload may have changed it
+            next_at += interval * (1 + random.uniform(-JITTER, JITTER))
+            now = time.monotonic()
+            if next_at < now:  # overran: skip missed ticks rather than burst
+                next_at = now + interval * random.uniform(0, JITTER)
+            await asyncio.sleep(next_at - now)
+
+    async def poll(self) -> None:
+        target = self.state.target
+        started = time.monotonic()
+        try:
+            observation = await poll_once(self.source, self.fetcher, target.timeout)
+        except asyncio.CancelledError:
+            raise
+        except PollError as error:
+            duration = time.monotonic() - started
+            if self.state.record_failure(error, time.time(), duration):
+                log.warning("target %s (%s) down: %s: %s", target.name, target.engine, error.reason.value, error)
+        except Exception as error:  # a bug in a source must not kill the poller
+            duration = time.monotonic() - started
+            wrapped = PollError(Reason.OTHER, f"internal error: {type(error).__name__}: {error}")
+            if self.state.record_failure(wrapped, time.time(), duration):
+                log.exception("target %s (%s): unexpected error while polling", target.name, target.engine)
+        else:
+            duration = time.monotonic() - started
+            was_up = self.state.up
+            previous_readiness = self.state.readiness
+            notices = self.state.record_success(observation, time.time(), duration)  # type: ignore[arg-type]
+            if not was_up:
+                log.info("target %s (%s) up (%s)", target.name, target.engine, self.state.readiness.value
+                         if self.state.readiness else "?")
+            elif previous_readiness is not self.state.readiness and self.state.readiness is not None:
+                log.info("target %s (%s) is %s", target.name, target.engine, self.state.readiness.value)
+            load = self.state.load_time
+            for notice in notices:
+                log.warning("target %s (%s): %s", target.name, target.engine, notice)
+            if load is not None and previous_readiness is not self.state.readiness and \
+                    self.state.readiness is not None and self.state.readiness.value == "ready":
+                log.info("target %s (%s): model load took %.2fs (basis %s)", target.name, target.engine,
+                         load.seconds, load.basis)
+        finally:
+            self.polls += 1

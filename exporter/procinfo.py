@@ -1,0 +1,121 @@
+"""Finding an engine's process in /proc and reading its start time.
+
+Works when the exporter sees the engine's process: same host (systemd), or a
+Kubernetes pod with `shareProcessNamespace: true`. All reads are small and
+bounded; a vanished or unreadable process is simply "not found".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from .config import ProcessMatch
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int
+    start_time: float        # Unix seconds, sub-second precise (see boot_relative_to_unix)
+    start_since_boot: float  # seconds since boot, as the kernel reports it
+
+
+def _read(path: str, limit: int = 65536) -> bytes | None:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(limit)
+    except OSError:
+        return None
+
+
+def boot_relative_to_unix(seconds_since_boot: float, clock: int = time.CLOCK_BOOTTIME) -> float:
+    """Convert a kernel time since boot to Unix time using the current clocks (no 1 s btime rounding)."""
+    return time.time() - (time.clock_gettime(clock) - seconds_since_boot)
+
+
+def process_start(pid: int) -> ProcessInfo | None:
+    stat = _read(f"/proc/{pid}/stat", 4096)
+    if not stat:
+        return None
+    # comm may contain spaces and parentheses: fields resume after the last ')'.
+    try:
+        fields = stat[stat.rindex(b")") + 2:].split()
+        ticks = int(fields[19])  # field 22 of stat: starttime
+    except (ValueError, IndexError):
+        return None
+    since_boot = ticks / _CLK_TCK
+    return ProcessInfo(pid, boot_relative_to_unix(since_boot), since_boot)
+
+
+def _matches(pid: int, match: ProcessMatch, pattern: re.Pattern[str] | None) -> bool:
+    if match.name is not None:
+        comm = _read(f"/proc/{pid}/comm", 256)
+        if comm is None or comm.decode("utf-8", "replace").strip() != match.name:
+            return False
+    if pattern is not None:
+        cmdline = _read(f"/proc/{pid}/cmdline")
+        if cmdline is None or not pattern.search(cmdline.replace(b"\0", b" ").decode("utf-8", "replace")):
+            return False
+    return True
+
+
+class ProcessFinder:
+    """Resolves a target's ProcessMatch to a PID, re-resolving when the process goes away."""
+
+    def __init__(self, match: ProcessMatch, proc_root: str = "/proc"):
+        self.match = match
+        self.proc_root = proc_root
+        self.pattern = re.compile(match.cmdline) if match.cmdline else None
+        self.pid: int | None = None
+
+    def find(self) -> ProcessInfo | None:
+        if self.pid is not None:
+            info = process_start(self.pid)
+            if info is not None and self._still_matches(self.pid):
+                return info
+            self.pid = None
+        pid = self._resolve()
+        if pid is None:
+            return None
+        self.pid = pid
+        return process_start(pid)
+
+    def _still_matches(self, pid: int) -> bool:
+        if self.match.pid_file:
+            return self._pid_from_file() == pid
+        return _matches(pid, self.match, self.pattern)
+
+    def _pid_from_file(self) -> int | None:
+        raw = _read(self.match.pid_file or "", 64)
+        if raw is None:
+            return None
+        try:
+            pid = int(raw.strip())
+        except ValueError:
+            return None
+        return pid if pid > 0 else None
+
+    def _resolve(self) -> int | None:
+        if self.match.pid_file:
+            pid = self._pid_from_file()
+            return pid if pid is not None and os.path.exists(f"/proc/{pid}") else None
+        own = os.getpid()
+        candidates = []
+        try:
+            entries = os.listdir(self.proc_root)
+        except OSError:
+            return None
+        for entry in entries:
+            if not entry.isdigit() or int(entry) == own:
+                continue
+            pid = int(entry)
+            if _matches(pid, self.match, self.pattern):
+                info = process_start(pid)
+                if info is not None:
+                    candidates.append((info.start_since_boot, pid))
+        # Several matches (a launcher and its child): the oldest is the engine's start.
+        return min(candidates)[1] if candidates else None

@@ -1,0 +1,16 @@
+"""Engine sources, registered by engine name (the `engine:` key of a target)."""
+
+from __future__ import annotations
+
+from .base import Source
+from .llamacpp import LlamaCppSource
+from .vllm import VllmSource
+
+SOURCES: dict[str, type[Source]] = {
+    LlamaCppSource.engine: LlamaCppSource,
+    VllmSource.engine: VllmSource,
+}
+
+
+def source_for(engine: str) -> type[Source]:
+    return SOURCES[engine]

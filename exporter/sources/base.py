@@ -1,0 +1,125 @@
+"""The source interface and the bounded HTTP fetcher that sources use.
+
+A source turns one poll of a target into an `Observation`. It holds no
+exposition logic and no derivation: only fetch + parse + map to unified keys.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import ssl
+from dataclasses import dataclass
+from typing import ClassVar, Mapping
+
+import aiohttp
+
+from ..config import TargetConfig
+from ..observation import Observation, PollError, Reason
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def text(self) -> str:
+        try:
+            return self.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PollError(Reason.PARSE, f"response is not UTF-8 (byte {exc.start})") from None
+
+
+class HttpFetcher:
+    """GETs paths of one target with its headers, a size cap and the poll's deadline.
+
+    Never follows redirects (a target must not send the exporter, with its
+    credentials, elsewhere). Error messages carry the path, never headers.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession, target: TargetConfig):
+        self.session = session
+        self.base_url = target.url
+        self.headers = dict(target.headers)
+        self.max_body = target.max_body_bytes
+
+    async def get(self, path: str) -> Response:
+        url = self.base_url + path
+        try:
+            async with self.session.get(url, headers=self.headers, allow_redirects=False) as resp:
+                declared = resp.content_length
+                if declared is not None and declared > self.max_body:
+                    raise PollError(Reason.TOO_LARGE,
+                                    f"GET {path}: body of {declared} bytes exceeds max_body_bytes ({self.max_body})")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(65536):
+                    body += chunk
+                    if len(body) > self.max_body:
+                        raise PollError(Reason.TOO_LARGE,
+                                        f"GET {path}: body exceeds max_body_bytes ({self.max_body}); read cut")
+                return Response(resp.status, resp.headers, bytes(body))
+        except PollError:
+            raise
+        except asyncio.TimeoutError:
+            raise PollError(Reason.TIMEOUT, f"GET {path}: timed out") from None
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise PollError(Reason.TLS, f"GET {path}: TLS certificate rejected: {exc.certificate_error}") from None
+        except aiohttp.ClientConnectorSSLError as exc:
+            raise PollError(Reason.TLS, f"GET {path}: TLS handshake failed: {_short(exc)}") from None
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ssl.SSLError):
+                raise PollError(Reason.TLS, f"GET {path}: TLS handshake failed: {_short(exc.os_error)}") from None
+            kind = "DNS lookup failed" if _is_dns_error(exc) else "cannot connect"
+            raise PollError(Reason.CONNECT, f"GET {path}: {kind}: {_short(exc.os_error)}") from None
+        except aiohttp.ClientSSLError as exc:
+            raise PollError(Reason.TLS, f"GET {path}: TLS error: {_short(exc)}") from None
+        except aiohttp.ClientPayloadError:
+            raise PollError(Reason.OTHER, f"GET {path}: truncated or malformed response body") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            raise TransientPollError(Reason.OTHER, f"GET {path}: connection lost: {_short(exc)}") from None
+        except aiohttp.ClientResponseError as exc:
+            raise PollError(Reason.OTHER, f"GET {path}: bad HTTP response: {exc.message}") from None
+        except aiohttp.ClientError as exc:
+            raise PollError(Reason.OTHER, f"GET {path}: {type(exc).__name__}") from None
+        except ssl.SSLError as exc:
+            raise PollError(Reason.TLS, f"GET {path}: TLS error: {_short(exc)}") from None
+
+
+class TransientPollError(PollError):
+    """A failure worth retrying within the same poll (connection reset, server closed keep-alive)."""
+
+
+def _is_dns_error(exc: aiohttp.ClientConnectorError) -> bool:
+    dns_error = getattr(aiohttp, "ClientConnectorDNSError", None)
+    if dns_error is not None and isinstance(exc, dns_error):
+        return True
+    import socket
+    return isinstance(exc.os_error, socket.gaierror)
+
+
+def _short(exc: BaseException | None) -> str:
+    text = str(exc) if exc is not None else ""
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def expect_status(response: Response, path: str, *ok: int) -> None:
+    if response.status not in (ok or (200,)):
+        raise PollError(Reason.HTTP_STATUS, f"GET {path}: HTTP {response.status}")
+
+
+class Source(abc.ABC):
+    """One engine kind. Instances live as long as their target's config does."""
+
+    engine: ClassVar[str]
+    needs_http: ClassVar[bool] = True
+
+    def __init__(self, target: TargetConfig):
+        self.target = target
+
+    @abc.abstractmethod
+    async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
+        """Poll the target once. Raise PollError for a failed poll."""
+
+    async def close(self) -> None:
+        """Release resources (the NVML source shuts NVML down)."""

@@ -1,0 +1,200 @@
+"""Per-target state: the latest observation plus everything derived from the history of them.
+
+Pollers write here (one writer per target); the collector only reads. All the
+maths lives in exporter/derive; this module decides *when* to apply it
+(restarts reseed windows, vanished models are dropped, the series cap holds).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .catalogue import BY_KEY
+from .config import TargetConfig
+from .derive.load_time import LoadTime, LoadTimer
+from .derive.maths import counter_delta, histogram_delta, histogram_is_valid, histogram_mean, rate, ratio_of_deltas
+from .derive.queue_estimate import QueueWaitEstimator
+from .derive.window import SlidingWindow
+from .observation import Histogram, InfoSample, LabelPairs, ModelSample, Observation, PollError, Readiness, Reason
+
+log = logging.getLogger("llm_exporter.state")
+
+RATIO_PAIRS = (("kv_cache_hit_tokens", "kv_cache_query_tokens", "tokens"),
+               ("kv_cache_hit_blocks", "kv_cache_query_blocks", "blocks"))
+RATE_KEYS = (("prompt_tokens", "prompt_tokens_rate"), ("generation_tokens", "generation_tokens_rate"))
+
+
+@dataclass
+class ModelState:
+    window: SlidingWindow[ModelSample]
+    latest: ModelSample = field(default_factory=ModelSample)
+    derived: dict[tuple[str, LabelPairs], float] = field(default_factory=dict)
+
+
+def went_backwards(previous: ModelSample, current: ModelSample) -> bool:
+    """A counter or histogram count that decreased means the engine restarted."""
+    for key, value in current.values.items():
+        if BY_KEY[key[0]].type == "counter":
+            before = previous.values.get(key)
+            if before is not None and value < before:
+                return True
+    for key, hist in current.histograms.items():
+        before_hist = previous.histograms.get(key)
+        if before_hist is not None and hist.count < before_hist.count:
+            return True
+    return False
+
+
+def derive(window: SlidingWindow[ModelSample]) -> dict[tuple[str, LabelPairs], float]:
+    """Windowed values from the first and last snapshot of a model's window."""
+    first, last = window.first(), window.last()
+    if first is None or last is None or first is last:
+        return {}
+    (t0, s0), (t1, s1) = first, last
+    out: dict[tuple[str, LabelPairs], float] = {}
+    for hits, queries, unit in RATIO_PAIRS:
+        ratio = ratio_of_deltas(counter_delta(s0.get(hits), s1.get(hits)),
+                                counter_delta(s0.get(queries), s1.get(queries)))
+        if ratio is not None:
+            out[("kv_cache_hit_ratio", (("unit", unit),))] = ratio
+    mean = histogram_mean(histogram_delta(s0.histograms.get("token_queue_latency"),
+                                          s1.histograms.get("token_queue_latency")))
+    if mean is not None:
+        out[("token_queue_latency_mean", ())] = mean
+    for counter, rate_key in RATE_KEYS:
+        value = rate(counter_delta(s0.get(counter), s1.get(counter)), t1 - t0)
+        if value is not None:
+            out[(rate_key, ())] = value
+    return out
+
+
+class TargetState:
+    def __init__(self, target: TargetConfig):
+        self.target = target
+        self.up = False
+        self.readiness: Readiness | None = None
+        self.last_poll_duration: float | None = None
+        self.last_success: float | None = None
+        self.last_error: tuple[Reason, str] | None = None
+        self.poll_errors: dict[Reason, int] = {reason: 0 for reason in Reason}
+        self.restarts = 0
+        self.series_dropped = 0
+        self.models: dict[str, ModelState] = {}
+        self.info: list[InfoSample] = []
+        self.endpoints: dict[str, bool] = {}
+        self.load_timer = LoadTimer()
+        self.instance_id: str | None = None
+        self.process_start: tuple[float, str] | None = None
+        self.notices_seen: set[str] = set()
+        self.estimators: dict[str, QueueWaitEstimator] = {}
+        # Last sample per model, kept across loading/down gaps to spot counters that went back.
+        self.previous: dict[str, ModelSample] = {}
+
+    def retarget(self, target: TargetConfig) -> None:
+        """Config reload with the same name and engine: keep history, take new settings."""
+        self.target = target
+        for model in self.models.values():
+            model.window.seconds = target.window
+
+    @property
+    def load_time(self) -> LoadTime | None:
+        return self.load_timer.load
+
+    # ------------------------------------------------------------------ writes
+
+    def record_failure(self, error: PollError, now: float, duration: float) -> bool:
+        """Returns True when this failure is news (worth one log line)."""
+        news = self.up or self.last_error is None or self.last_error[0] != error.reason
+        self.up = False
+        self.last_poll_duration = duration
+        self.last_error = (error.reason, str(error))
+        self.poll_errors[error.reason] += 1
+        if error.reason is Reason.CONNECT:
+            # Nothing listening: the engine is down or not started yet (vLLM while loading).
+            self.readiness = Readiness.DOWN
+            self.load_timer.observe(now, Readiness.DOWN)
+        return news
+
+    def record_success(self, obs: Observation, now: float, duration: float) -> list[str]:
+        """Apply one observation. Returns new notices worth one log line each."""
+        recovered = not self.up
+        self.up = True
+        self.last_poll_duration = duration
+        self.last_success = now
+        if recovered:
+            self.last_error = None
+        new_notices = [n for n in obs.notices if n not in self.notices_seen]
+        self.notices_seen.update(new_notices)
+        self.endpoints = dict(obs.endpoints)
+        if obs.process_start_time is not None:
+            self.process_start = (obs.process_start_time, obs.process_start_basis or "unknown")
+
+        restarted = self._detect_restart(obs)
+        if restarted:
+            self.restarts += 1
+            self.load_timer.restart()
+            for model in self.models.values():
+                model.window.reseed()
+            for estimator in self.estimators.values():
+                estimator.reseed()
+            new_notices.append("engine restart detected: windows reseeded")
+        if obs.instance_id is not None:
+            self.instance_id = obs.instance_id
+
+        self.readiness = obs.readiness
+        self.load_timer.observe(now, obs.readiness,
+                                process_start=obs.process_start_time,
+                                engine_ready=obs.engine_ready_time,
+                                engine_ready_exact=obs.engine_ready_exact)
+        if obs.readiness is not Readiness.READY:
+            # Loading or dead: there are no model values to show, and windows must not
+            # bridge across the gap.
+            self.models.clear()
+            return new_notices
+
+        self.info = obs.info
+        self._apply_models(obs, now)
+        return new_notices
+
+    def _detect_restart(self, obs: Observation) -> bool:
+        if obs.instance_id is not None and self.instance_id is not None and obs.instance_id != self.instance_id:
+            return True
+        for name, sample in obs.models.items():
+            previous = self.previous.get(name)
+            if previous is not None and went_backwards(previous, sample):
+                return True
+        return False
+
+    def _apply_models(self, obs: Observation, now: float) -> None:
+        budget = self.target.max_series
+        kept: dict[str, ModelState] = {}
+        for name in sorted(obs.models):
+            sample = obs.models[name]
+            for key, hist in list(sample.histograms.items()):
+                if not histogram_is_valid(hist):
+                    del sample.histograms[key]  # hostile or broken: expose nothing rather than nonsense
+            probe = obs.queue_probes.get(name)
+            if probe is not None and "token_queue_latency" not in sample.histograms:
+                estimator = self.estimators.setdefault(name, QueueWaitEstimator())
+                estimator.observe(now, probe)
+                sample.histograms["token_queue_latency"] = estimator.histogram()
+            cost = len(sample.values) + sum(len(h.buckets) + 2 for h in sample.histograms.values()) + 8
+            if cost > budget:
+                self.series_dropped += cost
+                continue
+            budget -= cost
+            model = self.models.get(name) or ModelState(SlidingWindow(self.target.window))
+            model.latest = sample
+            self.previous[name] = sample
+            model.window.add(now, sample)
+            model.derived = derive(model.window)
+            kept[name] = model
+        self.models = kept  # models that vanished from the payload vanish from /metrics
+        self.estimators = {name: est for name, est in self.estimators.items() if name in kept}
+        self.previous = {name: sample for name, sample in self.previous.items() if name in kept}
+        self.series_dropped += obs.dropped_series
+
+    def histogram(self, model: str, key: str) -> Histogram | None:
+        state = self.models.get(model)
+        return state.latest.histograms.get(key) if state else None
