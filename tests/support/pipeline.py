@@ -1,0 +1,55 @@
+"""Drive the real poll pipeline (fetch → source → state → collector) in-process for tests."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.app import make_session
+from exporter.collector import ExporterCollector, ExporterStatus
+from exporter.config import load_config_text
+from exporter.poller import Poller
+from exporter.sources import source_for
+from exporter.sources.base import HttpFetcher
+from exporter.state import TargetState
+
+
+def target_config(engine: str, url: str, **extra: str):
+    lines = "".join(f"    {k}: {v}\n" for k, v in extra.items())
+    text = f"targets:\n  - name: t\n    engine: {engine}\n    url: {url}\n{lines}"
+    return load_config_text(text, "test", {}).targets[0]
+
+
+class Pipeline:
+    def __init__(self, engine: str, url: str, **extra: str):
+        self.target = target_config(engine, url, **extra)
+        self.state = TargetState(self.target)
+        self.session = make_session()
+        self.source = source_for(engine)(self.target)
+        self.poller = Poller(self.source, self.state, HttpFetcher(self.session, self.target))
+        self.status = ExporterStatus()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(ExporterCollector("llm", lambda: [self.state], self.status))
+
+    async def poll(self) -> TargetState:
+        await self.poller.poll()
+        return self.state
+
+    def exposition(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def value(self, name: str, **labels: str) -> float | None:
+        from exporter.promparse import parse
+        for sample_labels, value in parse(self.exposition()).get(name):
+            if all(sample_labels.get(k) == v for k, v in labels.items()):
+                return value
+        return None
+
+    async def close(self) -> None:
+        await self.source.close()
+        await self.session.close()
+
+
+def now() -> float:
+    return time.time()

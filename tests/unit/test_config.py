@@ -1,0 +1,211 @@
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, load_config, load_config_text, parse_duration, parse_size
+from exporter.sources import SOURCES
+from exporter.config import ENGINES
+
+GOOD = """
+listen: 127.0.0.1:9999
+namespace: llm
+defaults:
+  interval: 2s
+  timeout: 1s
+  window: 1m
+targets:
+  - name: a
+    engine: vllm
+    url: http://127.0.0.1:8000/
+    labels: {cluster: prod}
+    headers: {Authorization: "Bearer ${TOKEN:-none}"}
+  - name: b
+    engine: llamacpp
+    url: https://example.internal:8443
+    interval: 500ms
+    timeout: 400ms
+    window: 30s
+    process: {cmdline: "llama-server.*--port 8443"}
+"""
+
+
+def load(text: str, env: dict | None = None):
+    return load_config_text(textwrap.dedent(text), "test.yaml", env or {})
+
+
+def error_of(text: str, env: dict | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load(text, env)
+    return info.value
+
+
+def test_good_config_parses_into_typed_targets():
+    config = load(GOOD, {"TOKEN": "s3cret"})
+    assert config.host_port == ("127.0.0.1", 9999)
+    a, b = config.targets
+    assert a.url == "http://127.0.0.1:8000"  # trailing slash removed
+    assert (a.interval, a.timeout, a.window) == (2.0, 1.0, 60.0)
+    assert dict(a.labels) == {"cluster": "prod"}
+    assert dict(a.headers) == {"Authorization": "Bearer s3cret"}
+    assert (b.interval, b.timeout, b.window) == (0.5, 0.4, 30.0)
+    assert b.process is not None and b.process.cmdline == "llama-server.*--port 8443"
+
+
+def test_secrets_do_not_appear_in_repr():
+    config = load(GOOD, {"TOKEN": "s3cret"})
+    assert "s3cret" not in repr(config)
+
+
+def test_env_default_used_when_variable_missing():
+    config = load(GOOD)
+    assert dict(config.targets[0].headers) == {"Authorization": "Bearer none"}
+
+
+def test_missing_env_without_default_names_variable_line_and_key():
+    err = error_of("""
+        targets:
+          - name: a
+            engine: vllm
+            url: http://h:1
+            headers: {X-Key: "${API_KEY}"}
+        """)
+    assert "API_KEY" in str(err) and err.line == 6 and "headers.X-Key" in str(err)
+
+
+def test_env_value_cannot_inject_yaml_structure():
+    config = load("""
+        targets:
+          - name: "${NAME}"
+            engine: vllm
+            url: http://h:1
+        """, {"NAME": "a: b"})
+    # Expansion happens after parsing: the value stays one string.
+    assert config.targets[0].name == "a: b"
+    err = error_of("targets:\n  - {name: '${NAME}', engine: vllm, url: 'http://h:1'}\n", {"NAME": "x\ny"})
+    assert "printable" in str(err)
+
+
+def test_unknown_key_gets_did_you_mean_and_line():
+    err = error_of("""
+        targets:
+          - name: a
+            engine: vllm
+            url: http://h:1
+            intervall: 5s
+        """)
+    assert err.line == 6
+    assert "did you mean 'interval'" in str(err)
+    assert str(err).startswith("test.yaml:6:")
+
+
+def test_unknown_top_level_key():
+    err = error_of("listn: 0.0.0.0:1\n")
+    assert "did you mean 'listen'" in str(err) and err.line == 1
+
+
+@pytest.mark.parametrize("snippet, message", [
+    ("interval: 5 seconds", "expected a duration"),
+    ("interval: -1s", "expected a duration"),
+    ("interval: true", "expected a duration"),
+    ("timeout: 10s", "must not exceed interval"),
+    ("window: 6s", "at least two polls"),
+    ("labels: [a, b]", "expected a mapping"),
+    ("labels: {target: x}", "reserved"),
+    ("labels: {'bad-name': x}", "invalid label name"),
+    ("max_series: lots", "whole number"),
+    ("max_body_bytes: 1", "between 1KiB"),
+    ("engine: vlm", "did you mean 'vllm'"),
+    ("url: ftp://h/x", "http:// or https://"),
+    ("url: http://user:pw@h:1", "credentials in the URL"),
+    ("url: 'http://h:99999'", "bad port"),
+    ("process: {}", "needs one of"),
+    ("process: {cmdline: '('}", "invalid regular expression"),
+])
+def test_each_error_class_names_the_key(snippet, message):
+    base = {"name": "a", "engine": "vllm", "url": "http://h:1", "interval": "5s"}
+    key = snippet.split(":")[0]
+    base.pop(key, None)
+    lines = "\n".join(f"    {k}: {v}" for k, v in base.items())
+    err = error_of(f"targets:\n  -\n{lines}\n    {snippet}\n")
+    assert message in str(err), str(err)
+    assert key in str(err)
+    assert err.line is not None
+
+
+def test_duplicate_names_rejected():
+    err = error_of("""
+        targets:
+          - {name: a, engine: vllm, url: "http://h:1"}
+          - {name: a, engine: llamacpp, url: "http://h:2"}
+        """)
+    assert "duplicate target name 'a'" in str(err) and err.line == 4
+
+
+def test_missing_required_keys():
+    assert "missing required key 'engine'" in str(error_of("targets:\n  - {name: a, url: 'http://h:1'}\n"))
+    assert "missing required key 'url'" in str(error_of("targets:\n  - {name: a, engine: vllm}\n"))
+
+
+def test_nvml_needs_no_url():
+    config = load("targets:\n  - {name: gpus, engine: nvml}\n")
+    assert config.targets[0].url == ""
+
+
+def test_yaml_syntax_error_has_line():
+    err = error_of("targets:\n  - name: a\n   engine: [\n")
+    assert "invalid YAML" in str(err) and err.line is not None
+
+
+def test_wrong_types():
+    assert "expected a list of targets" in str(error_of("targets: {a: 1}\n"))
+    assert "expected a mapping" in str(error_of("defaults: 5\n"))
+    assert "host:port" in str(error_of("listen: nowhere\n"))
+    assert "namespace must match" in str(error_of("namespace: 'llm-x'\n"))
+
+
+def test_durations_and_sizes():
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("1m") == 60
+    assert parse_duration(3) == 3.0
+    assert parse_size("8MiB") == 8 * 1024 * 1024
+    with pytest.raises(ValueError):
+        parse_duration("5")
+
+
+def test_embedded_default_config_polls_llamacpp_and_vllm():
+    config = load_config(None)
+    engines = {t.engine: t.url for t in config.targets}
+    assert engines["llamacpp"] == "http://127.0.0.1:8080"
+    assert engines["vllm"] == "http://127.0.0.1:8000"
+
+
+def test_shipped_configs_are_valid():
+    root = Path(__file__).resolve().parents[2]
+    files = sorted((root / "config").glob("*.yaml"))
+    assert files
+    for path in files:
+        load_config(str(path), {"VLLM_API_KEY": "x", "LLAMA_API_KEY": "x"})
+
+
+def test_every_engine_has_a_registered_source():
+    assert set(SOURCES) == set(ENGINES)
+
+
+def test_check_config_cli_exit_codes(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://h:1', intervl: 1s}\n")
+    out = subprocess.run([sys.executable, "-m", "exporter", "--check-config", "--config", str(bad)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert f"{bad}:2" in out.stderr and "did you mean 'interval'" in out.stderr
+    good = tmp_path / "good.yaml"
+    good.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://h:1'}\n")
+    out = subprocess.run([sys.executable, "-m", "exporter", "--check-config", "--config", str(good)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    missing = subprocess.run([sys.executable, "-m", "exporter", "--check-config", "--config",
+                              str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "cannot read config" in missing.stderr

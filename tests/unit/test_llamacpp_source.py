@@ -1,0 +1,195 @@
+"""llama.cpp source on payloads recorded from a real llama-server b11434, served over HTTP."""
+
+import json
+import logging
+
+import pytest
+
+from exporter.observation import Readiness
+from exporter.promparse import parse
+from tests.conftest import FIXTURES
+from tests.support.pipeline import Pipeline
+from tests.support.replay import Reply, ReplayServer
+
+LC = FIXTURES / "llamacpp"
+
+
+def fixture_text(name: str) -> str:
+    return (LC / name).read_text()
+
+
+def metrics_reply(name: str, header: str = "2673431268") -> Reply:
+    return Reply.text(fixture_text(name), **{"Process-Start-Time-Unix": header})
+
+
+def ready_routes(metrics="b11434-metrics-idle.prom", slots="b11434-slots-idle.json", header="2673431268"):
+    return {
+        "/metrics": metrics_reply(metrics, header),
+        "/slots": Reply(200, (LC / slots).read_bytes(), {"Content-Type": "application/json"}),
+        "/props": Reply(200, (LC / "b11434-props.json").read_bytes(), {"Content-Type": "application/json"}),
+        "/health": Reply(200, (LC / "b11434-health.json").read_bytes()),
+    }
+
+
+@pytest.fixture
+async def server():
+    srv = ReplayServer()
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def pipe(server):
+    p = Pipeline("llamacpp", f"http://127.0.0.1:{server.port}", interval="200ms", timeout="190ms", window="1m")
+    yield p
+    await p.close()
+
+
+async def test_loading_503_means_loading_not_down(server, pipe):
+    loading = (LC / "b11434-health-loading.json").read_bytes()
+    for path in ("/metrics", "/health", "/slots", "/props"):
+        server.set(path, Reply(503, loading, {"Content-Type": "application/json; charset=utf-8"}))
+    state = await pipe.poll()
+    assert state.up and state.readiness is Readiness.LOADING
+    assert pipe.value("llm_up") == 1 and pipe.value("llm_ready") == 0
+    assert pipe.value("llm_requests_running") is None
+
+
+async def test_idle_server_values_and_info(server, pipe):
+    for path, reply in ready_routes().items():
+        server.set(path, reply)
+    await pipe.poll()
+    assert pipe.value("llm_ready") == 1
+    model = "small-random-llama.gguf"
+    assert pipe.value("llm_requests_running", model=model) == 0
+    assert pipe.value("llm_slots", model=model) == 2
+    assert pipe.value("llm_context_size_tokens", model=model) == 1024
+    assert pipe.value("llm_engine_info", model=model, build="b11434-unknown") == 1
+    assert pipe.value("llm_engine_endpoint_enabled", endpoint="slots") == 1
+    # fresh server: no hit ratio yet (nothing queried), never a made-up 0
+    assert pipe.value("llm_kv_cache_hit_ratio") is None
+
+
+async def test_under_load_running_waiting_and_cache_counters(server, pipe):
+    for path, reply in ready_routes("b11434-metrics-load.prom", "b11434-slots-busy.json").items():
+        server.set(path, reply)
+    await pipe.poll()
+    assert pipe.value("llm_requests_running") == 2
+    assert pipe.value("llm_requests_waiting") == 3
+    assert pipe.value("llm_kv_cache_hit_tokens_total") == 2844
+    assert pipe.value("llm_kv_cache_query_tokens_total") == 2844 + 1298
+    assert pipe.value("llm_prompt_tokens_total") == 1298
+    assert pipe.value("llm_generation_tokens_total") == 536
+    # KV usage from /slots context fill of the busy slots (this build exports no KV gauge)
+    slots = json.loads(fixture_text("b11434-slots-busy.json"))
+    used = sum(s["n_prompt_tokens"] + sum(t["n_decoded"] for t in s["next_token"]) for s in slots if s["is_processing"])
+    assert pipe.value("llm_kv_cache_usage_ratio") == pytest.approx(used / sum(s["n_ctx"] for s in slots))
+
+
+async def test_older_build_kv_usage_gauge_is_used(server, pipe):
+    routes = ready_routes()
+    text = fixture_text("b11434-metrics-idle.prom") + (
+        "# HELP llamacpp:kv_cache_usage_ratio KV-cache usage. 1 means 100 percent usage.\n"
+        "# TYPE llamacpp:kv_cache_usage_ratio gauge\nllamacpp:kv_cache_usage_ratio 0.25\n")
+    routes["/metrics"] = Reply.text(text)
+    for path, reply in routes.items():
+        server.set(path, reply)
+    await pipe.poll()
+    assert pipe.value("llm_kv_cache_usage_ratio") == 0.25
+
+
+@pytest.mark.parametrize("phase", ["phase1", "phase3"])
+async def test_series_hit_ratio_and_queue_estimate(server, pipe, phase):
+    """Replay the ~10 Hz recorded series through HTTP + source + state at the recorded times."""
+    rows = [json.loads(line) for line in (LC / "b11434-load-series.jsonl").open() if phase in line[:30]]
+    requests = json.loads(fixture_text("b11434-load-requests.json"))[phase]
+    for path, reply in ready_routes().items():
+        server.set(path, reply)
+    before = None
+    for row in rows:
+        server.set("/metrics", Reply.text(row["metrics"]))
+        server.set("/slots", Reply.json(row["slots"]))
+        t = 1_000_000.0 + row["t_rel_s"]
+        obs = await pipe.source.collect(pipe.poller.fetcher, t)
+        pipe.state.record_success(obs, t, 0.001)
+        if before is None:
+            before = pipe.state.histogram("small-random-llama.gguf", "token_queue_latency")
+    after = pipe.state.histogram("small-random-llama.gguf", "token_queue_latency")
+    started = after.count - before.count
+    mean = (after.sum - before.sum) / started
+    client = sum(r["client_wait_s"] for r in requests) / len(requests)
+    assert started == len(requests)
+    assert abs(mean - client) / client < 0.20
+    # the windowed mean the exporter exposes is the same quantity
+    model = pipe.state.models["small-random-llama.gguf"]
+    assert model.derived[("token_queue_latency_mean", ())] == pytest.approx(mean)
+    # windowed hit ratio == Δcached / (Δcached + Δprocessed) over the same window (the whole phase)
+    assert rows[-1]["t_rel_s"] - rows[0]["t_rel_s"] < 60
+    first, last = parse(rows[0]["metrics"]), parse(rows[-1]["metrics"])
+
+    def delta(name):
+        return last.get(name)[0][1] - first.get(name)[0][1]
+
+    d_cached, d_processed = delta("llamacpp:prompt_tokens_cached_total"), delta("llamacpp:prompt_tokens_total")
+    assert d_cached + d_processed > 0
+    assert model.derived[("kv_cache_hit_ratio", (("unit", "tokens"),))] == pytest.approx(
+        d_cached / (d_cached + d_processed))
+
+
+async def test_disabled_endpoints_degrade_with_one_notice(server, pipe, caplog):
+    routes = ready_routes()
+    routes["/slots"] = Reply.json({"error": {"code": 501, "message": "This server does not support slots endpoint.",
+                                             "type": "not_supported_error"}}, status=501)
+    for path, reply in routes.items():
+        server.set(path, reply)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            await pipe.poll()
+    assert pipe.value("llm_engine_endpoint_enabled", endpoint="slots") == 0
+    assert pipe.value("llm_requests_running") == 0  # /metrics still read
+    assert pipe.value("llm_token_queue_latency_seconds_count") is None  # no estimate without /slots
+    notices = [r for r in caplog.records if "--slots" in r.getMessage()]
+    assert len(notices) == 1
+
+
+async def test_metrics_disabled_falls_back_to_health_and_slots(server, pipe):
+    routes = ready_routes(slots="b11434-slots-busy.json")
+    routes["/metrics"] = Reply.json({"error": {"code": 501, "type": "not_supported_error",
+                                               "message": "This server does not support metrics endpoint."}},
+                                    status=501)
+    for path, reply in routes.items():
+        server.set(path, reply)
+    await pipe.poll()
+    assert pipe.value("llm_ready") == 1
+    assert pipe.value("llm_engine_endpoint_enabled", endpoint="metrics") == 0
+    assert pipe.value("llm_requests_running") == 2  # from /slots
+    assert pipe.value("llm_requests_waiting") is None  # unknown without /metrics: nothing, not 0
+
+
+async def test_no_slot_available_503_is_not_a_failure(server, pipe):
+    routes = ready_routes("b11434-metrics-load.prom")
+    routes["/slots"] = Reply(503, (LC / "b11434-slots-no-slot-available.json").read_bytes())
+    for path, reply in routes.items():
+        server.set(path, reply)
+    await pipe.poll()
+    assert pipe.state.up and pipe.value("llm_requests_waiting") == 3
+
+
+async def test_restart_detected_from_ready_header(server, pipe):
+    for path, reply in ready_routes("b11434-metrics-load.prom").items():
+        server.set(path, reply)
+    await pipe.poll()
+    server.set("/metrics", metrics_reply("b11434-metrics-idle.prom", header="2999999999"))
+    await pipe.poll()
+    assert pipe.value("llm_engine_restarts_total") == 1
+
+
+async def test_garbage_slots_is_a_parse_error(server, pipe):
+    routes = ready_routes()
+    routes["/slots"] = Reply(200, b"[{\"id\": \"x\"}]")
+    for path, reply in routes.items():
+        server.set(path, reply)
+    await pipe.poll()
+    assert not pipe.state.up
+    assert pipe.value("llm_exporter_poll_errors_total", reason="parse") == 1
