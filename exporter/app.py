@@ -18,8 +18,9 @@ from . import __version__
 from .collector import ExporterCollector, ExporterStatus
 from .config import Config, ConfigError, TargetConfig, load_config
 from .poller import Poller
+from .hostinfo import cpu_info_labels
 from .sources import source_for
-from .sources.base import HttpFetcher
+from .sources.base import HttpFetcher, SharedContext
 from .state import TargetState
 
 log = logging.getLogger("llm_exporter")
@@ -50,6 +51,8 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = ExporterCollector(config.namespace, lambda: list(self.states.values()), self.status)
         self.registry.register(self.collector)
+        self.shared = SharedContext(pid_owners=self.pid_owners)
+        self._host_task: asyncio.Task[None] | None = None
         self.running = False
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
@@ -62,23 +65,41 @@ class Exporter:
         for poller in self.pollers.values():
             poller.start()
         self.running = True
+        self._host_task = asyncio.create_task(self._read_host_info())
+
+    async def _read_host_info(self) -> None:
+        self.status.host_cpu = await asyncio.get_running_loop().run_in_executor(None, cpu_info_labels)
+
+    def pid_owners(self) -> dict[int, tuple[str, str, str]]:
+        """Engine targets whose process the exporter found: pid → (target, engine, model)."""
+        owners = {}
+        for state in self.states.values():
+            if state.process_pid is not None and state.target.engine != "nvml":
+                model = next(iter(state.models), "")
+                owners[state.process_pid] = (state.target.name, state.target.engine, model)
+        return owners
 
     async def stop(self) -> None:
         self.running = False
+        if self._host_task is not None:
+            self._host_task.cancel()
         await asyncio.gather(*(p.stop() for p in self.pollers.values()), return_exceptions=True)
         self.pollers.clear()
+        for resource in self.shared.resources.values():
+            resource.close()  # e.g. nvmlShutdown, once per process
+        self.shared.resources.clear()
         if self.session is not None:
             await self.session.close()
             self.session = None
 
     async def poll_all_once(self) -> None:
         """--once: poll every target once (twice a short interval apart is not needed)."""
-        await asyncio.gather(*(p.poll() for p in self.pollers.values()))
+        await asyncio.gather(*(p.poll() for p in self.pollers.values()), self._host_task)
 
     # ------------------------------------------------------------------ pollers
 
     def _make_poller(self, target: TargetConfig, state: TargetState) -> Poller:
-        source = source_for(target.engine)(target)
+        source = source_for(target.engine)(target, self.shared)
         fetcher = HttpFetcher(self.session, target) if source.needs_http and self.session else None
         return Poller(source, state, fetcher)
 

@@ -95,6 +95,54 @@ TARGET_METRICS: tuple[MetricSpec, ...] = (
                "Engine series dropped because the target exceeded max_series."),
 )
 
+# Per-GPU metrics (nvml targets). Labels gpu, uuid, name (and mig for MIG instances).
+GPU_LABELS = ("gpu", "uuid", "name")
+GPU_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("gpu_utilization_ratio", "gpu_utilization_ratio", "gauge",
+               "Fraction of time a kernel ran on the GPU over the driver's sample period "
+               "(nvmlDeviceGetUtilizationRates.gpu / 100).", GPU_LABELS),
+    MetricSpec("gpu_memory_utilization_ratio", "gpu_memory_utilization_ratio", "gauge",
+               "Fraction of time device memory was read or written (nvmlDeviceGetUtilizationRates.memory / 100).",
+               GPU_LABELS),
+    MetricSpec("gpu_memory_used_bytes", "gpu_memory_used_bytes", "gauge",
+               "Device memory used (nvmlDeviceGetMemoryInfo.used).", GPU_LABELS),
+    MetricSpec("gpu_memory_free_bytes", "gpu_memory_free_bytes", "gauge",
+               "Device memory free (nvmlDeviceGetMemoryInfo.free).", GPU_LABELS),
+    MetricSpec("gpu_memory_total_bytes", "gpu_memory_total_bytes", "gauge",
+               "Device memory total (nvmlDeviceGetMemoryInfo.total).", GPU_LABELS),
+    MetricSpec("gpu_power_watts", "gpu_power_watts", "gauge", "Power draw (nvmlDeviceGetPowerUsage, mW / 1000).",
+               GPU_LABELS),
+    MetricSpec("gpu_power_limit_watts", "gpu_power_limit_watts", "gauge",
+               "Enforced power limit (nvmlDeviceGetEnforcedPowerLimit, mW / 1000).", GPU_LABELS),
+    MetricSpec("gpu_energy_joules", "gpu_energy_joules", "counter",
+               "Energy consumed since the driver loaded (nvmlDeviceGetTotalEnergyConsumption, mJ / 1000).",
+               GPU_LABELS),
+    MetricSpec("gpu_temperature_celsius", "gpu_temperature_celsius", "gauge",
+               "GPU core temperature (nvmlDeviceGetTemperature, NVML_TEMPERATURE_GPU).", GPU_LABELS),
+    MetricSpec("gpu_sm_clock_hertz", "gpu_sm_clock_hertz", "gauge",
+               "SM clock (nvmlDeviceGetClockInfo NVML_CLOCK_SM, MHz × 1e6).", GPU_LABELS),
+    MetricSpec("gpu_memory_clock_hertz", "gpu_memory_clock_hertz", "gauge",
+               "Memory clock (nvmlDeviceGetClockInfo NVML_CLOCK_MEM, MHz × 1e6).", GPU_LABELS),
+    MetricSpec("gpu_clock_event_active", "gpu_clock_event_active", "gauge",
+               "1 for each clock-event (throttle) reason active now (nvmlDeviceGetCurrentClocksEventReasons).",
+               GPU_LABELS + ("reason",)),
+    MetricSpec("gpu_pcie_bytes_per_second", "gpu_pcie_bytes_per_second", "gauge",
+               "PCIe throughput over the driver's 20 ms sample (nvmlDeviceGetPcieThroughput, KB/s × 1024).",
+               GPU_LABELS + ("direction",)),
+    MetricSpec("gpu_ecc_errors", "gpu_ecc_errors", "counter",
+               "ECC errors since the GPU was made (nvmlDeviceGetTotalEccErrors, NVML_AGGREGATE_ECC).",
+               GPU_LABELS + ("type",)),
+    MetricSpec("gpu_performance_state", "gpu_performance_state", "gauge",
+               "Performance state: 0 (P0, maximum) to 15 (P15, minimum) (nvmlDeviceGetPerformanceState).",
+               GPU_LABELS),
+    MetricSpec("gpu_lost", "gpu_lost", "gauge",
+               "1 when the GPU fell off the bus (NVML_ERROR_GPU_IS_LOST).", GPU_LABELS),
+    MetricSpec("gpu_process_memory_used_bytes", "gpu_process_memory_used_bytes", "gauge",
+               "Device memory used by one process (nvmlDeviceGetComputeRunningProcesses / "
+               "GraphicsRunningProcesses). A process of a configured engine target carries that "
+               "target's target, engine and model labels: the GPU <-> model join.", GPU_LABELS + ("pid",)),
+)
+
 # Process-wide metrics.
 EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("build_info", "exporter_build_info", "gauge", "Always 1; labels carry the version.",
@@ -109,13 +157,18 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
 INFO_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("engine_info", "engine_info", "info",
                "Engine facts: model, build (llama.cpp /props).", ("model", "build", "model_path")),
+    MetricSpec("gpu_driver_info", "gpu_driver_info", "info", "NVIDIA driver and CUDA driver versions (NVML).",
+               ("driver_version", "cuda_version")),
+    MetricSpec("host_cpu_info", "host_cpu_info", "info",
+               "Host CPU from py-cpuinfo: brand, architecture, logical cores, L2/L3 cache, AVX-512 and AMX.",
+               ("brand", "arch", "logical_cores", "l2_cache_bytes", "l3_cache_bytes", "avx512", "amx")),
     MetricSpec("kv_cache_config_info", "kv_cache_config_info", "info",
                "KV-cache configuration read from vllm:cache_config_info, by key.",
                ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching", "cache_dtype",
                 "gpu_memory_utilization", "kv_cache_size_tokens")),
 )
 
-ALL_METRICS = ENGINE_METRICS + DERIVED_METRICS + TARGET_METRICS + EXPORTER_METRICS + INFO_METRICS
+ALL_METRICS = ENGINE_METRICS + DERIVED_METRICS + TARGET_METRICS + GPU_METRICS + EXPORTER_METRICS + INFO_METRICS
 BY_KEY = {spec.key: spec for spec in ALL_METRICS}
 HISTOGRAM_KEYS = tuple(spec.key for spec in ENGINE_METRICS if spec.type == "histogram")
 

@@ -19,11 +19,12 @@ from .state import TargetState
 
 
 class ExporterStatus:
-    """Process-wide facts the collector shows (config reload outcome)."""
+    """Process-wide facts the collector shows (config reload outcome, host CPU)."""
 
     def __init__(self) -> None:
         self.config_reload_ok = False
         self.config_reload_time: float | None = None
+        self.host_cpu: tuple[tuple[str, str], ...] | None = None
 
 
 def _family(namespace: str, spec: MetricSpec) -> Metric:
@@ -65,12 +66,14 @@ class ExporterCollector:
             return metric
 
         def put(key: str, labels: dict[str, str], value: float | None) -> None:
-            if value is not None and not math.isnan(value):
+            if value is not None and not math.isnan(value) and key in BY_KEY:
                 _add(family(key), BY_KEY[key], labels, value)
 
         put("build_info", {"version": __version__}, 1.0)
         put("config_reload_ok", {}, 1.0 if self.status.config_reload_ok else 0.0)
         put("config_reload_time", {}, self.status.config_reload_time)
+        if self.status.host_cpu is not None:
+            put("host_cpu_info", dict(self.status.host_cpu), 1.0)
 
         for state in states:
             target = state.target
@@ -94,6 +97,8 @@ class ExporterCollector:
                 key = info.name
                 if key in INFO_KEYS:
                     put(key, {**base, **dict(info.labels)}, 1.0)
+            for series in state.series:
+                put(series.key, {**base, **dict(series.labels)}, series.value)
             for model_name, model in state.models.items():
                 labels = {**base, "model": model_name}
                 sample = model.latest

@@ -95,6 +95,15 @@ class InfoSample:
     labels: LabelPairs
 
 
+@dataclass(frozen=True)
+class SeriesSample:
+    """A target-level series (not per model), e.g. one GPU's temperature."""
+
+    key: str
+    labels: LabelPairs
+    value: float
+
+
 @dataclass
 class Observation:
     readiness: Readiness
@@ -102,6 +111,7 @@ class Observation:
     # Unix time the engine process started, and how that was learnt.
     process_start_time: float | None = None
     process_start_basis: str | None = None
+    process_pid: int | None = None
     # Unix time the engine itself says it became ready (llama.cpp header, vLLM _created).
     engine_ready_time: float | None = None
     # True when engine_ready_time is the exact moment (llama.cpp), not an approximation (vLLM).
@@ -114,5 +124,6 @@ class Observation:
     queue_probes: dict[str, QueueProbe] = field(default_factory=dict)
     # Conditions worth one log line when they first appear (e.g. "/slots disabled").
     notices: tuple[str, ...] = ()
+    series: list[SeriesSample] = field(default_factory=list)
     # Series that the source dropped because of the per-target cardinality cap.
     dropped_series: int = 0

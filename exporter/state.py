@@ -16,7 +16,8 @@ from .derive.load_time import LoadTime, LoadTimer
 from .derive.maths import counter_delta, histogram_delta, histogram_is_valid, histogram_mean, rate, ratio_of_deltas
 from .derive.queue_estimate import QueueWaitEstimator
 from .derive.window import SlidingWindow
-from .observation import Histogram, InfoSample, LabelPairs, ModelSample, Observation, PollError, Readiness, Reason
+from .observation import (Histogram, InfoSample, LabelPairs, ModelSample, Observation, PollError, Readiness,
+                          Reason, SeriesSample)
 
 log = logging.getLogger("llm_exporter.state")
 
@@ -82,6 +83,8 @@ class TargetState:
         self.series_dropped = 0
         self.models: dict[str, ModelState] = {}
         self.info: list[InfoSample] = []
+        self.series: list[SeriesSample] = []
+        self.process_pid: int | None = None
         self.endpoints: dict[str, bool] = {}
         self.load_timer = LoadTimer()
         self.instance_id: str | None = None
@@ -107,6 +110,7 @@ class TargetState:
         """Returns True when this failure is news (worth one log line)."""
         news = self.up or self.last_error is None or self.last_error[0] != error.reason
         self.up = False
+        self.series = []
         self.last_poll_duration = duration
         self.last_error = (error.reason, str(error))
         self.poll_errors[error.reason] += 1
@@ -129,6 +133,7 @@ class TargetState:
         self.endpoints = dict(obs.endpoints)
         if obs.process_start_time is not None:
             self.process_start = (obs.process_start_time, obs.process_start_basis or "unknown")
+        self.process_pid = obs.process_pid
 
         restarted = self._detect_restart(obs)
         if restarted:
@@ -151,9 +156,12 @@ class TargetState:
             # Loading or dead: there are no model values to show, and windows must not
             # bridge across the gap.
             self.models.clear()
+            self.series = []
             return new_notices
 
         self.info = obs.info
+        self.series = obs.series[: self.target.max_series]
+        self.series_dropped += len(obs.series) - len(self.series)
         self._apply_models(obs, now)
         return new_notices
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from .base import Source
 from .llamacpp import LlamaCppSource
+from .nvml import NvmlSource
 from .vllm import VllmSource
 
 SOURCES: dict[str, type[Source]] = {
     LlamaCppSource.engine: LlamaCppSource,
     VllmSource.engine: VllmSource,
+    NvmlSource.engine: NvmlSource,
 }
 
 

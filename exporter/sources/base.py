@@ -9,8 +9,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import ssl
-from dataclasses import dataclass
-from typing import ClassVar, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Mapping
 
 import aiohttp
 
@@ -75,7 +75,8 @@ class HttpFetcher:
         except aiohttp.ClientSSLError as exc:
             raise PollError(Reason.TLS, f"GET {path}: TLS error: {_short(exc)}") from None
         except aiohttp.ClientPayloadError:
-            raise PollError(Reason.OTHER, f"GET {path}: truncated or malformed response body") from None
+            # The connection dropped mid-body: worth another try within the poll's budget.
+            raise TransientPollError(Reason.OTHER, f"GET {path}: truncated or malformed response body") from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             raise TransientPollError(Reason.OTHER, f"GET {path}: connection lost: {_short(exc)}") from None
         except aiohttp.ClientResponseError as exc:
@@ -108,14 +109,25 @@ def expect_status(response: Response, path: str, *ok: int) -> None:
         raise PollError(Reason.HTTP_STATUS, f"GET {path}: HTTP {response.status}")
 
 
+@dataclass
+class SharedContext:
+    """What the exporter shares with every source: process-wide resources and cross-target facts."""
+
+    # pid → (target name, engine, model) for engine targets whose process is known.
+    pid_owners: Callable[[], dict[int, tuple[str, str, str]]] = lambda: {}
+    # Process-wide resources created on first use and closed when the exporter stops.
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
 class Source(abc.ABC):
     """One engine kind. Instances live as long as their target's config does."""
 
     engine: ClassVar[str]
     needs_http: ClassVar[bool] = True
 
-    def __init__(self, target: TargetConfig):
+    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         self.target = target
+        self.shared = shared or SharedContext()
 
     @abc.abstractmethod
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:

@@ -21,7 +21,7 @@ from ..config import TargetConfig, is_loopback_url
 from ..observation import InfoSample, ModelSample, Observation, PollError, QueueProbe, Readiness, Reason
 from ..procinfo import ProcessFinder
 from ..promparse import LabelCache, PromParseError, parse
-from .base import HttpFetcher, Response, Source, expect_status
+from .base import HttpFetcher, SharedContext, Response, Source, expect_status
 
 METRICS_PREFIXES = ("llamacpp:",)
 PROPS_REFRESH_POLLS = 600  # re-read /props now and then (model can be swapped by a router)
@@ -45,8 +45,8 @@ def _first(payload_values: list[Any]) -> float | None:
 class LlamaCppSource(Source):
     engine = "llamacpp"
 
-    def __init__(self, target: TargetConfig):
-        super().__init__(target)
+    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
+        super().__init__(target, shared)
         self.labels = LabelCache()
         self.metrics_enabled = True
         self.slots_enabled = True
@@ -222,3 +222,4 @@ class LlamaCppSource(Source):
             if info is not None:
                 observation.process_start_time = info.start_time
                 observation.process_start_basis = "proc"
+                observation.process_pid = info.pid

@@ -18,7 +18,7 @@ from ..config import TargetConfig
 from ..observation import Histogram, InfoSample, ModelSample, Observation, PollError, Readiness, Reason
 from ..procinfo import ProcessFinder
 from ..promparse import Labels, LabelCache, Payload, PromParseError, parse
-from .base import HttpFetcher, Source, expect_status
+from .base import HttpFetcher, SharedContext, Source, expect_status
 
 METRICS_PREFIXES = ("vllm:", "process_start_time_seconds")
 
@@ -115,8 +115,8 @@ def _prefix_unit(payload: Payload, hits: str, queries: str, unit: str | None) ->
 class VllmSource(Source):
     engine = "vllm"
 
-    def __init__(self, target: TargetConfig):
-        super().__init__(target)
+    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
+        super().__init__(target, shared)
         self.labels = LabelCache()
         self.finder = ProcessFinder(target.process) if target.process else None
 
@@ -182,15 +182,16 @@ class VllmSource(Source):
         return []
 
     def _timing(self, payload: Payload, observation: Observation) -> None:
+        info = self.finder.find() if self.finder is not None else None
+        if info is not None:
+            observation.process_pid = info.pid
         start = payload.get("process_start_time_seconds")
         if start and math.isfinite(start[0][1]) and start[0][1] > 0:
             observation.process_start_time = start[0][1]
             observation.process_start_basis = "payload"
-        elif self.finder is not None:
-            info = self.finder.find()
-            if info is not None:
-                observation.process_start_time = info.start_time
-                observation.process_start_basis = "proc"
+        elif info is not None:
+            observation.process_start_time = info.start_time
+            observation.process_start_basis = "proc"
         created = [value for name, samples in payload.samples.items() if name.endswith("_created")
                    for _, value in samples if math.isfinite(value) and value > 0]
         if created:

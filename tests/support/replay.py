@@ -29,9 +29,11 @@ class Reply:
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     # Faults: "hang" (accept, never answer), "trickle" (1 byte/s), "reset" (close mid-body),
-    # "truncate" (Content-Length larger than the body), "huge" (stream `huge_bytes` of data).
+    # "truncate" (Content-Length larger than the body), "huge" (stream `huge_bytes` of data),
+    # "reset_once" (close the connection on the first request only).
     fault: str | None = None
     huge_bytes: int = 100 * 1024 * 1024
+    tripped: bool = False  # "reset_once": the first request was reset already
 
     @staticmethod
     def text(body: str, status: int = 200, content_type: str = "text/plain; version=0.0.4",
@@ -83,6 +85,11 @@ class ReplayServer:
         reply = self.routes.get(path)
         if reply is None:
             return web.Response(status=404, text="not found")
+        if reply.fault == "reset_once" and not reply.tripped:
+            reply.tripped = True
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)
         if reply.fault == "hang":
             await asyncio.sleep(3600)
         if reply.fault in ("trickle", "reset", "truncate", "huge"):

@@ -1,0 +1,134 @@
+"""Each failure reason, produced by a real (fault-injecting) HTTP server or the network."""
+
+import asyncio
+import time
+
+import pytest
+
+from exporter.observation import Reason, Readiness
+from tests.conftest import FIXTURES
+from tests.support.net import free_port
+from tests.support.pipeline import Pipeline
+from tests.support.replay import Reply, ReplayServer
+
+IDLE = (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text()
+
+
+@pytest.fixture
+async def server():
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(IDLE)})
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+async def poll_reason(url: str, **extra) -> tuple[Pipeline, Reason | None, float]:
+    pipe = Pipeline("vllm", url, **extra)
+    started = time.monotonic()
+    await pipe.poll()
+    elapsed = time.monotonic() - started
+    reason = pipe.state.last_error[0] if pipe.state.last_error else None
+    await pipe.close()
+    return pipe, reason, elapsed
+
+
+async def test_healthy_baseline(server):
+    pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    assert reason is None and pipe.state.up
+
+
+async def test_connection_refused():
+    pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{free_port()}")
+    assert reason is Reason.CONNECT and pipe.state.readiness is Readiness.DOWN
+    assert "cannot connect" in pipe.state.last_error[1]
+
+
+async def test_dns_failure():
+    pipe, reason, _ = await poll_reason("http://nonexistent-host.invalid:8000")
+    assert reason is Reason.CONNECT and "DNS" in pipe.state.last_error[1]
+
+
+async def test_tls_handshake_failure(server):
+    # https against a plain-HTTP server: the handshake fails
+    pipe, reason, _ = await poll_reason(f"https://127.0.0.1:{server.port}")
+    assert reason is Reason.TLS
+
+
+@pytest.mark.parametrize("fault", ["hang", "trickle"])
+async def test_slow_targets_time_out_within_budget(server, fault):
+    server.set("/metrics", Reply(200, IDLE.encode()[:50], fault=fault))
+    pipe, reason, elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", interval="1s", timeout="500ms")
+    assert reason is Reason.TIMEOUT
+    assert elapsed < 1.0
+
+
+@pytest.mark.parametrize("status", [401, 404, 500, 502])
+async def test_http_status(server, status):
+    server.set("/metrics", Reply(status, b"nope"))
+    _, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    assert reason is Reason.HTTP_STATUS
+
+
+async def test_redirects_are_not_followed(server):
+    server.set("/metrics", Reply(302, b"", {"Location": "http://169.254.169.254/latest"}))
+    pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    assert reason is Reason.HTTP_STATUS and server.hits.get("/latest") is None
+
+
+async def test_truncated_body(server):
+    server.set("/metrics", Reply(200, IDLE.encode(), fault="truncate"))
+    _, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    assert reason is Reason.OTHER
+
+
+async def test_huge_body_is_cut_at_the_cap(server):
+    server.set("/metrics", Reply(200, b"", {"Content-Type": "text/plain"}, fault="huge"))
+    pipe, reason, elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", max_body_bytes="1MiB",
+                                              timeout="3s")
+    assert reason is Reason.TOO_LARGE and "read cut" in pipe.state.last_error[1]
+    # the declared-length path is refused before reading
+    server.set("/metrics", Reply(200, b"x" * (2 * 1024 * 1024)))
+    pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}", max_body_bytes="1MiB")
+    assert reason is Reason.TOO_LARGE and "exceeds" in pipe.state.last_error[1]
+
+
+@pytest.mark.parametrize("body", [b"\xff\xfe\x00garbage\x80", bytes(range(256)) * 4])
+async def test_non_utf8_and_binary_garbage(server, body):
+    server.set("/metrics", Reply(200, body))
+    _, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    assert reason is Reason.PARSE
+
+
+async def test_valid_utf8_garbage(server):
+    server.set("/metrics", Reply.text("<html>this is not prometheus</html>\n"))
+    _, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    assert reason is Reason.PARSE
+
+
+async def test_connection_reset_is_retried_then_reported(server):
+    server.set("/metrics", Reply(200, IDLE.encode(), {"Content-Length": str(len(IDLE))}, fault="reset"))
+    _, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    assert reason in (Reason.OTHER,)
+    assert server.hits["/metrics"] >= 2  # tenacity retried within the budget
+
+
+async def test_transient_reset_recovers_within_one_poll(server):
+    server.set("/metrics", Reply(200, IDLE.encode(), {"Content-Length": str(len(IDLE))}, fault="reset_once"))
+    pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    assert reason is None and pipe.state.up
+    assert server.hits["/metrics"] == 2
+
+
+async def test_error_reason_counters_and_recovery(server):
+    pipe = Pipeline("vllm", f"http://127.0.0.1:{server.port}")
+    try:
+        server.set("/metrics", Reply(500))
+        await pipe.poll()
+        await pipe.poll()
+        server.set("/metrics", Reply.text(IDLE))
+        await pipe.poll()
+        assert pipe.value("llm_exporter_poll_errors_total", reason="http_status") == 2
+        assert pipe.value("llm_up") == 1 and pipe.state.last_error is None
+        assert pipe.value("llm_exporter_last_success_timestamp_seconds") == pytest.approx(time.time(), abs=5)
+    finally:
+        await pipe.close()
