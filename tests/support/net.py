@@ -70,7 +70,8 @@ class ExporterProcess:
         return body
 
     def logs(self) -> str:
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text()
 
     def signal(self, signum: int) -> None:

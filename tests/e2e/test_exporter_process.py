@@ -1,0 +1,195 @@
+"""The real `llm-exporter` process: HTTP endpoints, SIGHUP reloads, SIGTERM, --once."""
+
+import gzip
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from exporter.promparse import parse
+from tests.conftest import FIXTURES
+from tests.support.net import ExporterProcess, free_port, http_get, wait_until
+
+VLLM_IDLE = FIXTURES / "vllm-real" / "v0.32.0-metrics-after-prefix.prom"
+
+
+@pytest.fixture
+def replay(tmp_path):
+    """A replay server process standing in for vLLM (healthy) on loopback."""
+    port = free_port()
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"/health": {"status": 200}, "/metrics": {"file": str(VLLM_IDLE)},
+                                "/hang/health": {"status": 200}, "/hang/metrics": {"status": 200, "fault": "hang"}}))
+    proc = subprocess.Popen([sys.executable, "tests/support/replay.py", "--port", str(port), "--spec", str(spec)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200, 10, what="replay server")
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+def write_config(path, listen_port, replay_port, extra_targets="", interval="300ms"):
+    path.write_text(f"""
+listen: 127.0.0.1:{listen_port}
+defaults: {{interval: {interval}, timeout: 250ms, window: 30s}}
+targets:
+  - name: good
+    engine: vllm
+    url: http://127.0.0.1:{replay_port}
+    labels: {{cluster: test}}
+{extra_targets}""")
+    return path
+
+
+def value(body: str, name: str, **labels):
+    for sample_labels, v in parse(body).get(name):
+        if all(sample_labels.get(k) == want for k, want in labels.items()):
+            return v
+    return None
+
+
+@pytest.fixture
+def exporter(tmp_path, replay):
+    port = free_port()
+    config = write_config(tmp_path / "config.yaml", port, replay, extra_targets="""
+  - name: hanging
+    engine: vllm
+    url: http://127.0.0.1:{}/hang
+  - name: absent
+    engine: llamacpp
+    url: http://127.0.0.1:{}
+""".format(replay, free_port()))
+    proc = ExporterProcess(config, port)
+    yield proc
+    proc.stop()
+
+
+def test_serves_unified_metrics_with_sick_targets_alongside(exporter):
+    body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="good") == 1 and value(
+        b, "llm_exporter_poll_errors_total", target="hanging", reason="timeout") else None)(exporter.metrics()),
+                      10, what="first polls")
+    assert value(body, "llm_up", target="hanging") == 0
+    assert value(body, "llm_requests_running", target="good", model="tiny-llama", cluster="test") == 0
+    assert value(body, "llm_kv_cache_hit_tokens_total", target="good") == 1280
+    assert value(body, "llm_exporter_poll_errors_total", target="hanging", reason="timeout") >= 1
+    assert value(body, "llm_exporter_poll_errors_total", target="absent", reason="connect") >= 1
+    assert value(body, "llm_exporter_build_info") == 1
+    assert value(body, "llm_exporter_config_last_reload_successful") == 1
+    status, page = exporter.get("/")
+    assert status == 200 and "hanging" in page and "timeout" in page
+    assert exporter.get("/healthz")[0] == 200
+    assert exporter.get("/readyz")[0] == 200
+
+
+def test_openmetrics_and_gzip(exporter):
+    wait_until(lambda: value(exporter.metrics(), "llm_up", target="good") == 1, 10)
+    url = f"http://127.0.0.1:{exporter.port}/metrics"
+    req = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text; version=1.0.0",
+                                               "Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+        assert resp.headers["Content-Encoding"] == "gzip"
+        text = gzip.decompress(resp.read()).decode()
+    assert text.rstrip().endswith("# EOF")
+    assert "llm_up{" in text
+
+
+def test_sighup_reload_good_then_bad_config(exporter, tmp_path, replay):
+    wait_until(lambda: value(exporter.metrics(), "llm_up", target="good") == 1, 10)
+    before = value(exporter.metrics(), "llm_exporter_config_last_reload_success_timestamp_seconds")
+    # good: drop two targets, add one; "good" keeps its state (same name and engine)
+    write_config(exporter.config_path, exporter.port, replay, extra_targets="""
+  - name: second
+    engine: vllm
+    url: http://127.0.0.1:{}
+""".format(replay))
+    restarts_before = value(exporter.metrics(), "llm_exporter_poll_errors_total", target="good", reason="connect")
+    exporter.signal(signal.SIGHUP)
+    body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="second") == 1 else None)(exporter.metrics()),
+                      10, what="reloaded target")
+    assert value(body, "llm_up", target="hanging") is None  # removed targets vanish
+    assert value(body, "llm_exporter_config_last_reload_success_timestamp_seconds") > before
+    assert value(body, "llm_exporter_poll_errors_total", target="good", reason="connect") == restarts_before
+    # bad: rejected, old config keeps running, the gauge says so, the log says why
+    exporter.config_path.write_text("targets:\n  - {name: x, engine: vlm, url: 'http://h:1'}\n")
+    exporter.signal(signal.SIGHUP)
+    body = wait_until(lambda: (lambda b: b if value(b, "llm_exporter_config_last_reload_successful") == 0
+                               else None)(exporter.metrics()), 10, what="failed reload")
+    assert value(body, "llm_up", target="second") == 1
+    assert "config reload rejected" in exporter.logs() and "did you mean 'vllm'" in exporter.logs()
+    assert exporter.proc.poll() is None
+
+
+def test_sighup_storm_and_sigterm_during_polls(exporter):
+    wait_until(lambda: value(exporter.metrics(), "llm_up", target="good") == 1, 10)
+    for _ in range(50):
+        exporter.signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert exporter.proc.poll() is None
+    body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="good") == 1 else None)(exporter.metrics()),
+                      10)
+    assert value(body, "llm_exporter_config_last_reload_successful") == 1
+    # SIGTERM while the hanging target's poll is in flight: exit 0 within 2 s
+    started = time.monotonic()
+    exporter.signal(signal.SIGTERM)
+    code = exporter.proc.wait(5)
+    assert code == 0 and time.monotonic() - started < 2.0
+
+
+def test_once_prints_exposition_and_exits(tmp_path, replay):
+    config = write_config(tmp_path / "once.yaml", free_port(), replay)
+    out = subprocess.run([sys.executable, "-m", "exporter", "--once", "--config", str(config)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert value(out.stdout, "llm_up", target="good") == 1
+    assert value(out.stdout, "llm_kv_cache_query_tokens_total", target="good") == 2524
+
+
+def test_json_logs_one_line_per_event_and_no_secrets(tmp_path, replay):
+    port = free_port()
+    config = tmp_path / "secret.yaml"
+    config.write_text(f"""
+listen: 127.0.0.1:{port}
+targets:
+  - name: with-token
+    engine: vllm
+    url: http://127.0.0.1:{free_port()}
+    interval: 200ms
+    timeout: 150ms
+    headers: {{Authorization: "Bearer ${{SECRET_TOKEN}}"}}
+""")
+    env = {**__import__("os").environ, "SECRET_TOKEN": "tok-5up3r-s3cr3t"}
+    proc = ExporterProcess(config, port, ("--log-format", "json"), env=env)
+    try:
+        time.sleep(1.0)
+        body = proc.metrics()
+        status, page = proc.get("/")
+    finally:
+        proc.stop()
+    logs = proc.logs()
+    lines = [line for line in logs.splitlines() if line.strip()]
+    assert lines and all(json.loads(line)["msg"] for line in lines)
+    assert sum("with-token" in line and "down" in line for line in lines) == 1  # once, not every poll
+    for text in (logs, body, page):
+        assert "tok-5up3r-s3cr3t" not in text
+
+
+def test_bad_config_exits_2_and_default_config_starts(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("listen: 127.0.0.1:1\ntargets: 7\n")
+    out = subprocess.run([sys.executable, "-m", "exporter", "--config", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2 and "expected a list of targets" in out.stderr
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        body = wait_until(lambda: (lambda r: r[1] if r[0] == 200 and "llm_up{" in r[1] and 'target="vllm"' in r[1]
+                                   else None)(http_get(f"http://127.0.0.1:{port}/metrics")), 15)
+        assert 'llm_up{engine="llamacpp",target="llamacpp"}' in body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(5) == 0
