@@ -48,7 +48,7 @@ class LlamaServer:
 
     def start(self):
         self.log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, process_group=0)
         self.spawned = time.time()
         wait_until(lambda: http_get(f"http://127.0.0.1:{self.port}/health", timeout=2)[0] == 200
                    or self.proc.poll() is not None, 60, interval=0.02, what="llama-server ready")

