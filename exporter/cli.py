@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import logging
+import os
 import signal
 import sys
 
@@ -26,7 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-exporter",
         description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, NVIDIA GPUs).")
-    parser.add_argument("--config", metavar="FILE", help="YAML config (default: the embedded default config)")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML config (default: $LLM_EXPORTER_CONFIG when that file exists, "
+                             "else the embedded default config)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve /metrics on (overrides config)")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
     parser.add_argument("--once", action="store_true",
@@ -42,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    config_path = args.config
+    if config_path is None and os.environ.get("LLM_EXPORTER_CONFIG"):
+        candidate = os.environ["LLM_EXPORTER_CONFIG"]
+        if os.path.exists(candidate):
+            config_path = candidate
+        else:
+            log.info("%s (from LLM_EXPORTER_CONFIG) does not exist: using the embedded default config", candidate)
+    args.config = config_path
     try:
         config = load_config(args.config)
         if args.listen:

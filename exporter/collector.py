@@ -91,12 +91,14 @@ class ExporterCollector:
                 put("model_load", {**base, "basis": load.basis}, load.seconds)
             if state.process_start is not None:
                 put("engine_process_start_time", {**base, "basis": state.process_start[1]}, state.process_start[0])
+            if not state.up:
+                # The last poll failed: show no stale engine values (windows are kept for when it is back).
+                continue
             for endpoint, enabled in sorted(state.endpoints.items()):
                 put("endpoint_enabled", {**base, "endpoint": endpoint}, 1.0 if enabled else 0.0)
             for info in state.info:
-                key = info.name
-                if key in INFO_KEYS:
-                    put(key, {**base, **dict(info.labels)}, 1.0)
+                if info.name in INFO_KEYS:
+                    put(info.name, {**base, **dict(info.labels)}, 1.0)
             for series in state.series:
                 put(series.key, {**base, **dict(series.labels)}, series.value)
             for model_name, model in state.models.items():

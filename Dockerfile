@@ -1,0 +1,26 @@
+# syntax=docker/dockerfile:1
+# llm-exporter: multi-stage build; the final image has no compilers and runs as a fixed non-root UID.
+#   docker build -t llm-exporter .
+#   docker run -p 9787:9787 -v ./config.yaml:/etc/llm-exporter/config.yaml:ro llm-exporter
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+RUN python -m venv /opt/llm-exporter \
+ && /opt/llm-exporter/bin/python -m pip install --no-cache-dir .
+
+FROM python:3.11-slim
+LABEL org.opencontainers.image.title="llm-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, NVIDIA GPUs)" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.source="https://example.invalid/llm-exporter"
+COPY --from=build /opt/llm-exporter /opt/llm-exporter
+ENV PATH="/opt/llm-exporter/bin:$PATH" \
+    PYTHONUNBUFFERED=1 \
+    LLM_EXPORTER_CONFIG=/etc/llm-exporter/config.yaml
+USER 65532:65532
+EXPOSE 9787
+HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
+  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9787/healthz', timeout=2).status == 200 else 1)"]
+ENTRYPOINT ["llm-exporter"]

@@ -1,0 +1,84 @@
+"""The exposition: names pass promtool, series vanish with their target/model, failures hide stale values."""
+
+import subprocess
+
+import pytest
+from prometheus_client import generate_latest
+
+from exporter.catalogue import ALL_METRICS, exposed_names
+from exporter.observation import ModelSample, Observation, PollError, Readiness, Reason
+from exporter.promparse import parse
+from tests.conftest import FIXTURES
+from tests.support.pipeline import Pipeline
+from tests.support.replay import Reply, ReplayServer
+
+
+@pytest.fixture
+async def pipe():
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(
+        (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text())})
+    await srv.start()
+    p = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", window="1m")
+    yield p, srv
+    await p.close()
+    await srv.stop()
+
+
+@pytest.mark.prometheus
+async def test_exposition_passes_promtool_check_metrics(pipe, promtool):
+    p, srv = pipe
+    await p.poll()
+    await p.poll()
+    text = p.exposition()
+    out = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "" and out.stderr.strip() == "", out.stdout + out.stderr
+
+
+async def test_failure_hides_stale_engine_values_but_keeps_self_metrics(pipe):
+    p, srv = pipe
+    await p.poll()
+    assert p.value("llm_requests_running") == 0
+    srv.set("/metrics", Reply(500))
+    await p.poll()
+    assert p.value("llm_requests_running") is None
+    assert p.value("llm_up") == 0 and p.value("llm_exporter_poll_errors_total", reason="http_status") == 1
+    assert p.state.models  # history kept for when the target is back
+
+
+def test_vanished_models_vanish_from_exposition():
+    from exporter.config import load_config_text
+    from exporter.state import TargetState
+    target = load_config_text("targets:\n  - {name: t, engine: vllm, url: 'http://h:1'}\n", "t", {}).targets[0]
+    state = TargetState(target)
+    a, b = ModelSample(), ModelSample()
+    a.set("requests_running", 1)
+    b.set("requests_running", 2)
+    state.record_success(Observation(Readiness.READY, models={"a": a, "b": b}), 1.0, 0.01)
+    assert set(state.models) == {"a", "b"}
+    c = ModelSample()
+    c.set("requests_running", 3)
+    state.record_success(Observation(Readiness.READY, models={"a": c}), 2.0, 0.01)
+    assert set(state.models) == {"a"}
+
+
+def test_series_cap_drops_and_counts():
+    from exporter.config import load_config_text
+    from exporter.state import TargetState
+    target = load_config_text("targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 30}\n",
+                              "t", {}).targets[0]
+    state = TargetState(target)
+    models = {}
+    for i in range(100):
+        sample = ModelSample()
+        sample.set("requests_running", i)
+        models[f"m{i:03d}"] = sample
+    state.record_success(Observation(Readiness.READY, models=models), 1.0, 0.01)
+    assert 0 < len(state.models) < 100
+    assert state.series_dropped > 0
+
+
+def test_catalogue_names_are_valid_and_unique():
+    import re
+    names = [n for spec in ALL_METRICS for n in exposed_names("llm", spec)]
+    assert len(names) == len(set(names))
+    assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", n) for n in names)
