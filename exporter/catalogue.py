@@ -105,7 +105,10 @@ GPU_METRICS: tuple[MetricSpec, ...] = (
                "Fraction of time device memory was read or written (nvmlDeviceGetUtilizationRates.memory / 100).",
                GPU_LABELS),
     MetricSpec("gpu_memory_used_bytes", "gpu_memory_used_bytes", "gauge",
-               "Device memory used (nvmlDeviceGetMemoryInfo.used).", GPU_LABELS),
+               "Device memory used, driver reservation excluded (nvmlDeviceGetMemoryInfo v2 .used; v1 on "
+               "old drivers includes it).", GPU_LABELS),
+    MetricSpec("gpu_memory_reserved_bytes", "gpu_memory_reserved_bytes", "gauge",
+               "Device memory the driver reserves (nvmlDeviceGetMemoryInfo v2 .reserved).", GPU_LABELS),
     MetricSpec("gpu_memory_free_bytes", "gpu_memory_free_bytes", "gauge",
                "Device memory free (nvmlDeviceGetMemoryInfo.free).", GPU_LABELS),
     MetricSpec("gpu_memory_total_bytes", "gpu_memory_total_bytes", "gauge",

@@ -173,11 +173,20 @@ class NvmlLibrary:
     def _read_fields(self, handle: Any, uuid: str, reading: GpuReading, whole_gpu: bool) -> None:
         nvml = self.nvml
         put = reading.values.append
-        memory = self._field(uuid, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
+        # v2 reports the memory the driver reserves apart from "used", as nvidia-smi does; v1
+        # (older drivers) counts it as used.
+        memory = None
+        if getattr(nvml, "nvmlMemory_v2", None) is not None:
+            memory = self._field(uuid, "memory_v2", nvml.nvmlDeviceGetMemoryInfo, handle, nvml.nvmlMemory_v2)
+        if memory is None:
+            memory = self._field(uuid, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
         if memory is not None:
             put(("gpu_memory_used_bytes", (), float(memory.used)))
             put(("gpu_memory_free_bytes", (), float(memory.free)))
             put(("gpu_memory_total_bytes", (), float(memory.total)))
+            reserved = getattr(memory, "reserved", None)
+            if isinstance(reserved, int):
+                put(("gpu_memory_reserved_bytes", (), float(reserved)))
         for process_fn in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetGraphicsRunningProcesses"):
             processes = self._field(uuid, process_fn, getattr(nvml, process_fn), handle)
             for proc in processes or []:

@@ -37,8 +37,9 @@ class FakeGpus:
             "nvmlDeviceGetHandleByIndex": lambda i: ("gpu", i),
             "nvmlDeviceGetUUID": lambda h: f"GPU-{h[1]}" if h[0] == "gpu" else f"MIG-{h[1]}-{h[2]}",
             "nvmlDeviceGetName": lambda h: "NVIDIA H100 80GB HBM3",
-            "nvmlDeviceGetMemoryInfo": self.field("memory", lambda h: SimpleNamespace(
-                total=80 * 2**30, used=(h[1] + 1) * 2**30, free=80 * 2**30 - (h[1] + 1) * 2**30)),
+            "nvmlDeviceGetMemoryInfo": self.field("memory", lambda h, version=None: SimpleNamespace(
+                total=80 * 2**30, used=(h[1] + 1) * 2**30, free=80 * 2**30 - (h[1] + 1) * 2**30 - 2**29,
+                **({"reserved": 2**29} if version else {}))),
             "nvmlDeviceGetUtilizationRates": self.field("util", lambda h: SimpleNamespace(gpu=37, memory=12)),
             "nvmlDeviceGetPowerUsage": self.field("power", lambda h: 123456),
             "nvmlDeviceGetEnforcedPowerLimit": self.field("power_limit", lambda h: 700000),
@@ -125,6 +126,7 @@ async def test_reads_every_field_in_base_units(monkeypatch):
     assert one(state, "gpu_memory_utilization_ratio", gpu="1") == 0.12
     assert one(state, "gpu_memory_used_bytes", gpu="1", uuid="GPU-1") == 2 * 2**30
     assert one(state, "gpu_memory_total_bytes", gpu="0") == 80 * 2**30
+    assert one(state, "gpu_memory_reserved_bytes", gpu="0") == 2**29
     assert one(state, "gpu_power_watts", gpu="0") == pytest.approx(123.456)
     assert one(state, "gpu_power_limit_watts", gpu="0") == 700
     assert one(state, "gpu_energy_joules", gpu="0") == 5000
