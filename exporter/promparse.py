@@ -26,6 +26,7 @@ EMPTY_LABELS: Labels = MappingProxyType({})
 _METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 _LABEL_PAIR_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\Z)', re.S)
 _ESCAPE_RE = re.compile(r'\\[\\n"]')
+_FAMILY_COMMENTS = ("# HELP ", "# TYPE ")
 _ESCAPES = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
 _HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 _SUMMARY_SUFFIXES = ("_count", "_sum", "")
@@ -64,68 +65,87 @@ class LabelCache:
 
     def __init__(self, max_entries: int = 20_000):
         self.entries: dict[str, Labels] = {}
+        self.wanted: dict[str, bool] = {}  # sample name → valid and kept (no prefix filter)
+        self._wanted_by_prefixes: dict[tuple[str, ...], dict[str, bool]] = {}
         self.max_entries = max_entries
 
-    def parse(self, text: str, line_no: int, line: str) -> Labels:
-        labels = self.entries.get(text)
-        if labels is None:
-            labels = _parse_labels(text, line_no, line)
-            if len(self.entries) >= self.max_entries:
-                self.entries.clear()
-            self.entries[text] = labels
+    def wanted_for(self, prefixes: tuple[str, ...]) -> dict[str, bool]:
+        table = self._wanted_by_prefixes.get(prefixes)
+        if table is None:
+            if len(self._wanted_by_prefixes) > 8:
+                self._wanted_by_prefixes.clear()
+            table = self._wanted_by_prefixes[prefixes] = {}
+        return table
+
+    def parse(self, block: str, text: str, line: str) -> Labels:
+        labels = _parse_labels(block, text, line)
+        if len(self.entries) >= self.max_entries:
+            self.entries.clear()
+        self.entries[block] = labels
         return labels
 
 
-def _parse_labels(text: str, line_no: int, line: str) -> Labels:
-    if not text.strip():
+def _parse_labels(block: str, text: str, line: str) -> Labels:
+    if not block.strip():
         return EMPTY_LABELS
     out: dict[str, str] = {}
-    pos, end = 0, len(text)
+    pos, end = 0, len(block)
     while pos < end:
-        match = _LABEL_PAIR_RE.match(text, pos)
+        match = _LABEL_PAIR_RE.match(block, pos)
         if match is None:
-            raise PromParseError(line_no, "invalid label set", line)
+            raise _error(text, line, "invalid label set")
         name, value, comma = match.group(1), match.group(2), match.group(3)
         if name in out:
-            raise PromParseError(line_no, f"duplicate label {name!r}", line)
+            raise _error(text, line, f"duplicate label {name!r}")
         if "\\" in value:
-            value = _unescape(value, line_no, line)
+            value = _unescape(value, text, line)
         out[name] = value
         pos = match.end()
         if not comma:
             break
-    if pos < end and text[pos:].strip():
-        raise PromParseError(line_no, "invalid label set", line)
+    if pos < end and block[pos:].strip():
+        raise _error(text, line, "invalid label set")
     if "__name__" in out:
-        raise PromParseError(line_no, "__name__ inside labels is not supported", line)
+        raise _error(text, line, "__name__ inside labels is not supported")
     return MappingProxyType(out)
 
 
-def _unescape(value: str, line_no: int, line: str) -> str:
+def _unescape(value: str, text: str, line: str) -> str:
     # Reject a lone backslash before anything but \\, \n, \" the way the Go parser does,
     # while keeping prometheus_client's result for valid escapes.
     rest = _ESCAPE_RE.sub("", value)
     if "\\" in rest:
-        raise PromParseError(line_no, "invalid escape in label value", line)
+        raise _error(text, line, "invalid escape in label value")
     return _ESCAPE_RE.sub(lambda m: _ESCAPES[m.group(0)], value)
 
 
-def _parse_number(text: str, line_no: int, line: str) -> float:
-    if "_" in text:
-        raise PromParseError(line_no, f"invalid number {text!r}", line)
-    try:
-        return float(text)
-    except ValueError:
-        raise PromParseError(line_no, f"invalid number {text!r}", line) from None
+def _wanted_blocks(text: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Lines of the family blocks a source wants. A block runs from a HELP/TYPE comment to the
+    next comment line (the text format puts a family's samples there); unwanted blocks are jumped
+    over with one str.find each, so big histograms a source does not use cost next to nothing.
+    Lines of wanted blocks are still checked one by one in parse()."""
+    lines: list[str] = []
+    pos, size = 0, len(text)
+    find, startswith = text.find, text.startswith
+    while pos < size:
+        if startswith(_FAMILY_COMMENTS, pos) and not startswith(prefixes, pos + 7):
+            following = find("\n#", pos)
+            pos = size if following < 0 else following + 1
+            continue
+        following = find("\n#", pos + 1)
+        block_end = size if following < 0 else following
+        lines.extend(text[pos:block_end].split("\n"))
+        pos = block_end + 1
+    return lines
 
 
 def parse(text: str, prefixes: tuple[str, ...] | None = None,
           label_cache: LabelCache | None = None) -> Payload:
     """Parse a /metrics payload.
 
-    prefixes: keep only samples whose name starts with one of these (HELP/TYPE of
-    other families are skipped too). None keeps everything.
-    label_cache: reuse parsed label blocks across polls of one target.
+    prefixes: keep only families whose name starts with one of these; the blocks of other
+    families are skipped without being looked at. None keeps everything.
+    label_cache: reuse parsed label blocks and name checks across polls of one target.
     """
     if label_cache is None:
         label_cache = LabelCache()
@@ -133,61 +153,100 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
     samples = payload.samples
     types = payload.types
     counter_families: set[str] = set()
-    parse_labels = label_cache.parse
-    keep_all = prefixes is None
-    for line_no, raw in enumerate(text.split("\n"), 1):
-        line = raw.strip()
+    wanted = label_cache.wanted if prefixes is None else label_cache.wanted_for(tuple(prefixes))
+    labels_cache = label_cache.entries
+    lines = text.split("\n") if prefixes is None else _wanted_blocks(text, tuple(prefixes))
+
+    for raw in lines:
+        line = raw if raw and raw[0] not in " \t" and raw[-1] not in " \t\r" else raw.strip()
         if not line:
             continue
         if line[0] == "#":
-            if line.startswith("# HELP "):
-                parts = line.split(None, 3)
-                if len(parts) >= 3 and (keep_all or parts[2].startswith(prefixes)):  # type: ignore[arg-type]
-                    payload.helps[parts[2]] = parts[3] if len(parts) == 4 else ""
-            elif line.startswith("# TYPE ") or line.startswith("#\tTYPE"):
-                parts = line.split(None, 3)
-                if len(parts) < 4:
-                    raise PromParseError(line_no, "TYPE line without a type", raw)
-                family, kind = parts[2], parts[3].strip()
-                if not keep_all and not family.startswith(prefixes):  # type: ignore[arg-type]
-                    continue
-                if not _METRIC_NAME_RE.match(family):
-                    raise PromParseError(line_no, f"invalid metric name {family!r}", raw)
-                types[family] = kind
-                if kind == "counter" and not family.endswith("_total"):
-                    counter_families.add(family)
-            continue
-        if not keep_all and not line.startswith(prefixes):  # type: ignore[arg-type]
+            _comment(line, raw, text, prefixes, payload, counter_families)
             continue
         brace = line.find("{")
         if brace >= 0:
             close = line.rfind("}")
             if close < brace:
-                raise PromParseError(line_no, "unterminated label set", raw)
+                raise _error(text, raw, "unterminated label set")
             name = line[:brace].rstrip()
-            labels = parse_labels(line[brace + 1:close], line_no, raw)
-            rest = line[close + 1:]
-            if rest and rest[0] not in " \t":
-                raise PromParseError(line_no, "missing space after labels", raw)
-            fields = rest.split()
+            block = line[brace + 1:close]
+            labels = labels_cache.get(block)
+            if labels is None:
+                labels = label_cache.parse(block, text, raw)
+            rest = line[close + 2:]
+            if line[close + 1:close + 2] == " " and " " not in rest and "\t" not in rest and rest:
+                fields = [rest]  # the common case: exactly "} value"
+            else:
+                rest = line[close + 1:]
+                if rest and rest[0] not in " \t":
+                    raise _error(text, raw, "missing space after labels")
+                fields = rest.split()
         else:
             fields = line.split()
+            if not fields:
+                raise _error(text, raw, "not a sample line")
             name = fields.pop(0)
             labels = EMPTY_LABELS
-        if not _METRIC_NAME_RE.match(name):
-            raise PromParseError(line_no, f"invalid metric name {name!r}", raw)
+        keep = wanted.get(name)
+        if keep is None:
+            if not _METRIC_NAME_RE.match(name):
+                raise _error(text, raw, f"invalid metric name {name!r}")
+            keep = prefixes is None or name.startswith(prefixes)
+            if len(wanted) < label_cache.max_entries:
+                wanted[name] = keep
+        if not keep:
+            continue  # a stray line of another family inside a wanted block
         if not fields or len(fields) > 2:
-            raise PromParseError(line_no, "expected a value and an optional timestamp", raw)
-        value = _parse_number(fields[0], line_no, raw)
+            raise _error(text, raw, "expected a value and an optional timestamp")
+        number = fields[0]
+        try:
+            value = float(number)
+        except ValueError:
+            raise _error(text, raw, f"invalid number {number!r}") from None
+        if "_" in number:
+            raise _error(text, raw, f"invalid number {number!r}")
         if name in counter_families:
             name += "_total"  # prometheus_client's convention for counters named without _total
         bucket = samples.get(name)
         if bucket is None:
             bucket = samples[name] = []
         if len(fields) == 2:
-            payload.timestamps[(name, len(bucket))] = _parse_number(fields[1], line_no, raw) / 1000.0
+            stamp = fields[1]
+            try:
+                payload.timestamps[(name, len(bucket))] = float(stamp) / 1000.0
+            except ValueError:
+                raise _error(text, raw, f"invalid timestamp {stamp!r}") from None
+            if "_" in stamp:
+                raise _error(text, raw, f"invalid timestamp {stamp!r}")
         bucket.append((labels, value))
     return payload
+
+
+def _comment(line: str, raw: str, text: str, prefixes: tuple[str, ...] | None, payload: Payload,
+             counter_families: set[str]) -> None:
+    if line.startswith("# HELP "):
+        parts = line.split(None, 3)
+        if len(parts) >= 3 and (prefixes is None or parts[2].startswith(prefixes)):
+            payload.helps[parts[2]] = parts[3] if len(parts) == 4 else ""
+    elif line.startswith("# TYPE ") or line.startswith("#\tTYPE"):
+        parts = line.split(None, 3)
+        if len(parts) < 4:
+            raise _error(text, raw, "TYPE line without a type")
+        family, kind = parts[2], parts[3].strip()
+        if prefixes is not None and not family.startswith(prefixes):
+            return
+        if not _METRIC_NAME_RE.match(family):
+            raise _error(text, raw, f"invalid metric name {family!r}")
+        payload.types[family] = kind
+        if kind == "counter" and not family.endswith("_total"):
+            counter_families.add(family)
+
+
+def _error(text: str, line: str, message: str) -> PromParseError:
+    """The error, with the line number (found only now: errors are rare, lines are many)."""
+    offset = text.find(line)
+    return PromParseError(text.count("\n", 0, offset) + 1 if offset >= 0 else 0, message, line)
 
 
 def family_of(sample_name: str, types: Mapping[str, str]) -> str:

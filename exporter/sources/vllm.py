@@ -20,7 +20,6 @@ from ..procinfo import ProcessFinder
 from ..promparse import Labels, LabelCache, Payload, PromParseError, parse
 from .base import HttpFetcher, SharedContext, Source, expect_status
 
-METRICS_PREFIXES = ("vllm:", "process_start_time_seconds")
 
 # unified key → vLLM families, most preferred first (sample names as on the wire).
 GAUGES: dict[str, tuple[str, ...]] = {
@@ -48,6 +47,25 @@ PREFIX_CACHE: tuple[tuple[str, str, str | None], ...] = (
 )
 LIFETIME_HIT_RATE = "vllm:gpu_prefix_cache_hit_rate"
 FINISHED = "vllm:request_success_total"
+CACHE_INFO = "vllm:cache_config_info"
+
+
+def _family_prefixes(family: str) -> tuple[str, ...]:
+    """What to keep of one family: a counter's `_total` and `_created` series, everything of a
+    gauge or histogram family (`_bucket`, `_sum`, `_count`, `_created`)."""
+    if family.endswith("_total"):
+        return (family, family[: -len("_total")] + "_created")
+    return (family,)
+
+
+# Only these families are parsed: the parser skips every other family's block unread.
+METRICS_PREFIXES: tuple[str, ...] = tuple(sorted({
+    prefix
+    for family in [f for table in (GAUGES, MEAN_GAUGES, COUNTERS, HISTOGRAMS) for fs in table.values() for f in fs]
+    + [f for pair in PREFIX_CACHE for f in pair[:2]] + [LIFETIME_HIT_RATE, FINISHED, CACHE_INFO,
+                                                       "process_start_time_seconds"]
+    for prefix in _family_prefixes(family)
+}))
 CACHE_CONFIG_KEYS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching",
                      "cache_dtype", "gpu_memory_utilization", "kv_cache_size_tokens")
 
@@ -176,7 +194,7 @@ class VllmSource(Source):
 
     @staticmethod
     def cache_config_info(payload: Payload) -> list[InfoSample]:
-        for labels, _ in payload.get("vllm:cache_config_info")[:1]:
+        for labels, _ in payload.get(CACHE_INFO)[:1]:
             pairs = tuple((key, str(labels[key])[:100]) for key in CACHE_CONFIG_KEYS if key in labels)
             return [InfoSample("kv_cache_config_info", pairs)]
         return []
@@ -195,7 +213,8 @@ class VllmSource(Source):
         created = [value for name, samples in payload.samples.items() if name.endswith("_created")
                    for _, value in samples if math.isfinite(value) and value > 0]
         if created:
-            # Stat loggers are created right after the engine is ready (0.10+, single API server).
+            # Stat loggers are created right after the engine is ready (0.10+, single API server);
+            # the families read here are created within about a millisecond of each other.
             observation.engine_ready_time = min(created)
         identity = observation.process_start_time if observation.process_start_basis == "payload" else None
         if identity is None and created:

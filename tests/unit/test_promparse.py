@@ -160,3 +160,14 @@ def test_arbitrary_text_only_raises_parse_error(text):
         parse(text)
     except PromParseError:
         pass
+
+
+@pytest.mark.parametrize("text", fixture_payloads())
+def test_filtered_parse_equals_full_parse_restricted(text):
+    """Skipping unwanted family blocks must not lose or invent a wanted sample."""
+    from exporter.sources.vllm import METRICS_PREFIXES
+    for prefixes in (METRICS_PREFIXES, ("llamacpp:",), ("vllm:num_requests", "process_")):
+        full = parse(text)
+        filtered = parse(text, prefixes)
+        expected = {n: [(dict(l), v) for l, v in s] for n, s in full.samples.items() if n.startswith(prefixes)}
+        assert {n: [(dict(l), v) for l, v in s] for n, s in filtered.samples.items()} == expected
