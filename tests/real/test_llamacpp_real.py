@@ -19,7 +19,6 @@ import pytest
 
 from exporter.promparse import parse
 from tests.support.net import ExporterProcess, free_port, http_get, kill_tree, wait_until
-from tests.support.tiny_gguf import write_model
 
 pytestmark = pytest.mark.real_engine
 RESULTS: dict[str, object] = {}
@@ -39,6 +38,8 @@ def proc_start_since_boot(pid: int) -> float:
 
 
 class LlamaServer:
+    """A real llama-server on loopback (also used by the Prometheus end-to-end test)."""
+
     def __init__(self, binary, model, port, log_path):
         self.args = [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--metrics", "--slots",
                      "-np", "2", "-c", "4096", "-t", "2", "--no-webui"]
@@ -80,14 +81,8 @@ class LlamaServer:
                 "timings": timings}
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "tiny-llama.gguf"
-    write_model(str(path))  # 8 layers, hidden 768: ~10-20 ms per decode step on 2 cores
-    return path
-
-
-def test_llamacpp_real_server_end_to_end(llama_server_bin, model, tmp_path):
+def test_llamacpp_real_server_end_to_end(llama_server_bin, tiny_gguf, tmp_path):
+    model = tiny_gguf
     port, exporter_port = free_port(), free_port()
     config = tmp_path / "exporter.yaml"
     config.write_text(f"""

@@ -1,0 +1,224 @@
+"""Deployment files: checked with the real tools (promtool, systemd-analyze, kubernetes schemas)."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from exporter.config import DEFAULT_PORT, load_config_text
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+@pytest.fixture(scope="module")
+def dockerfile():
+    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
+    return parser
+
+
+def final_stage(instructions):
+    last_from = max(i for i, ins in enumerate(instructions) if ins["instruction"] == "FROM")
+    return instructions[last_from:]
+
+
+def test_dockerfile_is_multi_stage_without_compilers_in_the_final_image(dockerfile):
+    froms = [i for i in dockerfile.structure if i["instruction"] == "FROM"]
+    assert len(froms) >= 2
+    final = final_stage(dockerfile.structure)
+    assert not [i for i in final if i["instruction"] == "RUN"], "the final stage must only copy the built venv"
+    assert "COPY --from=build" in " ".join(i["content"] for i in final)
+
+
+def test_dockerfile_runs_non_root_exposes_default_port_and_checks_health(dockerfile):
+    final = final_stage(dockerfile.structure)
+    users = [i["value"] for i in final if i["instruction"] == "USER"]
+    assert users and users[-1].split(":")[0].isdigit() and int(users[-1].split(":")[0]) > 0
+    assert [i["value"] for i in final if i["instruction"] == "EXPOSE"] == [str(DEFAULT_PORT)]
+    entry = json.loads([i["value"] for i in final if i["instruction"] == "ENTRYPOINT"][-1])
+    assert entry == ["llm-exporter"]
+    health = [i["value"] for i in final if i["instruction"] == "HEALTHCHECK"][-1]
+    assert f"127.0.0.1:{DEFAULT_PORT}/healthz" in health
+    assert dockerfile.envs.get("LLM_EXPORTER_CONFIG") == "/etc/llm-exporter/config.yaml"
+    assert any(k.startswith("org.opencontainers.image.") for k in dockerfile.labels)
+
+
+def test_dockerfile_installs_the_way_the_readme_does(dockerfile):
+    readme = (ROOT / "README.md").read_text()
+    assert "python3 -m venv .venv && .venv/bin/pip install . && .venv/bin/llm-exporter" in readme
+    runs = " ".join(i["value"] for i in dockerfile.structure if i["instruction"] == "RUN")
+    commands = [c.strip() for c in re.split(r"&&", runs)]
+    for command in commands:
+        assert re.fullmatch(r"python -m venv \S+|\S+/bin/python -m pip install --no-cache-dir \.", command), command
+
+
+def test_the_entrypoint_honours_the_config_path_variable(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("targets:\n  - {name: from-env, engine: vllm, url: 'http://127.0.0.1:9'}\n")
+    env = {"LLM_EXPORTER_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "exporter", "--check-config"], capture_output=True, text=True,
+                         env=env, cwd=ROOT)
+    assert out.returncode == 0 and str(config) in out.stdout
+    env["LLM_EXPORTER_CONFIG"] = str(tmp_path / "absent.yaml")  # absent: the embedded default
+    out = subprocess.run([sys.executable, "-m", "exporter", "--check-config"], capture_output=True, text=True,
+                         env=env, cwd=ROOT)
+    assert out.returncode == 0 and "embedded default" in out.stdout
+
+
+# ---------------------------------------------------------------- systemd
+
+UNIT = ROOT / "systemd" / "llm-exporter.service"
+
+
+def systemd_analyze():
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.fail("systemd-analyze not found: install Debian's systemd package (scripts/test.sh does)")
+    return path
+
+
+def test_systemd_unit_exposure_score_is_at_most_2():
+    out = subprocess.run([systemd_analyze(), "security", "--offline=true", str(UNIT)], capture_output=True,
+                         text=True)
+    score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout).group(1))
+    assert score <= 2.0, out.stdout[-3000:]
+    assert f"{score:.1f}" in (ROOT / "README.md").read_text(), "README must report the measured score"
+
+
+def test_systemd_unit_verifies_clean(tmp_path):
+    exe = Path(sys.executable).with_name("llm-exporter")
+    assert exe.exists()
+    text = UNIT.read_text()
+    assert "/opt/llm-exporter/bin/llm-exporter" in text
+    # verify needs ExecStart to exist: check the shipped unit with only that path pointing here
+    copy = tmp_path / "llm-exporter.service"
+    copy.write_text(text.replace("/opt/llm-exporter/bin/llm-exporter", str(exe)))
+    out = subprocess.run([systemd_analyze(), "verify", str(copy)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "" and out.stderr.strip() == "", out.stderr
+
+
+def test_systemd_unit_is_hardened_and_reloads_with_sighup():
+    text = UNIT.read_text()
+    for directive in ("DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
+                      "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+                      "SystemCallFilter=@system-service", "DeviceAllow=char-nvidia-frontend rw",
+                      "ExecReload=/bin/kill -HUP $MAINPID"):
+        assert directive in text, directive
+    assert (ROOT / "systemd" / "config.yaml").exists()
+
+
+def test_systemd_example_config_is_valid():
+    load_config_text((ROOT / "systemd" / "config.yaml").read_text(), "systemd/config.yaml", {})
+
+
+# ---------------------------------------------------------------- Kubernetes
+
+MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+
+
+def documents():
+    for path in MANIFESTS:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                yield path, doc
+
+
+def test_core_manifests_validate_against_kubernetes_schemas():
+    import kubernetes_validate
+    checked = 0
+    for path, doc in documents():
+        if doc["apiVersion"].startswith("monitoring.coreos.com"):
+            continue
+        kubernetes_validate.validate(doc, "1.30.0", strict=True)
+        checked += 1
+    assert checked >= 8
+
+
+def test_sidecars_probes_port_resources_and_security():
+    deployments = [doc for _, doc in documents() if doc["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {"vllm", "llamacpp"}
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]
+        sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "llm-exporter")
+        assert sidecar["ports"] == [{"name": "llm-metrics", "containerPort": DEFAULT_PORT}]
+        assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
+        assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert sidecar["resources"]["requests"] and sidecar["resources"]["limits"]
+        security = sidecar["securityContext"]
+        assert security["runAsNonRoot"] and security["runAsUser"] != 0 and security["readOnlyRootFilesystem"]
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert pod["metadata"]["annotations"]["prometheus.io/port"] == str(DEFAULT_PORT)
+        env = {e["name"]: e for e in sidecar["env"]}
+        assert all("secretKeyRef" in e["valueFrom"] for e in env.values())  # secrets only through env
+
+
+def test_configmaps_hold_valid_exporter_configs():
+    maps = [doc for _, doc in documents() if doc["kind"] == "ConfigMap"]
+    assert len(maps) == 2
+    for config_map in maps:
+        load_config_text(config_map["data"]["config.yaml"], config_map["metadata"]["name"], {})
+
+
+def test_prometheus_operator_monitors_select_the_named_port():
+    monitors = {doc["kind"]: doc for _, doc in documents() if doc["apiVersion"] == "monitoring.coreos.com/v1"}
+    assert set(monitors) == {"PodMonitor", "ServiceMonitor"}
+    assert monitors["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "llm-metrics"
+    assert monitors["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "llm-metrics"
+    selected = monitors["PodMonitor"]["spec"]["selector"]["matchExpressions"][0]["values"]
+    assert set(selected) == {"vllm", "llamacpp"}
+
+
+def test_kubernetes_sd_scrape_job_keeps_the_named_port():
+    config = yaml.safe_load((DEPLOY / "prometheus" / "scrape-kubernetes-pods.yml").read_text())
+    relabels = config["scrape_configs"][0]["relabel_configs"]
+    assert {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "action": "keep",
+            "regex": "llm-metrics"} in relabels
+
+
+# ---------------------------------------------------------------- Prometheus rules and Grafana
+
+@pytest.mark.prometheus
+def test_promtool_checks_rules_config_and_rule_unit_tests(promtool):
+    prom = DEPLOY / "prometheus"
+    for args in (["check", "rules", "llm-exporter.rules.yml"], ["check", "config", "prometheus.yml"],
+                 ["test", "rules", "tests/llm-exporter.rules.test.yml"]):
+        out = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=prom)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_every_alert_has_a_firing_and_a_quiet_unit_test():
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "llm-exporter.rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "tests" / "llm-exporter.rules.test.yml").read_text())
+    firing, quiet = set(), set()
+    for case in tests["tests"]:
+        for check in case.get("alert_rule_test", []):
+            (firing if check["exp_alerts"] else quiet).add(check["alertname"])
+    assert alerts == firing == quiet
+    assert {"LLMTargetDown", "LLMModelLoadingTooLong", "LLMQueueLatencyHigh", "LLMKVCacheHitRatioLow",
+            "LLMKVCacheUsageHigh", "LLMGPUMemoryNearlyFull", "LLMExporterPollErrors"} <= alerts
+
+
+def dashboard_queries():
+    dashboard = json.loads((DEPLOY / "grafana" / "llm-exporter-dashboard.json").read_text())
+    return dashboard, [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+
+
+def test_dashboard_has_variables_rows_and_queries():
+    dashboard, queries = dashboard_queries()
+    names = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"target", "model", "datasource"} <= names
+    rows = {p["title"] for p in dashboard["panels"] if p["type"] == "row"}
+    assert {"Headline signals", "Throughput", "Queue and running", "GPUs", "Exporter health"} <= rows
+    assert len(queries) >= 15
+    for metric in ("llm_model_load_seconds", "llm_token_queue_latency", "llm_kv_cache_hit_ratio",
+                   "llm_gpu_process_memory_used_bytes", "llm_up"):
+        assert any(metric in q for q in queries), metric
