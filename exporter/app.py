@@ -12,10 +12,10 @@ import logging
 import time
 
 import aiohttp
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import __version__
-from .collector import ExporterCollector, ExporterStatus
+from .collector import ExporterCollector, ExporterStatus, TextRenderer
 from .config import Config, ConfigError, TargetConfig, load_config
 from .poller import Poller
 from .hostinfo import cpu_info_labels
@@ -51,6 +51,11 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = ExporterCollector(config.namespace, lambda: list(self.states.values()), self.status)
         self.registry.register(self.collector)
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_open_fds, ...
+        # The text format (what Prometheus asks for by default) goes through the caching renderer.
+        self.renderer = TextRenderer(config.namespace, lambda: list(self.states.values()), self.status)
+        self.process_registry = CollectorRegistry(auto_describe=False)
+        ProcessCollector(registry=self.process_registry)
         self.shared = SharedContext(pid_owners=self.pid_owners)
         self._host_task: asyncio.Task[None] | None = None
         self.running = False
@@ -66,6 +71,7 @@ class Exporter:
             poller.start()
         self.running = True
         self._host_task = asyncio.create_task(self._read_host_info())
+        self.status.tasks = lambda: len(asyncio.all_tasks())
 
     async def _read_host_info(self) -> None:
         self.status.host_cpu = await asyncio.get_running_loop().run_in_executor(None, cpu_info_labels)
@@ -101,7 +107,7 @@ class Exporter:
     def _make_poller(self, target: TargetConfig, state: TargetState) -> Poller:
         source = source_for(target.engine)(target, self.shared)
         fetcher = HttpFetcher(self.session, target) if source.needs_http and self.session else None
-        return Poller(source, state, fetcher)
+        return Poller(source, state, fetcher, on_update=self.renderer.refresh)
 
     def _apply(self, config: Config) -> None:
         states: dict[str, TargetState] = {}
@@ -116,6 +122,7 @@ class Exporter:
         self.pollers = {t.name: self._make_poller(t, states[t.name]) for t in config.targets}
         self.config = config
         self.collector.namespace = config.namespace
+        self.renderer.namespace = config.namespace
 
     # ------------------------------------------------------------------ reload
 

@@ -89,6 +89,7 @@ TARGET_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("poll_duration", "exporter_poll_duration_seconds", "gauge",
                "Duration of the last poll of the target."),
     MetricSpec("poll_errors", "exporter_poll_errors", "counter", "Failed polls by reason.", ("reason",)),
+    MetricSpec("polls", "exporter_polls", "counter", "Polls of the target, failed ones included."),
     MetricSpec("last_success", "exporter_last_success_timestamp_seconds", "gauge",
                "Unix time of the last successful poll."),
     MetricSpec("series_dropped", "exporter_series_dropped", "counter",
@@ -150,6 +151,10 @@ GPU_METRICS: tuple[MetricSpec, ...] = (
 EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("build_info", "exporter_build_info", "gauge", "Always 1; labels carry the version.",
                ("version",)),
+    MetricSpec("render_duration", "exporter_scrape_render_seconds", "gauge",
+               "Time the previous /metrics response (text format) took to build."),
+    MetricSpec("tasks", "exporter_asyncio_tasks", "gauge",
+               "asyncio tasks alive in the exporter (pollers, HTTP handlers): flat in a healthy process."),
     MetricSpec("config_reload_ok", "exporter_config_last_reload_successful", "gauge",
                "1 when the last configuration (re)load succeeded."),
     MetricSpec("config_reload_time", "exporter_config_last_reload_success_timestamp_seconds", "gauge",

@@ -1,51 +1,122 @@
-"""The one prometheus_client Collector: builds fresh metric families from state on each scrape.
+"""From state to exposition, built at scrape time.
 
-A scrape never polls; it only reads the targets' state. Series of targets or
-models that disappeared are simply not produced any more.
+`target_samples()` is the one place that decides what a target exposes: a pure function
+of its state. Two renderers use it:
+
+- `ExporterCollector`, a prometheus_client custom Collector, builds fresh metric families
+  at each scrape (used for OpenMetrics, and as the reference in the tests);
+- `TextRenderer` writes text format 0.0.4 and caches each target's rendered lines until
+  the target's state changes (its next poll), so a scrape of 1,000 targets joins cached
+  strings instead of formatting 150,000 samples (bench/RESULTS.md).
+
+A scrape never polls; series of targets or models that disappeared are simply not
+produced any more.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from typing import Callable, Iterable, Iterator
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
-from .catalogue import BY_KEY, DERIVED_METRICS, ENGINE_METRICS, INFO_METRICS, MetricSpec
+from .catalogue import ALL_METRICS, BY_KEY, MetricSpec
 from .observation import Readiness
 from .state import TargetState
 
+Sample = tuple[str, str, dict[str, str], float]  # (metric key, sample suffix, labels, value)
+ORDER = {spec.key: index for index, spec in enumerate(ALL_METRICS)}
+INFO_KEYS = frozenset(spec.key for spec in ALL_METRICS if spec.type == "info")
+
 
 class ExporterStatus:
-    """Process-wide facts the collector shows (config reload outcome, host CPU)."""
+    """Process-wide facts the renderers show (config reload outcome, host CPU, tasks)."""
 
     def __init__(self) -> None:
         self.config_reload_ok = False
         self.config_reload_time: float | None = None
         self.host_cpu: tuple[tuple[str, str], ...] | None = None
+        self.tasks: Callable[[], int] | None = None
+        self.render_seconds: float | None = None
 
 
-def _family(namespace: str, spec: MetricSpec) -> Metric:
-    kind = "gauge" if spec.type == "info" else spec.type
-    return Metric(f"{namespace}_{spec.name}", spec.help, kind)
+def _suffix(spec: MetricSpec) -> str:
+    return "_total" if spec.type == "counter" else ""
 
 
-def _add(metric: Metric, spec: MetricSpec, labels: dict[str, str], value: float) -> None:
-    name = metric.name + ("_total" if spec.type == "counter" else "")
-    metric.add_sample(name, labels, value)
+def exporter_samples(status: ExporterStatus) -> list[Sample]:
+    out: list[Sample] = [("build_info", "", {"version": __version__}, 1.0),
+                         ("config_reload_ok", "", {}, 1.0 if status.config_reload_ok else 0.0)]
+    if status.config_reload_time is not None:
+        out.append(("config_reload_time", "", {}, status.config_reload_time))
+    if status.tasks is not None:
+        out.append(("tasks", "", {}, float(status.tasks())))
+    if status.render_seconds is not None:
+        out.append(("render_duration", "", {}, status.render_seconds))
+    if status.host_cpu is not None:
+        out.append(("host_cpu_info", "", dict(status.host_cpu), 1.0))
+    return out
 
 
-def _add_histogram(metric: Metric, labels: dict[str, str], buckets: Iterable[tuple[float, float]],
-                   total: float, count: float) -> None:
-    for bound, cumulative in buckets:
-        metric.add_sample(metric.name + "_bucket", {**labels, "le": floatToGoString(bound)}, cumulative)
-    metric.add_sample(metric.name + "_count", labels, count)
-    metric.add_sample(metric.name + "_sum", labels, total)
+def target_samples(state: TargetState) -> list[Sample]:
+    """Everything one target exposes now. Pure: reads the state, changes nothing."""
+    target = state.target
+    base = {"target": target.name, "engine": target.engine, **dict(target.labels)}
+    out: list[Sample] = []
+
+    def put(key: str, labels: dict[str, str], value: float | None) -> None:
+        if value is not None and not math.isnan(value) and key in BY_KEY:
+            out.append((key, _suffix(BY_KEY[key]), labels, value))
+
+    put("up", base, 1.0 if state.up else 0.0)
+    put("ready", base, 1.0 if state.readiness is Readiness.READY else 0.0)
+    put("poll_duration", base, state.last_poll_duration)
+    put("last_success", base, state.last_success)
+    for reason, count in state.poll_errors.items():
+        put("poll_errors", {**base, "reason": reason.value}, float(count))
+    put("polls", base, float(state.polls))
+    put("engine_restarts", base, float(state.restarts))
+    put("series_dropped", base, float(state.series_dropped))
+    load = state.load_time
+    if load is not None:
+        put("model_load", {**base, "basis": load.basis}, load.seconds)
+    if state.process_start is not None:
+        put("engine_process_start_time", {**base, "basis": state.process_start[1]}, state.process_start[0])
+    if not state.up:
+        # The last poll failed: show no stale engine values (windows are kept for when it is back).
+        return out
+    for endpoint, enabled in sorted(state.endpoints.items()):
+        put("endpoint_enabled", {**base, "endpoint": endpoint}, 1.0 if enabled else 0.0)
+    for info in state.info:
+        if info.name in INFO_KEYS:
+            put(info.name, {**base, **dict(info.labels)}, 1.0)
+    for series in state.series:
+        put(series.key, {**base, **dict(series.labels)}, series.value)
+    for model_name, model in state.models.items():
+        labels = {**base, "model": model_name}
+        sample = model.latest
+        for (key, extra), value in sample.values.items():
+            put(key, {**labels, **dict(extra)}, value)
+        for key, hist in sample.histograms.items():
+            for bound, cumulative in hist.buckets:
+                out.append((key, "_bucket", {**labels, "le": floatToGoString(bound)}, cumulative))
+            out.append((key, "_count", labels, hist.count))
+            out.append((key, "_sum", labels, hist.sum))
+        for (key, extra), value in model.derived.items():
+            put(key, {**labels, **dict(extra)}, value)
+    return out
+
+
+def family_name(namespace: str, key: str) -> str:
+    return f"{namespace}_{BY_KEY[key].name}"
 
 
 class ExporterCollector:
+    """The prometheus_client Collector (OpenMetrics, and the reference for TextRenderer)."""
+
     def __init__(self, namespace: str, states: Callable[[], Iterable[TargetState]], status: ExporterStatus):
         self.namespace = namespace
         self.states = states
@@ -55,65 +126,79 @@ class ExporterCollector:
         return []  # families are dynamic; avoid a collect() at registration time
 
     def collect(self) -> Iterator[Metric]:
-        ns = self.namespace
-        states = list(self.states())
         families: dict[str, Metric] = {}
-
-        def family(key: str) -> Metric:
+        samples = exporter_samples(self.status)
+        for state in list(self.states()):
+            samples.extend(target_samples(state))
+        for key, suffix, labels, value in samples:
             metric = families.get(key)
             if metric is None:
-                metric = families[key] = _family(ns, BY_KEY[key])
-            return metric
-
-        def put(key: str, labels: dict[str, str], value: float | None) -> None:
-            if value is not None and not math.isnan(value) and key in BY_KEY:
-                _add(family(key), BY_KEY[key], labels, value)
-
-        put("build_info", {"version": __version__}, 1.0)
-        put("config_reload_ok", {}, 1.0 if self.status.config_reload_ok else 0.0)
-        put("config_reload_time", {}, self.status.config_reload_time)
-        if self.status.host_cpu is not None:
-            put("host_cpu_info", dict(self.status.host_cpu), 1.0)
-
-        for state in states:
-            target = state.target
-            base = {"target": target.name, "engine": target.engine, **dict(target.labels)}
-            put("up", base, 1.0 if state.up else 0.0)
-            put("ready", base, 1.0 if state.readiness is Readiness.READY else 0.0)
-            put("poll_duration", base, state.last_poll_duration)
-            put("last_success", base, state.last_success)
-            for reason, count in state.poll_errors.items():
-                put("poll_errors", {**base, "reason": reason.value}, float(count))
-            put("engine_restarts", base, float(state.restarts))
-            put("series_dropped", base, float(state.series_dropped))
-            load = state.load_time
-            if load is not None:
-                put("model_load", {**base, "basis": load.basis}, load.seconds)
-            if state.process_start is not None:
-                put("engine_process_start_time", {**base, "basis": state.process_start[1]}, state.process_start[0])
-            if not state.up:
-                # The last poll failed: show no stale engine values (windows are kept for when it is back).
-                continue
-            for endpoint, enabled in sorted(state.endpoints.items()):
-                put("endpoint_enabled", {**base, "endpoint": endpoint}, 1.0 if enabled else 0.0)
-            for info in state.info:
-                if info.name in INFO_KEYS:
-                    put(info.name, {**base, **dict(info.labels)}, 1.0)
-            for series in state.series:
-                put(series.key, {**base, **dict(series.labels)}, series.value)
-            for model_name, model in state.models.items():
-                labels = {**base, "model": model_name}
-                sample = model.latest
-                for (key, extra), value in sample.values.items():
-                    put(key, {**labels, **dict(extra)}, value)
-                for key, hist in sample.histograms.items():
-                    _add_histogram(family(key), labels, hist.buckets, hist.sum, hist.count)
-                for (key, extra), value in model.derived.items():
-                    put(key, {**labels, **dict(extra)}, value)
-
-        order = {spec.key: i for i, spec in enumerate(ENGINE_METRICS + DERIVED_METRICS + INFO_METRICS)}
-        for key in sorted(families, key=lambda k: (order.get(k, -1), k)):
+                spec = BY_KEY[key]
+                metric = families[key] = Metric(family_name(self.namespace, key), spec.help,
+                                                "gauge" if spec.type == "info" else spec.type)
+            metric.add_sample(metric.name + suffix, labels, value)
+        for key in sorted(families, key=ORDER.__getitem__):
             yield families[key]
 
 
-INFO_KEYS = frozenset(spec.key for spec in INFO_METRICS)
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _line(name: str, labels: dict[str, str], value: float) -> str:
+    if labels:
+        block = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{block}}} {floatToGoString(value)}\n"
+    return f"{name} {floatToGoString(value)}\n"
+
+
+class TextRenderer:
+    """Text format 0.0.4, with each target's lines cached until its state changes."""
+
+    def __init__(self, namespace: str, states: Callable[[], Iterable[TargetState]], status: ExporterStatus):
+        self.namespace = namespace
+        self.states = states
+        self.status = status
+        self._cache: dict[str, tuple[int, str, dict[str, str]]] = {}  # target → (version, namespace, lines)
+
+    def refresh(self, state: TargetState) -> None:
+        """Render a target's lines now (called right after its poll), so scrapes only join strings."""
+        self._target_lines(state)
+
+    def _target_lines(self, state: TargetState) -> dict[str, str]:
+        cached = self._cache.get(state.target.name)
+        if cached is not None and cached[0] == state.version and cached[1] == self.namespace:
+            return cached[2]
+        lines: dict[str, list[str]] = {}
+        for key, suffix, labels, value in target_samples(state):
+            lines.setdefault(key, []).append(_line(family_name(self.namespace, key) + suffix, labels, value))
+        joined = {key: "".join(parts) for key, parts in lines.items()}
+        self._cache[state.target.name] = (state.version, self.namespace, joined)
+        return joined
+
+    def render(self) -> bytes:
+        started = time.perf_counter()
+        body = self._render()
+        self.status.render_seconds = time.perf_counter() - started
+        return body
+
+    def _render(self) -> bytes:
+        per_family: dict[str, list[str]] = {}
+        for key, suffix, labels, value in exporter_samples(self.status):
+            per_family.setdefault(key, []).append(_line(family_name(self.namespace, key) + suffix, labels, value))
+        live = set()
+        for state in list(self.states()):
+            live.add(state.target.name)
+            for key, text in self._target_lines(state).items():
+                per_family.setdefault(key, []).append(text)
+        for name in [n for n in self._cache if n not in live]:
+            del self._cache[name]  # targets removed by a reload
+        out = []
+        for key in sorted(per_family, key=ORDER.__getitem__):
+            spec = BY_KEY[key]
+            name = family_name(self.namespace, key) + ("_total" if spec.type == "counter" else "")
+            kind = "gauge" if spec.type == "info" else spec.type
+            help_text = spec.help.replace("\\", r"\\").replace("\n", r"\n")
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+            out.extend(per_family[key])
+        return "".join(out).encode("utf-8")

@@ -8,7 +8,6 @@ change the document's structure).
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import re
@@ -247,7 +246,7 @@ class _Validator:
             raise self.doc.error(f"expected a mapping, got {_kind(value)}", path)
         for key in value:
             if key not in allowed:
-                hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+                hint = _close_match(key, allowed, 0.6)
                 suggestion = f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(allowed)})"
                 raise self.doc.error(f"unknown key {key!r}{suggestion}", path + (key,))
         return value
@@ -262,6 +261,12 @@ class _Validator:
             return convert(mapping[key])
         except (ValueError, TypeError) as exc:
             raise self.doc.error(str(exc), path + (key,)) from None
+
+
+def _close_match(word: str, choices: tuple[str, ...], cutoff: float) -> list[str]:
+    import difflib  # only on the error path: keeps the sidecar's resident memory down
+
+    return difflib.get_close_matches(word, choices, n=1, cutoff=cutoff)
 
 
 def _kind(value: Any) -> str:
@@ -292,7 +297,7 @@ def _int(value: Any) -> int:
 def _engine(value: Any) -> str:
     engine = _string(value)
     if engine not in ENGINES:
-        hint = difflib.get_close_matches(engine, ENGINES, n=1, cutoff=0.5)
+        hint = _close_match(engine, ENGINES, 0.5)
         raise ValueError(f"unknown engine {engine!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
                          + f"; known engines: {', '.join(ENGINES)}")
     return engine

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import random
 import time
+from typing import Callable
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -48,12 +49,13 @@ async def poll_once(source: Source, fetcher: HttpFetcher | None, timeout: float)
 
 
 class Poller:
-    def __init__(self, source: Source, state: TargetState, fetcher: HttpFetcher | None):
+    def __init__(self, source: Source, state: TargetState, fetcher: HttpFetcher | None,
+                 on_update: Callable[[TargetState], None] | None = None):
         self.source = source
         self.state = state
         self.fetcher = fetcher
+        self.on_update = on_update  # e.g. pre-render the target's exposition
         self.task: asyncio.Task[None] | None = None
-        self.polls = 0
 
     @property
     def name(self) -> str:
@@ -87,6 +89,13 @@ class Poller:
             await asyncio.sleep(next_at - now)
 
     async def poll(self) -> None:
+        try:
+            await self._poll()
+        finally:
+            if self.on_update is not None:
+                self.on_update(self.state)
+
+    async def _poll(self) -> None:
         target = self.state.target
         started = time.monotonic()
         try:
@@ -119,5 +128,3 @@ class Poller:
                     self.state.readiness is not None and self.state.readiness.value == "ready":
                 log.info("target %s (%s): model load took %.2fs (basis %s)", target.name, target.engine,
                          load.seconds, load.basis)
-        finally:
-            self.polls += 1

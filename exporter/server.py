@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import gzip
 import html
 import time
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_TYPE
-from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from . import __version__
 from .app import Exporter
@@ -25,8 +22,10 @@ def wants_openmetrics(accept: str) -> bool:
 
 def render_metrics(exporter: Exporter, accept: str) -> tuple[bytes, str]:
     if wants_openmetrics(accept):
-        return generate_openmetrics(exporter.registry), OPENMETRICS_TYPE
-    return generate_latest(exporter.registry), CONTENT_TYPE_LATEST
+        from prometheus_client.openmetrics import exposition as openmetrics  # rarely asked for
+
+        return openmetrics.generate_latest(exporter.registry), openmetrics.CONTENT_TYPE_LATEST
+    return exporter.renderer.render() + generate_latest(exporter.process_registry), CONTENT_TYPE_LATEST
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -37,6 +36,8 @@ async def metrics(request: web.Request) -> web.Response:
         body, content_type = render_metrics(request.app[EXPORTER_KEY], request.headers.get("Accept", ""))
     headers = {"Content-Type": content_type, "Cache-Control": "no-store"}
     if "gzip" in request.headers.get("Accept-Encoding", ""):
+        import gzip
+
         body = gzip.compress(body, compresslevel=1)
         headers["Content-Encoding"] = "gzip"
     return web.Response(body=body, headers=headers)

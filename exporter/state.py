@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from .catalogue import BY_KEY
 from .config import TargetConfig
 from .derive.load_time import LoadTime, LoadTimer
-from .derive.maths import counter_delta, histogram_delta, histogram_is_valid, histogram_mean, rate, ratio_of_deltas
+from .derive.maths import counter_delta, histogram_is_valid, rate, ratio_of_deltas
 from .derive.queue_estimate import QueueWaitEstimator
 from .derive.window import SlidingWindow
 from .observation import (Histogram, InfoSample, LabelPairs, ModelSample, Observation, PollError, Readiness,
@@ -26,9 +26,24 @@ RATIO_PAIRS = (("kv_cache_hit_tokens", "kv_cache_query_tokens", "tokens"),
 RATE_KEYS = (("prompt_tokens", "prompt_tokens_rate"), ("generation_tokens", "generation_tokens_rate"))
 
 
+# What the windowed derivations read from a sample; windows keep only this (a few floats per poll),
+# not whole samples with their histograms.
+WINDOW_COUNTERS = ("kv_cache_hit_tokens", "kv_cache_query_tokens", "kv_cache_hit_blocks", "kv_cache_query_blocks",
+                   "prompt_tokens", "generation_tokens")
+Snapshot = dict[str, float]
+
+
+def snapshot(sample: ModelSample) -> Snapshot:
+    snap = {key: value for key in WINDOW_COUNTERS if (value := sample.get(key)) is not None}
+    queue = sample.histograms.get("token_queue_latency")
+    if queue is not None:
+        snap["queue_sum"], snap["queue_count"] = queue.sum, queue.count
+    return snap
+
+
 @dataclass
 class ModelState:
-    window: SlidingWindow[ModelSample]
+    window: SlidingWindow[Snapshot]
     latest: ModelSample = field(default_factory=ModelSample)
     derived: dict[tuple[str, LabelPairs], float] = field(default_factory=dict)
 
@@ -47,7 +62,7 @@ def went_backwards(previous: ModelSample, current: ModelSample) -> bool:
     return False
 
 
-def derive(window: SlidingWindow[ModelSample]) -> dict[tuple[str, LabelPairs], float]:
+def derive(window: SlidingWindow[Snapshot]) -> dict[tuple[str, LabelPairs], float]:
     """Windowed values from the first and last snapshot of a model's window."""
     first, last = window.first(), window.last()
     if first is None or last is None or first is last:
@@ -59,10 +74,10 @@ def derive(window: SlidingWindow[ModelSample]) -> dict[tuple[str, LabelPairs], f
                                 counter_delta(s0.get(queries), s1.get(queries)))
         if ratio is not None:
             out[("kv_cache_hit_ratio", (("unit", unit),))] = ratio
-    mean = histogram_mean(histogram_delta(s0.histograms.get("token_queue_latency"),
-                                          s1.histograms.get("token_queue_latency")))
-    if mean is not None:
-        out[("token_queue_latency_mean", ())] = mean
+    queue_count = counter_delta(s0.get("queue_count"), s1.get("queue_count"))
+    queue_sum = counter_delta(s0.get("queue_sum"), s1.get("queue_sum"))
+    if queue_count and queue_sum is not None:
+        out[("token_queue_latency_mean", ())] = queue_sum / queue_count
     for counter, rate_key in RATE_KEYS:
         value = rate(counter_delta(s0.get(counter), s1.get(counter)), t1 - t0)
         if value is not None:
@@ -80,6 +95,8 @@ class TargetState:
         self.last_error: tuple[Reason, str] | None = None
         self.poll_errors: dict[Reason, int] = {reason: 0 for reason in Reason}
         self.restarts = 0
+        self.polls = 0
+        self.version = 0  # changes whenever anything exposed may have changed (renderers cache on it)
         self.series_dropped = 0
         self.models: dict[str, ModelState] = {}
         self.info: list[InfoSample] = []
@@ -109,6 +126,8 @@ class TargetState:
     def record_failure(self, error: PollError, now: float, duration: float) -> bool:
         """Returns True when this failure is news (worth one log line)."""
         news = self.up or self.last_error is None or self.last_error[0] != error.reason
+        self.polls += 1
+        self.version += 1
         self.up = False
         self.series = []
         self.last_poll_duration = duration
@@ -123,6 +142,8 @@ class TargetState:
     def record_success(self, obs: Observation, now: float, duration: float) -> list[str]:
         """Apply one observation. Returns new notices worth one log line each."""
         recovered = not self.up
+        self.polls += 1
+        self.version += 1
         self.up = True
         self.last_poll_duration = duration
         self.last_success = now
@@ -195,7 +216,7 @@ class TargetState:
             model = self.models.get(name) or ModelState(SlidingWindow(self.target.window))
             model.latest = sample
             self.previous[name] = sample
-            model.window.add(now, sample)
+            model.window.add(now, snapshot(sample))
             model.derived = derive(model.window)
             kept[name] = model
         self.models = kept  # models that vanished from the payload vanish from /metrics

@@ -16,6 +16,7 @@ import aiohttp
 
 from ..config import TargetConfig
 from ..observation import Observation, PollError, Reason
+from ..promparse import LabelCache
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,14 @@ class SharedContext:
     pid_owners: Callable[[], dict[int, tuple[str, str, str]]] = lambda: {}
     # Process-wide resources created on first use and closed when the exporter stops.
     resources: dict[str, Any] = field(default_factory=dict)
+    # Parsed label blocks, shared by the targets of one engine (they repeat the same blocks).
+    label_caches: dict[str, LabelCache] = field(default_factory=dict)
+
+    def label_cache(self, engine: str) -> LabelCache:
+        cache = self.label_caches.get(engine)
+        if cache is None:
+            cache = self.label_caches[engine] = LabelCache(max_entries=200_000)
+        return cache
 
 
 class Source(abc.ABC):

@@ -47,7 +47,7 @@ class LlamaCppSource(Source):
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
-        self.labels = LabelCache()
+        self.labels = self.shared.label_cache(self.engine)
         self.metrics_enabled = True
         self.slots_enabled = True
         self.props: dict[str, Any] | None = None

@@ -135,7 +135,7 @@ class VllmSource(Source):
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
-        self.labels = LabelCache()
+        self.labels = self.shared.label_cache(self.engine)
         self.finder = ProcessFinder(target.process) if target.process else None
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:

@@ -82,3 +82,24 @@ def test_catalogue_names_are_valid_and_unique():
     names = [n for spec in ALL_METRICS for n in exposed_names("llm", spec)]
     assert len(names) == len(set(names))
     assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", n) for n in names)
+
+
+async def test_cached_text_renderer_equals_prometheus_client_output(pipe):
+    """The fast renderer must produce exactly what prometheus_client's generate_latest produces."""
+    from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
+    from prometheus_client import CollectorRegistry
+    p, srv = pipe
+    await p.poll()
+    await p.poll()
+    status = ExporterStatus()
+    status.config_reload_ok, status.config_reload_time = True, 1.5e9
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ExporterCollector("llm", lambda: [p.state], status))
+    renderer = TextRenderer("llm", lambda: [p.state], status)
+    assert renderer.render().decode() == generate_latest(registry).decode()
+    # cached until the state changes, then re-rendered
+    first = renderer.render()
+    assert renderer.render() == first
+    srv.set("/metrics", Reply(500))
+    await p.poll()
+    assert renderer.render().decode() == generate_latest(registry).decode() != first.decode()

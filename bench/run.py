@@ -1,0 +1,330 @@
+"""llm-exporter benchmarks: one command, a markdown table out.
+
+    .venv/bin/python bench/run.py                 # full run (~12 min on 2 cores), prints markdown
+    .venv/bin/python bench/run.py --write         # ... and writes bench/RESULTS.md
+    .venv/bin/python bench/run.py --quick         # short durations, for a smoke check
+
+Every figure is a ratio or a per-unit cost measured side by side in one run:
+1. parser: ours vs prometheus_client.parser on the real vLLM 0.32 payloads, same process;
+2. poll cost: exporter CPU seconds per poll (its own /proc accounting), replayed vLLM over loopback;
+3. scale: 10 / 100 / 1,000 replayed vLLM targets at 5 s: CPU, peak RSS, /metrics latency, schedule;
+4. sidecar: one target at 5 s and at 20 Hz;
+5. cost growth: slopes over targets, series per target and payload size.
+The replay server runs in its own process, so its CPU is not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.promparse import LabelCache, parse  # noqa: E402
+from exporter.sources.vllm import METRICS_PREFIXES  # noqa: E402
+
+FIXTURES = ROOT / "tests" / "fixtures" / "vllm-real"
+PAYLOADS = sorted(FIXTURES.glob("v0.32.0-metrics-*.prom"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- helpers
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        import cpuinfo
+        cpu = cpuinfo.get_cpu_info().get("brand_raw", cpu)
+    except Exception:  # noqa: BLE001
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def best_time(fn, repeat: int, number: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(number):
+            fn()
+        best = min(best, (time.perf_counter() - start) / number)
+    return best
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def proc_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def proc_peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except Exception:  # noqa: BLE001
+            time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def scrape(url: str) -> tuple[float, str]:
+    start = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        body = resp.read().decode()
+    return time.perf_counter() - start, body
+
+
+def polls_total(body: str) -> dict[str, float]:
+    out = {}
+    for labels, value in parse(body, ("llm_exporter_polls_total",)).get("llm_exporter_polls_total"):
+        out[labels["target"]] = value
+    return out
+
+
+class Replay:
+    """tests/support/replay.py in its own process, serving one vLLM payload to any /t/<n> target."""
+
+    def __init__(self, payload: Path, tmp: Path):
+        self.port = free_port()
+        spec = tmp / "replay.json"
+        spec.write_text(json.dumps({"/health": {"status": 200}, "/metrics": {"file": str(payload)}}))
+        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "replay.py"),
+                                      "--port", str(self.port), "--spec", str(spec)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{self.port}/health")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+class Exporter:
+    def __init__(self, tmp: Path, replay_port: int, targets: int, interval: str):
+        self.port = free_port()
+        config = tmp / f"exporter-{targets}-{interval}.yaml"
+        lines = [f"listen: 127.0.0.1:{self.port}", "targets:"]
+        for i in range(targets):
+            lines.append(f"  - {{name: t{i:04d}, engine: vllm, url: 'http://127.0.0.1:{replay_port}/t/{i}', "
+                         f"interval: {interval}, timeout: {interval if interval != '50ms' else '45ms'}}}")
+        config.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(config),
+                                      "--log-level", "warning"], cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_http(f"http://127.0.0.1:{self.port}/healthz")
+        self.url = f"http://127.0.0.1:{self.port}/metrics"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# ---------------------------------------------------------------- 1. parser
+
+def bench_parser(quick: bool) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    rows = []
+    for path in PAYLOADS:
+        text = path.read_text()
+        cache = LabelCache()
+        parse(text, METRICS_PREFIXES, cache)  # warm the label cache, as a poller's is
+        theirs = best_time(lambda: list(text_string_to_metric_families(text)), 3 if quick else 5, 3 if quick else 10)
+        ours = best_time(lambda: parse(text, METRICS_PREFIXES, cache), 3 if quick else 5, 20 if quick else 100)
+        ours_full = best_time(lambda: parse(text, None, LabelCache()), 3 if quick else 5, 10 if quick else 30)
+        rows.append({"payload": path.name, "kb": len(text) / 1024, "theirs_ms": theirs * 1e3,
+                     "ours_ms": ours * 1e3, "ours_full_ms": ours_full * 1e3})
+    ratio = statistics.mean(r["theirs_ms"] for r in rows) / statistics.mean(r["ours_ms"] for r in rows)
+    ratio_full = statistics.mean(r["theirs_ms"] for r in rows) / statistics.mean(r["ours_full_ms"] for r in rows)
+    return {"rows": rows, "ratio": ratio, "ratio_full": ratio_full}
+
+
+def bench_payload_growth(quick: bool) -> dict:
+    """Parse time vs payload size: the real payload with its series replicated k times (k models)."""
+    base = (FIXTURES / "v0.32.0-metrics-after-load.prom").read_text()
+    sizes, times, series = [], [], []
+    for k in (1, 2, 4, 8):
+        text = "\n".join(base.replace('model_name="tiny-llama"', f'model_name="m{i}"') if i else base
+                         for i in range(k))
+        cache = LabelCache()
+        payload = parse(text, METRICS_PREFIXES, cache)
+        t = best_time(lambda: parse(text, METRICS_PREFIXES, cache), 3, 10 if quick else 40)
+        sizes.append(len(text) / 1024)
+        times.append(t * 1e6)
+        series.append(payload.series_count())
+    return {"kb": sizes, "us": times, "series": series, "us_per_kb": _slope(sizes, times),
+            "us_per_series": _slope(series, times)}
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    mx, my = statistics.mean(xs), statistics.mean(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+# ---------------------------------------------------------------- 2-4. live runs
+
+def live_run(tmp: Path, targets: int, interval: str, seconds: float, scrape_every: float = 1.0) -> dict:
+    replay = Replay(FIXTURES / "v0.32.0-metrics-after-load.prom", tmp)
+    exporter = Exporter(tmp, replay.port, targets, interval)
+    try:
+        time.sleep(min(5.0, seconds / 4))  # warm-up: first polls spread over the interval
+        _, body = scrape(exporter.url)
+        polls0, cpu0, t0 = polls_total(body), proc_cpu_seconds(exporter.proc.pid), time.monotonic()
+        latencies, renders, rss_peak = [], [], 0
+        while time.monotonic() - t0 < seconds:
+            latency, body = scrape(exporter.url)
+            latencies.append(latency)
+            render = parse(body, ("llm_exporter_scrape_render_seconds",)).get("llm_exporter_scrape_render_seconds")
+            if render:
+                renders.append(render[0][1])
+            rss_peak = max(rss_peak, proc_rss_bytes(exporter.proc.pid))
+            time.sleep(max(0.0, scrape_every - latency))
+        elapsed = time.monotonic() - t0
+        cpu = proc_cpu_seconds(exporter.proc.pid) - cpu0
+        # the scrapes' own cost is included in CPU; subtract it using the measured scrape count
+        _, body = scrape(exporter.url)
+        polls1 = polls_total(body)
+        polls = sum(polls1.get(k, 0) - polls0.get(k, 0) for k in polls1)
+        interval_s = float(interval[:-2]) / 1000 if interval.endswith("ms") else float(interval[:-1])
+        expected = elapsed / interval_s
+        per_target = [polls1.get(k, 0) - polls0.get(k, 0) for k in polls1]
+        on_schedule = sum(1 for n in per_target if n >= expected * 0.9 - 1) / max(len(per_target), 1)
+        latencies.sort()
+        renders.sort()
+        return {"render_p99_ms": 1e3 * renders[min(len(renders) - 1, int(len(renders) * 0.99))] if renders else 0,
+                "body_mib": len(body) / 2**20,"targets": targets, "interval": interval, "seconds": elapsed, "cpu_s": cpu,
+                "cpu_pct": 100 * cpu / elapsed, "polls": polls, "cpu_ms_per_poll": 1e3 * cpu / max(polls, 1),
+                "rss_mib": rss_peak / 2**20, "hwm_mib": proc_peak_rss_bytes(exporter.proc.pid) / 2**20,
+                "scrape_p50_ms": 1e3 * latencies[len(latencies) // 2],
+                "scrape_p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+                "on_schedule": on_schedule, "expected_polls_per_target": expected,
+                "min_polls_per_target": min(per_target) if per_target else 0}
+    finally:
+        exporter.stop()
+        replay.stop()
+
+
+# ---------------------------------------------------------------- report
+
+def report(results: dict) -> str:
+    p = results["parser"]
+    lines = [f"# Benchmarks", "", f"Machine: {results['machine']}.  ",
+             f"Command: `.venv/bin/python bench/run.py --write` ({results['when']}, {results['wall_s']:.0f} s).", "",
+             "## 1. Parser: real vLLM 0.32 payloads (tests/fixtures/vllm-real), same process", "",
+             "| payload | size | prometheus_client | ours (vLLM families, warm label cache) | ours (everything, cold) |",
+             "|---|---|---|---|---|"]
+    for r in p["rows"]:
+        lines.append(f"| {r['payload']} | {r['kb']:.0f} KiB | {r['theirs_ms']:.2f} ms | {r['ours_ms']:.3f} ms "
+                     f"({r['theirs_ms'] / r['ours_ms']:.1f}×) | {r['ours_full_ms']:.3f} ms "
+                     f"({r['theirs_ms'] / r['ours_full_ms']:.1f}×) |")
+    lines += ["", f"**Speed-up as the exporter uses it: {p['ratio']:.1f}×** (goal ≥ 25×); parsing every family "
+                  f"with a cold cache: {p['ratio_full']:.1f}×.", ""]
+    g = results["growth"]
+    lines += ["## 5a. Parse cost growth with payload size", "",
+              "| payload | series kept | parse time |", "|---|---|---|"]
+    for kb, n, us in zip(g["kb"], g["series"], g["us"]):
+        lines.append(f"| {kb:.0f} KiB | {n} | {us:.0f} µs |")
+    lines += ["", f"Slope: **{g['us_per_kb']:.2f} µs per KiB** of payload, **{g['us_per_series']:.2f} µs per "
+                  f"kept series** (linear).", ""]
+    lines += ["## 2-4. Live runs: the real exporter process, replayed vLLM 0.32 payload (52 KiB) over loopback", "",
+              "| run | targets × interval | exporter CPU | CPU per poll | peak RSS | /metrics p50 / p99 (client) | "
+              "render p99 (server) | body | polls on schedule |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results["live"].items():
+        lines.append(f"| {name} | {r['targets']} × {r['interval']} | {r['cpu_pct']:.1f} % of a core | "
+                     f"{r['cpu_ms_per_poll']:.2f} ms | {r['hwm_mib']:.0f} MiB | {r['scrape_p50_ms']:.1f} / "
+                     f"{r['scrape_p99_ms']:.1f} ms | {r['render_p99_ms']:.1f} ms | {r['body_mib']:.1f} MiB | "
+                     f"{100 * r['on_schedule']:.0f} % (min {r['min_polls_per_target']:.0f}"
+                     f" of {r['expected_polls_per_target']:.0f}) |")
+    live = results["live"]
+    scale = [live[k] for k in ("scale-10", "scale-100", "scale-1000") if k in live]
+    if len(scale) >= 2:
+        xs = [r["targets"] for r in scale]
+        lines += ["", "## 5b. Growth with targets", "",
+                  f"- CPU: **{_slope(xs, [r['cpu_pct'] for r in scale]):.3f} % of a core per target** at 5 s "
+                  f"(= {_slope(xs, [r['cpu_pct'] for r in scale]) / 100 * 5 * 1000:.2f} ms per poll).",
+                  f"- Memory: **{_slope(xs, [r['hwm_mib'] * 1024 for r in scale]):.0f} KiB per target** "
+                  f"(intercept {scale[0]['hwm_mib']:.0f} MiB).",
+                  f"- /metrics p99: **{_slope(xs, [r['scrape_p99_ms'] for r in scale]) * 1000:.1f} µs per target**."]
+    lines += ["", "## Goals", ""]
+    for goal, ok, text in results["goals"]:
+        lines.append(f"- {'met' if ok else 'MISSED'}: {goal}: {text}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    started = time.time()
+    results: dict = {"machine": machine(), "when": time.strftime("%Y-%m-%d")}
+    print("parser ...", file=sys.stderr)
+    results["parser"] = bench_parser(args.quick)
+    results["growth"] = bench_payload_growth(args.quick)
+    span = 20 if args.quick else 150
+    runs = {"poll-cost": (50, "1s", span / 2),  # scraped every 10 s: poll cost, not scrape cost "scale-10": (10, "5s", span), "scale-100": (100, "5s", span),
+            "scale-1000": (1000, "5s", span), "sidecar-5s": (1, "5s", span / 2), "sidecar-20Hz": (1, "50ms", span / 2)}
+    results["live"] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (targets, interval, seconds) in runs.items():
+            print(f"{name} ...", file=sys.stderr)
+            results["live"][name] = live_run(Path(tmp), targets, interval, seconds,
+                                             scrape_every=10.0 if name == "poll-cost" else 1.0)
+    live, p = results["live"], results["parser"]
+    results["goals"] = [
+        ("parser ≥ 25× prometheus_client", p["ratio"] >= 25, f"{p['ratio']:.1f}×"),
+        ("≤ 2 ms CPU per vLLM poll", live["poll-cost"]["cpu_ms_per_poll"] <= 2,
+         f"{live['poll-cost']['cpu_ms_per_poll']:.2f} ms (50 targets at 1 s, scrapes included)"),
+        ("1,000 targets in < 1 core", live["scale-1000"]["cpu_pct"] < 100, f"{live['scale-1000']['cpu_pct']:.0f} %"),
+        ("1,000 targets in < 200 MiB", live["scale-1000"]["hwm_mib"] < 200, f"{live['scale-1000']['hwm_mib']:.0f} MiB"),
+        ("/metrics p99 ≤ 25 ms at 1,000 targets", live["scale-1000"]["scrape_p99_ms"] <= 25,
+         f"{live['scale-1000']['scrape_p99_ms']:.1f} ms end to end for a {live['scale-1000']['body_mib']:.0f} MiB "
+         f"response; building it took {live['scale-1000']['render_p99_ms']:.1f} ms (p99) in the exporter"),
+        ("every poll on schedule at 1,000 targets", live["scale-1000"]["on_schedule"] >= 1.0,
+         f"{100 * live['scale-1000']['on_schedule']:.0f} % of targets"),
+        ("sidecar RSS ≤ 40 MiB", live["sidecar-5s"]["hwm_mib"] <= 40, f"{live['sidecar-5s']['hwm_mib']:.0f} MiB"),
+        ("sidecar at 20 Hz < 10 % of a core", live["sidecar-20Hz"]["cpu_pct"] < 10,
+         f"{live['sidecar-20Hz']['cpu_pct']:.1f} %"),
+    ]
+    results["wall_s"] = time.time() - started
+    text = report(results)
+    print(text)
+    (ROOT / "bench" / "out").mkdir(exist_ok=True)
+    (ROOT / "bench" / "out" / "results.json").write_text(json.dumps(results, indent=1))
+    if args.write:
+        (ROOT / "bench" / "RESULTS.md").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
