@@ -17,6 +17,7 @@ from .app import Exporter
 from .config import ConfigError, load_config, parse_listen
 from .logsetup import setup_logging
 from .server import build_app, render_metrics
+from .webconfig import WebConfig, load_web_config
 
 log = logging.getLogger("llm_exporter")
 EXIT_CONFIG = 2
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-format", default="text", choices=("text", "json"))
     parser.add_argument("--web.max-requests", dest="max_requests", type=int, default=40, metavar="N",
                         help="maximum concurrent /metrics scrapes; more get HTTP 503 (default 40)")
+    parser.add_argument("--web.config.file", dest="web_config", metavar="FILE",
+                        help="TLS and basic auth for this endpoint (Prometheus exporter-toolkit format)")
     parser.add_argument("--version", action="version", version=f"llm-exporter {__version__}")
     return parser
 
@@ -64,13 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"llm-exporter: --listen: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    web_config = None
+    if args.web_config:
+        try:
+            web_config = load_web_config(args.web_config)
+        except ConfigError as exc:
+            print(f"llm-exporter: web config error: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.check_config:
         print(f"{config.source}: OK ({len(config.targets)} targets)")
         return 0
     if args.once:
         return asyncio.run(_once(config, args.config))
     try:
-        return asyncio.run(_serve(config, args.config, args.max_requests))
+        return asyncio.run(_serve(config, args.config, args.max_requests, web_config))
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled in the loop
         return 0
 
@@ -87,7 +97,8 @@ async def _once(config, config_path: str | None) -> int:  # type: ignore[no-unty
     return 0
 
 
-async def _serve(config, config_path: str | None, max_requests: int) -> int:  # type: ignore[no-untyped-def]
+async def _serve(config, config_path: str | None, max_requests: int,  # type: ignore[no-untyped-def]
+                 web_config: WebConfig | None = None) -> int:
     loop = asyncio.get_running_loop()
     exporter = Exporter(config, config_path)
     stop = asyncio.Event()
@@ -103,10 +114,11 @@ async def _serve(config, config_path: str | None, max_requests: int) -> int:  # 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
     host, port = config.host_port
-    runner = web.AppRunner(build_app(exporter, max_requests), access_log=None, handle_signals=False,
+    runner = web.AppRunner(build_app(exporter, max_requests, web_config), access_log=None, handle_signals=False,
                            shutdown_timeout=0.5)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True,
+                       ssl_context=web_config.ssl_context if web_config else None)
     try:
         await site.start()
     except OSError as exc:

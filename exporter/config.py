@@ -53,6 +53,14 @@ class ProcessMatch:
 
 
 @dataclass(frozen=True)
+class TargetTLS:
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+
+
+@dataclass(frozen=True)
 class Defaults:
     interval: float = 5.0
     timeout: float = 3.0
@@ -74,6 +82,8 @@ class TargetConfig:
     labels: tuple[tuple[str, str], ...] = ()
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     process: ProcessMatch | None = None
+    tls: TargetTLS | None = None
+    bearer_token_file: str | None = None
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -231,7 +241,8 @@ def _dotted(path: tuple[Any, ...]) -> str:
 _TOP_KEYS = ("listen", "namespace", "defaults", "targets")
 _DEFAULT_KEYS = ("interval", "timeout", "window", "max_body_bytes", "max_series")
 _TARGET_KEYS = ("name", "engine", "url", "interval", "timeout", "window", "max_body_bytes",
-                "max_series", "labels", "headers", "process")
+                "max_series", "labels", "headers", "process", "tls", "bearer_token_file")
+_TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure_skip_verify")
 _PROCESS_KEYS = ("pid_file", "name", "cmdline")
 
 
@@ -278,6 +289,14 @@ def _string(value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"expected a string, got {_kind(value)}")
     return str(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"expected true or false, got {value!r}")
 
 
 def _int(value: Any) -> int:
@@ -396,11 +415,25 @@ def build_config(data: Any, doc: _Doc) -> Config:
             )
             if not (process.pid_file or process.name or process.cmdline):
                 raise doc.error("process needs one of pid_file, name, cmdline", path + ("process",))
+        tls = None
+        if t.get("tls") is not None:
+            tp = path + ("tls",)
+            raw_tls = v.mapping(t["tls"], tp, _TLS_KEYS)
+            tls = TargetTLS(ca_file=v.field(raw_tls, "ca_file", tp, _string),
+                            cert_file=v.field(raw_tls, "cert_file", tp, _string),
+                            key_file=v.field(raw_tls, "key_file", tp, _string),
+                            insecure_skip_verify=v.field(raw_tls, "insecure_skip_verify", tp, _bool, False))
+            if bool(tls.cert_file) != bool(tls.key_file):
+                raise doc.error("cert_file and key_file go together", tp)
+        token_file = v.field(t, "bearer_token_file", path, _string)
+        if token_file and any(k.lower() == "authorization" for k, _ in headers):
+            raise doc.error("give either bearer_token_file or an Authorization header, not both",
+                            path + ("bearer_token_file",))
         targets.append(TargetConfig(
             name=name, engine=engine, url=url or "", interval=interval, timeout=timeout, window=window,
             max_body_bytes=v.field(t, "max_body_bytes", path, parse_size, defaults.max_body_bytes),
             max_series=v.field(t, "max_series", path, _int, defaults.max_series),
-            labels=labels, headers=headers, process=process,
+            labels=labels, headers=headers, process=process, tls=tls, bearer_token_file=token_file,
         ))
     return Config(listen=listen, namespace=namespace, defaults=defaults, targets=tuple(targets),
                   source=doc.source)

@@ -23,6 +23,31 @@ from .state import TargetState
 log = logging.getLogger("llm_exporter.poller")
 
 JITTER = 0.05  # ±5 % of the interval, so many targets do not poll in lockstep
+LOG_BURST, LOG_WINDOW = 3, 60.0  # per target: at most 3 state-change lines a minute (flapping targets)
+
+
+class ChangeLog:
+    """Logs a target's state changes, at most LOG_BURST per LOG_WINDOW (a token bucket); the next
+    line that gets through says how many were held back."""
+
+    def __init__(self) -> None:
+        self.tokens = float(LOG_BURST)
+        self.stamp = time.monotonic()
+        self.held = 0
+
+    def emit(self, level: int, message: str, *args: object) -> None:
+        now = time.monotonic()
+        self.tokens = min(LOG_BURST, self.tokens + (now - self.stamp) * LOG_BURST / LOG_WINDOW)
+        self.stamp = now
+        if self.tokens < 1:
+            self.held += 1
+            return
+        self.tokens -= 1
+        if self.held:
+            message += " (%d more state changes not logged: flapping)"
+            args = (*args, self.held)
+            self.held = 0
+        log.log(level, message, *args)
 
 
 async def poll_once(source: Source, fetcher: HttpFetcher | None, timeout: float) -> object:
@@ -55,6 +80,7 @@ class Poller:
         self.state = state
         self.fetcher = fetcher
         self.on_update = on_update  # e.g. pre-render the target's exposition
+        self.changes = ChangeLog()
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -105,7 +131,8 @@ class Poller:
         except PollError as error:
             duration = time.monotonic() - started
             if self.state.record_failure(error, time.time(), duration):
-                log.warning("target %s (%s) down: %s: %s", target.name, target.engine, error.reason.value, error)
+                self.changes.emit(logging.WARNING, "target %s (%s) down: %s: %s", target.name, target.engine,
+                                  error.reason.value, error)
         except Exception as error:  # a bug in a source must not kill the poller
             duration = time.monotonic() - started
             wrapped = PollError(Reason.OTHER, f"internal error: {type(error).__name__}: {error}")
@@ -117,8 +144,8 @@ class Poller:
             previous_readiness = self.state.readiness
             notices = self.state.record_success(observation, time.time(), duration)  # type: ignore[arg-type]
             if not was_up:
-                log.info("target %s (%s) up (%s)", target.name, target.engine, self.state.readiness.value
-                         if self.state.readiness else "?")
+                self.changes.emit(logging.INFO, "target %s (%s) up (%s)", target.name, target.engine,
+                                  self.state.readiness.value if self.state.readiness else "?")
             elif previous_readiness is not self.state.readiness and self.state.readiness is not None:
                 log.info("target %s (%s) is %s", target.name, target.engine, self.state.readiness.value)
             load = self.state.load_time

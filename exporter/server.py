@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import html
 import time
 
@@ -11,9 +10,20 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
 from .app import Exporter
+from .webconfig import WebConfig
+from .webconfig import install as install_web_config
+
+class ScrapeLimit:
+    """At most `limit` /metrics responses in flight (building or sending); more get HTTP 503,
+    like node_exporter's --web.max-requests."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.in_flight = 0
+
 
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
-SEMAPHORE_KEY = web.AppKey("scrape_slots", asyncio.Semaphore)
+SCRAPES_KEY = web.AppKey("scrapes", ScrapeLimit)
 
 
 def wants_openmetrics(accept: str) -> bool:
@@ -28,19 +38,26 @@ def render_metrics(exporter: Exporter, accept: str) -> tuple[bytes, str]:
     return exporter.renderer.render() + generate_latest(exporter.process_registry), CONTENT_TYPE_LATEST
 
 
-async def metrics(request: web.Request) -> web.Response:
-    slots = request.app[SEMAPHORE_KEY]
-    if slots.locked():
+async def metrics(request: web.Request) -> web.StreamResponse:
+    scrapes = request.app[SCRAPES_KEY]
+    if scrapes.in_flight >= scrapes.limit:
         return web.Response(status=503, text="too many concurrent scrapes\n")
-    async with slots:
+    scrapes.in_flight += 1
+    try:
         body, content_type = render_metrics(request.app[EXPORTER_KEY], request.headers.get("Accept", ""))
-    headers = {"Content-Type": content_type, "Cache-Control": "no-store"}
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
-        import gzip
+        response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+        if "gzip" in request.headers.get("Accept-Encoding", ""):
+            import gzip
 
-        body = gzip.compress(body, compresslevel=1)
-        headers["Content-Encoding"] = "gzip"
-    return web.Response(body=body, headers=headers)
+            body = gzip.compress(body, compresslevel=1)
+            response.headers["Content-Encoding"] = "gzip"
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body)  # waits while a slow client drains: counted as in flight
+        await response.write_eof()
+        return response
+    finally:
+        scrapes.in_flight -= 1
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -80,10 +97,12 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
     return web.Response(text=page, content_type="text/html")
 
 
-def build_app(exporter: Exporter, max_requests: int = 40) -> web.Application:
+def build_app(exporter: Exporter, max_requests: int = 40, web_config: WebConfig | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
+    if web_config is not None:
+        install_web_config(app, web_config)
     app[EXPORTER_KEY] = exporter
-    app[SEMAPHORE_KEY] = asyncio.Semaphore(max_requests)
+    app[SCRAPES_KEY] = ScrapeLimit(max_requests)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

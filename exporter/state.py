@@ -8,6 +8,7 @@ maths lives in exporter/derive; this module decides *when* to apply it
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 from .catalogue import BY_KEY
@@ -46,6 +47,20 @@ class ModelState:
     window: SlidingWindow[Snapshot]
     latest: ModelSample = field(default_factory=ModelSample)
     derived: dict[tuple[str, LabelPairs], float] = field(default_factory=dict)
+
+
+def sanitise(sample: ModelSample) -> None:
+    """Drop values no engine should send: non-finite numbers, negative counters or ratios."""
+    for key in [k for k, v in sample.values.items() if not _plausible(BY_KEY[k[0]].type, k[0], v)]:
+        del sample.values[key]
+
+
+def _plausible(kind: str, key: str, value: float) -> bool:
+    if not math.isfinite(value):
+        return False
+    if kind == "counter" or key.endswith("_ratio") or key in ("requests_running", "requests_waiting"):
+        return value >= 0
+    return True
 
 
 def went_backwards(previous: ModelSample, current: ModelSample) -> bool:
@@ -200,6 +215,7 @@ class TargetState:
         kept: dict[str, ModelState] = {}
         for name in sorted(obs.models):
             sample = obs.models[name]
+            sanitise(sample)
             for key, hist in list(sample.histograms.items()):
                 if not histogram_is_valid(hist):
                     del sample.histograms[key]  # hostile or broken: expose nothing rather than nonsense

@@ -44,11 +44,31 @@ class HttpFetcher:
         self.base_url = target.url
         self.headers = dict(target.headers)
         self.max_body = target.max_body_bytes
+        self.setup_error: str | None = None  # reported by every poll, never a crash
+        self.ssl: ssl.SSLContext | bool = True
+        if target.tls is not None:
+            try:
+                self.ssl = _client_ssl(target)
+            except (OSError, ssl.SSLError) as exc:
+                self.setup_error = f"cannot load the target's TLS files: {type(exc).__name__}: {exc}"
+        if target.bearer_token_file:
+            # Read when the poller is built: at start and on every reload (SIGHUP), as documented.
+            try:
+                with open(target.bearer_token_file, encoding="utf-8") as handle:
+                    token = handle.read(16384).strip()
+                if not token or "\n" in token or "\r" in token:
+                    raise ValueError("empty or multi-line token")
+                self.headers["Authorization"] = f"Bearer {token}"
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                detail = exc.strerror if isinstance(exc, OSError) else str(exc)
+                self.setup_error = f"cannot read bearer_token_file {target.bearer_token_file}: {detail}"
 
     async def get(self, path: str) -> Response:
+        if self.setup_error is not None:
+            raise PollError(Reason.OTHER, self.setup_error)
         url = self.base_url + path
         try:
-            async with self.session.get(url, headers=self.headers, allow_redirects=False) as resp:
+            async with self.session.get(url, headers=self.headers, allow_redirects=False, ssl=self.ssl) as resp:
                 declared = resp.content_length
                 if declared is not None and declared > self.max_body:
                     raise PollError(Reason.TOO_LARGE,
@@ -86,6 +106,18 @@ class HttpFetcher:
             raise PollError(Reason.OTHER, f"GET {path}: {type(exc).__name__}") from None
         except ssl.SSLError as exc:
             raise PollError(Reason.TLS, f"GET {path}: TLS error: {_short(exc)}") from None
+
+
+def _client_ssl(target: TargetConfig) -> ssl.SSLContext:
+    tls = target.tls
+    assert tls is not None
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    if tls.cert_file and tls.key_file:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    if tls.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 class TransientPollError(PollError):

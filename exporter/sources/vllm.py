@@ -70,20 +70,32 @@ CACHE_CONFIG_KEYS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_p
                      "cache_dtype", "gpu_memory_utilization", "kv_cache_size_tokens")
 
 
+MAX_LABEL_VALUE = 200  # model names longer than this are cut (a hostile target cannot bloat /metrics)
+
+
 def _model(labels: Labels) -> str:
-    return labels.get("model_name", "")
+    return labels.get("model_name", "")[:MAX_LABEL_VALUE]
+
+
+def _unique(samples: Iterable[tuple[Labels, float]]) -> Iterable[tuple[Labels, float]]:
+    """Drop duplicate series (same label set twice in one payload): the last one wins. The parser
+    hands out one shared object per distinct label block, so identity is enough here."""
+    seen: dict[int, tuple[Labels, float]] = {}
+    for labels, value in samples:
+        seen[id(labels)] = (labels, value)
+    return seen.values()
 
 
 def _sum_by_model(samples: Iterable[tuple[Labels, float]]) -> dict[str, float]:
     totals: dict[str, float] = defaultdict(float)
-    for labels, value in samples:
+    for labels, value in _unique(samples):
         totals[_model(labels)] += value
     return totals
 
 
 def _mean_by_model(samples: Iterable[tuple[Labels, float]]) -> dict[str, float]:
     sums: dict[str, list[float]] = defaultdict(list)
-    for labels, value in samples:
+    for labels, value in _unique(samples):
         sums[_model(labels)].append(value)
     return {model: sum(values) / len(values) for model, values in sums.items()}
 
@@ -93,7 +105,7 @@ def _histograms_by_model(payload: Payload, family: str) -> dict[str, Histogram]:
     bucket bounds, or whose buckets are malformed, are left out."""
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
     bounds_per_series: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
-    for labels, value in payload.get(family + "_bucket"):
+    for labels, value in _unique(payload.get(family + "_bucket")):
         le = labels.get("le")
         if le is None:
             continue
@@ -181,8 +193,8 @@ class VllmSource(Source):
             lifetime = {m: v for m, v in _mean_by_model(payload.get(LIFETIME_HIT_RATE)).items() if 0 <= v <= 1}
             put("kv_cache_lifetime_hit_ratio", lifetime)  # -1 = caching disabled: nothing
         by_reason: dict[tuple[str, str], float] = defaultdict(float)
-        for labels, value in payload.get(FINISHED):
-            by_reason[(_model(labels), labels.get("finished_reason", ""))] += value
+        for labels, value in _unique(payload.get(FINISHED)):
+            by_reason[(_model(labels), labels.get("finished_reason", "")[:64])] += value
         for (model, reason), value in by_reason.items():
             models[model].set("requests_finished", value, reason=reason[:64])
         for key, families in HISTOGRAMS.items():

@@ -54,6 +54,8 @@ class ReplayServer:
         self.app.router.add_route("GET", "/{tail:.*}", self._serve)
         self.runner: web.AppRunner | None = None
         self.port: int | None = None
+        self.required_authorization: str | None = None  # answer 401 unless this header is sent
+        self.seen_authorization: list[str | None] = []
 
     def set(self, path: str, reply: Reply) -> None:
         self.routes[path] = reply
@@ -61,10 +63,10 @@ class ReplayServer:
     def remove(self, path: str) -> None:
         self.routes.pop(path, None)
 
-    async def start(self, port: int = 0, host: str = "127.0.0.1") -> int:
+    async def start(self, port: int = 0, host: str = "127.0.0.1", ssl_context=None) -> int:  # noqa: ANN001
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, host, port)
+        site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self.port
@@ -82,6 +84,10 @@ class ReplayServer:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         path = PREFIX_RE.sub("", request.path) or "/"
         self.hits[path] = self.hits.get(path, 0) + 1
+        self.seen_authorization.append(request.headers.get("Authorization"))
+        if self.required_authorization is not None and \
+                request.headers.get("Authorization") != self.required_authorization:
+            return web.Response(status=401, text="unauthorized")
         reply = self.routes.get(path)
         if reply is None:
             return web.Response(status=404, text="not found")
