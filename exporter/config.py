@@ -172,6 +172,9 @@ def expand_env(text: str, environ: dict[str, str] | os._Environ) -> str:
 
 # --------------------------------------------------------------------------- YAML with positions
 
+MAX_NODES, MAX_DEPTH = 100_000, 64  # YAML aliases can expand exponentially ("billion laughs")
+
+
 class _Doc:
     """A YAML document converted to plain Python, remembering each key path's line."""
 
@@ -179,8 +182,11 @@ class _Doc:
         self.source = source
         self.lines: dict[tuple[Any, ...], int] = {}
         self.environ = environ
+        self.nodes = 0
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
+        except RecursionError:
+            raise ConfigError("invalid YAML: nested too deeply", source=source) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", source=source,
@@ -188,6 +194,10 @@ class _Doc:
         self.data = self._convert(node, ()) if node is not None else {}
 
     def _convert(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES or len(path) > MAX_DEPTH:
+            raise self.error("config too large or too deeply nested (recursive or exploding YAML aliases?)",
+                             path[:MAX_DEPTH], node)
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}

@@ -30,7 +30,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     # Faults: "hang" (accept, never answer), "trickle" (1 byte/s), "reset" (close mid-body),
     # "truncate" (Content-Length larger than the body), "huge" (stream `huge_bytes` of data),
-    # "reset_once" (close the connection on the first request only).
+    # "reset_once" (close the connection on the first request only), "flap" (every other request 503).
     fault: str | None = None
     huge_bytes: int = 100 * 1024 * 1024
     tripped: bool = False  # "reset_once": the first request was reset already
@@ -91,6 +91,10 @@ class ReplayServer:
         reply = self.routes.get(path)
         if reply is None:
             return web.Response(status=404, text="not found")
+        if reply.fault == "flap":
+            reply.tripped = not reply.tripped
+            if reply.tripped:
+                return web.Response(status=503, text="flapping")
         if reply.fault == "reset_once" and not reply.tripped:
             reply.tripped = True
             if request.transport is not None:
