@@ -46,6 +46,8 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("requests_finished", "requests_finished", "counter",
                "Requests finished, by finish reason.", ("reason",)),
     MetricSpec("slots_total", "slots", "gauge", "Batch slots (parallel sequences) the engine serves."),
+    MetricSpec("startup_phase_seconds", "engine_startup_phase_seconds", "gauge",
+               "Engine startup time by phase, as the engine reports it (SGLang 0.5.18+).", ("phase",)),
     MetricSpec("context_size_tokens", "context_size_tokens", "gauge", "Context size per slot, in tokens."),
     MetricSpec("token_queue_latency", "token_queue_latency_seconds", "histogram",
                "Time requests waited before getting a batch slot. Engine buckets where the engine "
@@ -92,6 +94,9 @@ TARGET_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("polls", "exporter_polls", "counter", "Polls of the target, failed ones included."),
     MetricSpec("last_success", "exporter_last_success_timestamp_seconds", "gauge",
                "Unix time of the last successful poll."),
+    MetricSpec("mapping_misses", "exporter_mapping_misses", "counter",
+               "Polls where the target answered but none of the known upstream names for a unified metric "
+               "was present (an upstream rename or removal, or a version without it).", ("metric",)),
     MetricSpec("series_dropped", "exporter_series_dropped", "counter",
                "Engine series dropped because the target exceeded max_series."),
 )
@@ -165,6 +170,8 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
 INFO_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("engine_info", "engine_info", "info",
                "Engine facts: model, build (llama.cpp /props).", ("model", "build", "model_path")),
+    MetricSpec("engine_detected_info", "engine_detected_info", "info",
+               "The engine an `engine: auto` target was identified as.", ("detected",)),
     MetricSpec("gpu_driver_info", "gpu_driver_info", "info", "NVIDIA driver and CUDA driver versions (NVML).",
                ("driver_version", "cuda_version")),
     MetricSpec("host_cpu_info", "host_cpu_info", "info",

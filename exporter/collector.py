@@ -80,6 +80,8 @@ def target_samples(state: TargetState) -> list[Sample]:
     put("polls", base, float(state.polls))
     put("engine_restarts", base, float(state.restarts))
     put("series_dropped", base, float(state.series_dropped))
+    for metric, count in sorted(state.mapping_misses.items()):
+        put("mapping_misses", {**base, "metric": metric}, float(count))
     load = state.load_time
     if load is not None:
         put("model_load", {**base, "basis": load.basis}, load.seconds)

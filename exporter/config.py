@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-ENGINES = ("llamacpp", "vllm", "nvml")
+ENGINES = ("llamacpp", "vllm", "nvml", "sglang", "tgi", "auto")
 RESERVED_LABELS = frozenset({"target", "engine", "model", "job", "instance", "le", "quantile"})
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 NAMESPACE_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .catalogue import (DERIVED_METRICS, ENGINE_METRICS, EXPORTER_METRICS, GPU_METRICS, INFO_METRICS,
                         TARGET_METRICS, MetricSpec, exposed_names)
-from .sources import vllm
+from .sources import llamacpp, sglang, tgi, vllm
+from .sources.mapping import Feed
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 BLOCK_RE = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[a-z-]+) -->\n).*?(<!-- END GENERATED -->)", re.S)
@@ -30,20 +31,19 @@ def _table(specs: tuple[MetricSpec, ...], base_labels: str) -> str:
     return "\n".join([head, *(_row(spec, base_labels) for spec in specs)])
 
 
-def _vllm_mapping() -> str:
-    rows = ["| unified key | vLLM families, most preferred first (chosen by presence) | combined over `engine` by |",
-            "|---|---|---|"]
-    for table, how in ((vllm.GAUGES, "sum"), (vllm.COUNTERS, "sum"), (vllm.MEAN_GAUGES, "mean")):
-        for key, families in table.items():
-            rows.append(f"| `{key}` | {', '.join(f'`{f}`' for f in families)} | {how} |")
-    for key, families in vllm.HISTOGRAMS.items():
-        rows.append(f"| `{key}` | {', '.join(f'`{f}` (histogram)' for f in families)} | bucket-wise sum |")
-    for hits, queries, unit in vllm.PREFIX_CACHE:
-        unit_text = unit or "read from HELP: blocks before 0.9.0, tokens after; nothing when it says neither"
-        rows.append(f"| `kv_cache_hit_*` / `kv_cache_query_*` | `{hits}` / `{queries}` (unit: {unit_text}) | sum |")
-    rows.append(f"| `kv_cache_lifetime_hit_ratio` | `{vllm.LIFETIME_HIT_RATE}` (V0; −1 = disabled → nothing) | mean |")
-    rows.append(f"| `requests_finished{{reason}}` | `{vllm.FINISHED}` by `finished_reason` | sum |")
-    rows.append(f"| `kv_cache_config_info` | `vllm:cache_config_info` keys {', '.join(vllm.CACHE_CONFIG_KEYS)} | first |")
+def _mapping_table(table: tuple[Feed, ...], model_label: str) -> str:
+    rows = [f"| unified | upstream, most preferred first (chosen by presence) | versions | unit | combined per "
+            f"`{model_label}` by | required |", "|---|---|---|---|---|---|"]
+    for feed in table:
+        for index, upstream in enumerate(feed.upstream):
+            unit = {"help": "tokens or blocks, from HELP", "": ""}.get(upstream.unit, upstream.unit)
+            how = "bucket-wise sum" if feed.kind == "histogram" else upstream.combine
+            extra = f" (`{feed.label}` → `{feed.label_as or feed.label}`)" if feed.label else ""
+            if feed.const_labels:
+                extra = " (" + ", ".join(f'{k}="{v}"' for k, v in feed.const_labels) + ")"
+            key = f"`{feed.key}`{extra}" if index == 0 else "↳ else"
+            rows.append(f"| {key} | `{upstream.name}` ({feed.kind}) | {upstream.versions} | {unit} | {how} | "
+                        f"{'yes' if feed.required and index == 0 else ''} |")
     return "\n".join(rows)
 
 
@@ -55,7 +55,10 @@ def blocks() -> dict[str, str]:
         "gpu-metrics": _table(GPU_METRICS, "target, engine"),
         "info-metrics": _table(INFO_METRICS, "target, engine"),
         "exporter-metrics": _table(EXPORTER_METRICS, ""),
-        "vllm-mapping": _vllm_mapping(),
+        "llamacpp-mapping": _mapping_table(llamacpp.MAPPING, "(none: one model)"),
+        "vllm-mapping": _mapping_table(vllm.MAPPING, vllm.MODEL_LABEL),
+        "sglang-mapping": _mapping_table(sglang.MAPPING, sglang.MODEL_LABEL),
+        "tgi-mapping": _mapping_table(tgi.MAPPING, "(none: model from /info)"),
     }
 
 

@@ -188,6 +188,8 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
                 raise _error(text, raw, "not a sample line")
             name = fields.pop(0)
             labels = EMPTY_LABELS
+        if name in counter_families:
+            name += "_total"  # prometheus_client's convention for counters named without _total
         keep = wanted.get(name)
         if keep is None:
             if not _METRIC_NAME_RE.match(name):
@@ -206,8 +208,6 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
             raise _error(text, raw, f"invalid number {number!r}") from None
         if "_" in number:
             raise _error(text, raw, f"invalid number {number!r}")
-        if name in counter_families:
-            name += "_total"  # prometheus_client's convention for counters named without _total
         bucket = samples.get(name)
         if bucket is None:
             bucket = samples[name] = []
@@ -227,20 +227,26 @@ def _comment(line: str, raw: str, text: str, prefixes: tuple[str, ...] | None, p
              counter_families: set[str]) -> None:
     if line.startswith("# HELP "):
         parts = line.split(None, 3)
-        if len(parts) >= 3 and (prefixes is None or parts[2].startswith(prefixes)):
+        if len(parts) >= 3 and (prefixes is None or _wanted_family(parts[2], prefixes)):
             payload.helps[parts[2]] = parts[3] if len(parts) == 4 else ""
     elif line.startswith("# TYPE ") or line.startswith("#\tTYPE"):
         parts = line.split(None, 3)
         if len(parts) < 4:
             raise _error(text, raw, "TYPE line without a type")
         family, kind = parts[2], parts[3].strip()
-        if prefixes is not None and not family.startswith(prefixes):
+        if prefixes is not None and not _wanted_family(family, prefixes):
             return
         if not _METRIC_NAME_RE.match(family):
             raise _error(text, raw, f"invalid metric name {family!r}")
         payload.types[family] = kind
         if kind == "counter" and not family.endswith("_total"):
             counter_families.add(family)
+
+
+def _wanted_family(family: str, prefixes: tuple[str, ...]) -> bool:
+    # A counter may be declared without `_total` (its samples then get it): match either spelling.
+    return family.startswith(prefixes) or (family + "_total").startswith(prefixes) or \
+        (family + " ").startswith(prefixes)
 
 
 def _error(text: str, line: str, message: str) -> PromParseError:

@@ -113,6 +113,7 @@ class TargetState:
         self.polls = 0
         self.version = 0  # changes whenever anything exposed may have changed (renderers cache on it)
         self.series_dropped = 0
+        self.mapping_misses: dict[str, int] = {}
         self.models: dict[str, ModelState] = {}
         self.info: list[InfoSample] = []
         self.series: list[SeriesSample] = []
@@ -196,6 +197,8 @@ class TargetState:
             return new_notices
 
         self.info = obs.info
+        for metric in obs.mapping_misses:
+            self.mapping_misses[metric] = self.mapping_misses.get(metric, 0) + 1
         self.series = obs.series[: self.target.max_series]
         self.series_dropped += len(obs.series) - len(self.series)
         self._apply_models(obs, now)

@@ -21,8 +21,20 @@ from ..config import TargetConfig, is_loopback_url
 from ..observation import InfoSample, ModelSample, Observation, PollError, QueueProbe, Readiness, Reason
 from ..procinfo import ProcessFinder
 from ..promparse import LabelCache, PromParseError, parse
-from .base import HttpFetcher, SharedContext, Response, Source, expect_status
+from .base import HttpFetcher, Response, SharedContext, Source, expect_status
+from .mapping import Feed, Upstream, apply
 
+U = Upstream
+# /metrics → unified (one model per server). The query counter is derived: cached + processed.
+MAPPING: tuple[Feed, ...] = (
+    Feed("requests_running", "gauge", (U("llamacpp:requests_processing", "b2000-b11434+"),)),
+    Feed("requests_waiting", "gauge", (U("llamacpp:requests_deferred", "b2000-b11434+"),)),
+    Feed("prompt_tokens", "counter", (U("llamacpp:prompt_tokens_total", "b2000-b11434+"),)),
+    Feed("generation_tokens", "counter", (U("llamacpp:tokens_predicted_total", "b2000-b11434+"),)),
+    Feed("kv_cache_hit_tokens", "counter", (U("llamacpp:prompt_tokens_cached_total", "recent builds"),)),
+    Feed("kv_cache_usage_ratio", "gauge", (U("llamacpp:kv_cache_usage_ratio", "older builds (removed)"),),
+         required=False),
+)
 METRICS_PREFIXES = ("llamacpp:",)
 PROPS_REFRESH_POLLS = 600  # re-read /props now and then (model can be swapped by a router)
 
@@ -88,6 +100,7 @@ class LlamaCppSource(Source):
 
         model_name = self._model_name()
         sample = ModelSample()
+        misses: list[str] = []
         if metrics_text is not None:
             try:
                 payload = parse(metrics_text, METRICS_PREFIXES, self.labels)
@@ -95,7 +108,11 @@ class LlamaCppSource(Source):
                 raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
             if not payload.samples:
                 raise PollError(Reason.PARSE, "/metrics has no llamacpp: series (not a llama.cpp server?)")
-            self._map_metrics(payload, sample)
+            mapped, misses = apply(payload, MAPPING, "")
+            sample = mapped.get("", sample)
+            cached, processed = sample.get("kv_cache_hit_tokens"), sample.get("prompt_tokens")
+            if cached is not None and processed is not None:
+                sample.set("kv_cache_query_tokens", cached + processed)
         probe = None
         if slots is not None:
             self._map_slots(slots, sample, metrics_text is None)
@@ -105,7 +122,7 @@ class LlamaCppSource(Source):
 
         observation = Observation(Readiness.READY, models={model_name: sample},
                                   info=self._props_info(model_name), endpoints=self._endpoints(),
-                                  notices=tuple(notices))
+                                  notices=tuple(notices), mapping_misses=tuple(misses))
         if probe is not None:
             observation.queue_probes[model_name] = probe
         self._timing(observation, ready_header)
@@ -159,21 +176,6 @@ class LlamaCppSource(Source):
         if isinstance(alias, str) and alias and alias != path:
             return alias[:200]  # set with --alias (or -hf's repo name)
         return os.path.basename(path)[:200] if isinstance(path, str) else ""
-
-    @staticmethod
-    def _map_metrics(payload: Any, sample: ModelSample) -> None:
-        get = payload.get
-        sample.set("requests_running", _first(get("llamacpp:requests_processing")))
-        sample.set("requests_waiting", _first(get("llamacpp:requests_deferred")))
-        processed = _first(get("llamacpp:prompt_tokens_total"))
-        cached = _first(get("llamacpp:prompt_tokens_cached_total"))
-        sample.set("prompt_tokens", processed)
-        sample.set("generation_tokens", _first(get("llamacpp:tokens_predicted_total")))
-        if cached is not None and processed is not None:
-            sample.set("kv_cache_hit_tokens", cached)
-            sample.set("kv_cache_query_tokens", cached + processed)
-        # Older builds (removed upstream) exported KV usage directly.
-        sample.set("kv_cache_usage_ratio", _first(get("llamacpp:kv_cache_usage_ratio")))
 
     @staticmethod
     def _map_slots(slots: list[dict[str, Any]], sample: ModelSample, metrics_missing: bool) -> None:

@@ -12,134 +12,46 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable, Mapping
 
 from ..config import TargetConfig
-from ..observation import Histogram, InfoSample, ModelSample, Observation, PollError, Readiness, Reason
+from ..observation import InfoSample, ModelSample, Observation, PollError, Readiness, Reason
 from ..procinfo import ProcessFinder
-from ..promparse import Labels, LabelCache, Payload, PromParseError, parse
+from ..promparse import Payload, PromParseError, parse
 from .base import HttpFetcher, SharedContext, Source, expect_status
+from .mapping import Feed, Upstream, apply, prefixes
 
+U = Upstream
+MODEL_LABEL = "model_name"
 
-# unified key → vLLM families, most preferred first (sample names as on the wire).
-GAUGES: dict[str, tuple[str, ...]] = {
-    "requests_running": ("vllm:num_requests_running",),
-    "requests_waiting": ("vllm:num_requests_waiting",),
-}
-MEAN_GAUGES: dict[str, tuple[str, ...]] = {
-    "kv_cache_usage_ratio": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
-}
-COUNTERS: dict[str, tuple[str, ...]] = {
-    "prompt_tokens": ("vllm:prompt_tokens_total",),
-    "generation_tokens": ("vllm:generation_tokens_total",),
-    "preemptions": ("vllm:num_preemptions_total",),
-}
-HISTOGRAMS: dict[str, tuple[str, ...]] = {
-    "token_queue_latency": ("vllm:request_queue_time_seconds", "vllm:time_in_queue_requests"),
-    "time_to_first_token": ("vllm:time_to_first_token_seconds",),
-    "inter_token_latency": ("vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
-    "request_latency": ("vllm:e2e_request_latency_seconds",),
-}
-# Prefix cache: (hits, queries, unit or None to read the unit from HELP).
-PREFIX_CACHE: tuple[tuple[str, str, str | None], ...] = (
-    ("vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total", "tokens"),
-    ("vllm:gpu_prefix_cache_hits_total", "vllm:gpu_prefix_cache_queries_total", None),
+# The mapping: unified metric ← vLLM families, most preferred first, chosen by presence.
+MAPPING: tuple[Feed, ...] = (
+    Feed("requests_running", "gauge", (U("vllm:num_requests_running", "0.4-0.33"),)),
+    Feed("requests_waiting", "gauge", (U("vllm:num_requests_waiting", "0.4-0.33"),)),
+    Feed("kv_cache_usage_ratio", "gauge", (U("vllm:kv_cache_usage_perc", "0.9.2-0.33", combine="mean"),
+                                           U("vllm:gpu_cache_usage_perc", "0.4-0.11", combine="mean"))),
+    Feed("kv_cache_hit_{unit}", "counter", (U("vllm:prefix_cache_hits_total", "0.9.2-0.33", unit="tokens"),
+                                            U("vllm:gpu_prefix_cache_hits_total", "0.7.3-0.11", unit="help"))),
+    Feed("kv_cache_query_{unit}", "counter", (U("vllm:prefix_cache_queries_total", "0.9.2-0.33", unit="tokens"),
+                                              U("vllm:gpu_prefix_cache_queries_total", "0.7.3-0.11", unit="help"))),
+    Feed("kv_cache_lifetime_hit_ratio", "gauge", (U("vllm:gpu_prefix_cache_hit_rate", "V0 0.5-0.10",
+                                                    combine="mean", minimum=0.0),), required=False),
+    Feed("prompt_tokens", "counter", (U("vllm:prompt_tokens_total", "0.4-0.33"),)),
+    Feed("generation_tokens", "counter", (U("vllm:generation_tokens_total", "0.4-0.33"),)),
+    Feed("preemptions", "counter", (U("vllm:num_preemptions_total", "0.4-0.33"),), required=False),
+    Feed("requests_finished", "counter", (U("vllm:request_success_total", "0.4-0.33"),),
+         label="finished_reason", label_as="reason"),
+    Feed("token_queue_latency", "histogram", (U("vllm:request_queue_time_seconds", "0.6.4-0.33"),
+                                              U("vllm:time_in_queue_requests", "V0 before 0.6.4"))),
+    Feed("time_to_first_token", "histogram", (U("vllm:time_to_first_token_seconds", "0.4-0.33"),)),
+    Feed("inter_token_latency", "histogram", (U("vllm:inter_token_latency_seconds", "0.11-0.33"),
+                                              U("vllm:time_per_output_token_seconds", "0.4-0.10"))),
+    Feed("request_latency", "histogram", (U("vllm:e2e_request_latency_seconds", "0.4-0.33"),)),
 )
-LIFETIME_HIT_RATE = "vllm:gpu_prefix_cache_hit_rate"
-FINISHED = "vllm:request_success_total"
 CACHE_INFO = "vllm:cache_config_info"
-
-
-def _family_prefixes(family: str) -> tuple[str, ...]:
-    """What to keep of one family: a counter's `_total` and `_created` series, everything of a
-    gauge or histogram family (`_bucket`, `_sum`, `_count`, `_created`)."""
-    if family.endswith("_total"):
-        return (family, family[: -len("_total")] + "_created")
-    return (family,)
-
-
-# Only these families are parsed: the parser skips every other family's block unread.
-METRICS_PREFIXES: tuple[str, ...] = tuple(sorted({
-    prefix
-    for family in [f for table in (GAUGES, MEAN_GAUGES, COUNTERS, HISTOGRAMS) for fs in table.values() for f in fs]
-    + [f for pair in PREFIX_CACHE for f in pair[:2]] + [LIFETIME_HIT_RATE, FINISHED, CACHE_INFO,
-                                                       "process_start_time_seconds"]
-    for prefix in _family_prefixes(family)
-}))
 CACHE_CONFIG_KEYS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching",
                      "cache_dtype", "gpu_memory_utilization", "kv_cache_size_tokens")
-
-
-MAX_LABEL_VALUE = 200  # model names longer than this are cut (a hostile target cannot bloat /metrics)
-
-
-def _model(labels: Labels) -> str:
-    return labels.get("model_name", "")[:MAX_LABEL_VALUE]
-
-
-def _unique(samples: Iterable[tuple[Labels, float]]) -> Iterable[tuple[Labels, float]]:
-    """Drop duplicate series (same label set twice in one payload): the last one wins. The parser
-    hands out one shared object per distinct label block, so identity is enough here."""
-    seen: dict[int, tuple[Labels, float]] = {}
-    for labels, value in samples:
-        seen[id(labels)] = (labels, value)
-    return seen.values()
-
-
-def _sum_by_model(samples: Iterable[tuple[Labels, float]]) -> dict[str, float]:
-    totals: dict[str, float] = defaultdict(float)
-    for labels, value in _unique(samples):
-        totals[_model(labels)] += value
-    return totals
-
-
-def _mean_by_model(samples: Iterable[tuple[Labels, float]]) -> dict[str, float]:
-    sums: dict[str, list[float]] = defaultdict(list)
-    for labels, value in _unique(samples):
-        sums[_model(labels)].append(value)
-    return {model: sum(values) / len(values) for model, values in sums.items()}
-
-
-def _histograms_by_model(payload: Payload, family: str) -> dict[str, Histogram]:
-    """Sum one histogram family over engines, per model. Models whose engines disagree on
-    bucket bounds, or whose buckets are malformed, are left out."""
-    buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    bounds_per_series: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
-    for labels, value in _unique(payload.get(family + "_bucket")):
-        le = labels.get("le")
-        if le is None:
-            continue
-        try:
-            bound = float(le)
-        except ValueError:
-            continue
-        model = _model(labels)
-        buckets[model][bound] += value
-        key = (model, tuple(sorted((k, v) for k, v in labels.items() if k != "le")))
-        bounds_per_series[key].append(bound)
-    shapes: dict[str, set[tuple[float, ...]]] = defaultdict(set)
-    for (model, _), bounds in bounds_per_series.items():
-        shapes[model].add(tuple(sorted(bounds)))
-    sums = _sum_by_model(payload.get(family + "_sum"))
-    counts = _sum_by_model(payload.get(family + "_count"))
-    out: dict[str, Histogram] = {}
-    for model, per_bound in buckets.items():
-        if len(shapes[model]) != 1 or math.inf not in per_bound or model not in counts:
-            continue
-        hist = Histogram(tuple(sorted(per_bound.items())), sums.get(model, 0.0), counts[model])
-        out[model] = hist
-    return out
-
-
-def _prefix_unit(payload: Payload, hits: str, queries: str, unit: str | None) -> str | None:
-    if unit is not None:
-        return unit
-    help_text = (payload.helps.get(queries) or payload.helps.get(queries[: -len("_total")]) or "").lower()
-    if "block" in help_text:
-        return "blocks"
-    if "token" in help_text:
-        return "tokens"
-    return None  # cannot tell: expose nothing rather than mix units
+# Only these families are parsed: the parser skips every other family's block unread.
+METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, "process_start_time_seconds")
 
 
 class VllmSource(Source):
@@ -164,45 +76,15 @@ class VllmSource(Source):
             raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
         if not any(name.startswith("vllm:") for name in payload.samples):
             raise PollError(Reason.PARSE, "/metrics has no vllm: series (not a vLLM server?)")
-        observation = Observation(Readiness.READY, models=self.map_payload(payload))
+        models, misses = apply(payload, MAPPING, MODEL_LABEL)
+        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
         observation.info = self.cache_config_info(payload)
         self._timing(payload, observation)
         return observation
 
     @staticmethod
     def map_payload(payload: Payload) -> dict[str, ModelSample]:
-        models: dict[str, ModelSample] = defaultdict(ModelSample)
-
-        def put(key: str, per_model: Mapping[str, float], **labels: str) -> None:
-            for model, value in per_model.items():
-                models[model].set(key, value, **labels)
-
-        for table, combine in ((GAUGES, _sum_by_model), (COUNTERS, _sum_by_model), (MEAN_GAUGES, _mean_by_model)):
-            for key, families in table.items():
-                family = next((f for f in families if payload.has(f)), None)
-                if family is not None:
-                    put(key, combine(payload.get(family)))
-        for hits, queries, unit in PREFIX_CACHE:
-            if payload.has(hits) and payload.has(queries):
-                resolved = _prefix_unit(payload, hits, queries, unit)
-                if resolved is not None:
-                    put(f"kv_cache_hit_{resolved}", _sum_by_model(payload.get(hits)))
-                    put(f"kv_cache_query_{resolved}", _sum_by_model(payload.get(queries)))
-                break
-        else:
-            lifetime = {m: v for m, v in _mean_by_model(payload.get(LIFETIME_HIT_RATE)).items() if 0 <= v <= 1}
-            put("kv_cache_lifetime_hit_ratio", lifetime)  # -1 = caching disabled: nothing
-        by_reason: dict[tuple[str, str], float] = defaultdict(float)
-        for labels, value in _unique(payload.get(FINISHED)):
-            by_reason[(_model(labels), labels.get("finished_reason", "")[:64])] += value
-        for (model, reason), value in by_reason.items():
-            models[model].set("requests_finished", value, reason=reason[:64])
-        for key, families in HISTOGRAMS.items():
-            family = next((f for f in families if payload.has(f + "_count")), None)
-            if family is not None:
-                for model, hist in _histograms_by_model(payload, family).items():
-                    models[model].histograms[key] = hist
-        return dict(models)
+        return apply(payload, MAPPING, MODEL_LABEL)[0]
 
     @staticmethod
     def cache_config_info(payload: Payload) -> list[InfoSample]:

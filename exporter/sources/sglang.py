@@ -1,0 +1,61 @@
+"""SGLang: /health and /metrics (server started with --enable-metrics).
+
+Readiness: /health answers 503 while the server warms up and 200 when ready (refused before it
+listens). The hit ratio is Δ`sglang:cached_tokens_total` / Δ`sglang:prompt_tokens_total`;
+`sglang:cache_hit_rate` covers only the last prefill batch and is not used. Newer versions label
+series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
+"""
+
+from __future__ import annotations
+
+from ..config import TargetConfig
+from ..observation import Observation, PollError, Readiness, Reason
+from ..promparse import PromParseError, parse
+from .base import HttpFetcher, SharedContext, Source, expect_status
+from .mapping import Feed, Upstream, apply, prefixes
+
+U = Upstream
+MODEL_LABEL = "model_name"
+MAPPING: tuple[Feed, ...] = (
+    Feed("requests_running", "gauge", (U("sglang:num_running_reqs", "0.3-0.5"),)),
+    Feed("requests_waiting", "gauge", (U("sglang:num_queue_reqs", "0.3-0.5"),)),
+    Feed("kv_cache_usage_ratio", "gauge", (U("sglang:token_usage", "0.3-0.5", combine="mean"),)),
+    Feed("kv_cache_hit_tokens", "counter", (U("sglang:cached_tokens_total", "0.4-0.5"),)),
+    Feed("kv_cache_query_tokens", "counter", (U("sglang:prompt_tokens_total", "0.3-0.5"),)),
+    Feed("prompt_tokens", "counter", (U("sglang:prompt_tokens_total", "0.3-0.5"),)),
+    Feed("generation_tokens", "counter", (U("sglang:generation_tokens_total", "0.3-0.5"),)),
+    Feed("token_queue_latency", "histogram", (U("sglang:queue_time_seconds", "0.5.x"),
+                                              U("sglang:queue_time_s", "0.5 early"))),
+    Feed("time_to_first_token", "histogram", (U("sglang:time_to_first_token_seconds", "0.3-0.5"),)),
+    Feed("inter_token_latency", "histogram", (U("sglang:inter_token_latency_seconds", "0.4-0.5"),
+                                              U("sglang:time_per_output_token_seconds", "0.3"))),
+    Feed("request_latency", "histogram", (U("sglang:e2e_request_latency_seconds", "0.3-0.5"),)),
+    Feed("startup_phase_seconds", "gauge", (U("sglang:startup_time_seconds", "0.5.18+"),), required=False,
+         label="phase"),
+)
+METRICS_PREFIXES = prefixes(MAPPING)
+
+
+class SglangSource(Source):
+    engine = "sglang"
+
+    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
+        super().__init__(target, shared)
+        self.labels = self.shared.label_cache(self.engine)
+
+    async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
+        assert http is not None
+        health = await http.get("/health")
+        if health.status == 503:
+            return Observation(Readiness.LOADING)
+        expect_status(health, "/health")
+        response = await http.get("/metrics")
+        expect_status(response, "/metrics")
+        try:
+            payload = parse(response.text(), METRICS_PREFIXES, self.labels)
+        except PromParseError as exc:
+            raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
+        if not any(name.startswith("sglang:") for name in payload.samples):
+            raise PollError(Reason.PARSE, "/metrics has no sglang: series (started without --enable-metrics?)")
+        models, misses = apply(payload, MAPPING, MODEL_LABEL)
+        return Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))

@@ -1,0 +1,164 @@
+"""SGLang and TGI from their fixtures, mapping misses per engine, and auto-detection on every fixture."""
+
+import json
+
+import pytest
+
+from exporter.promparse import parse
+from exporter.sources import auto, sglang, tgi, vllm
+from exporter.sources.mapping import apply
+from tests.conftest import FIXTURES
+from tests.support.pipeline import Pipeline
+from tests.support.replay import Reply, ReplayServer
+
+SGL_NEW = (FIXTURES / "sglang" / "datadog-sglang-0.5.10.post1-abridged.prom").read_text()
+SGL_OLD = (FIXTURES / "sglang" / "sglang-docs-production-metrics-v0.3.prom").read_text()
+TGI = (FIXTURES / "tgi" / "datadog-tgi-payload-partial.prom").read_text()
+
+
+def mapped(module, text):
+    return apply(parse(text, module.METRICS_PREFIXES), module.MAPPING, module.MODEL_LABEL)
+
+
+def test_sglang_0510_every_unified_metric():
+    models, misses = mapped(sglang, SGL_NEW)
+    m = models["facebook/opt-125m"]
+    assert (m.get("requests_running"), m.get("requests_waiting"), m.get("kv_cache_usage_ratio")) == (0, 0, 0.25)
+    assert m.get("kv_cache_hit_tokens") == 1 and m.get("kv_cache_query_tokens") == 5
+    assert m.histograms["token_queue_latency"].count == 1
+    for key in ("time_to_first_token", "inter_token_latency", "request_latency"):
+        assert key in m.histograms
+    assert misses == []
+
+
+def test_sglang_03_docs_sample_has_no_queue_histogram():
+    models, misses = mapped(sglang, SGL_OLD)
+    m = models["meta-llama/Llama-3.1-8B-Instruct"]
+    assert m.get("requests_running") is not None and m.get("requests_waiting") is not None
+    assert m.get("kv_cache_usage_ratio") is not None
+    assert "token_queue_latency" not in m.histograms and "token_queue_latency" in misses
+    assert "kv_cache_hit_tokens" in misses  # no cached_tokens_total in 0.3: no hit ratio, not a made-up one
+
+
+def test_sglang_cache_hit_rate_gauge_is_not_the_ratio():
+    models, _ = mapped(sglang, SGL_NEW)
+    assert all(key[0] != "kv_cache_hit_ratio" for key in models["facebook/opt-125m"].values)
+
+
+def test_sglang_startup_phases():
+    text = ('# TYPE sglang:startup_time_seconds gauge\n'
+            'sglang:startup_time_seconds{model_name="m",phase="load_weights"} 3.5\n'
+            'sglang:startup_time_seconds{model_name="m",phase="cuda_graph"} 9.0\n')
+    m = mapped(sglang, text)[0]["m"]
+    assert m.get("startup_phase_seconds", phase="load_weights") == 3.5
+
+
+def test_tgi_every_unified_metric_and_no_cache_metrics():
+    models, misses = mapped(tgi, TGI)
+    m = models[""]
+    assert m.get("requests_running") == 0 and m.get("requests_waiting") == 0
+    assert m.histograms["token_queue_latency"].count > 0 and "request_latency" in m.histograms
+    assert m.get("requests_finished", reason="success") == 109
+    assert m.get("requests_finished", reason="validation") == 2
+    assert not [k for k in m.values if k[0].startswith("kv_cache")]
+    # the partial capture left out the token-length histograms (see SOURCES.md)
+    assert set(misses) == {"prompt_tokens", "generation_tokens"}
+
+
+async def test_tgi_source_names_the_model_from_info():
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(TGI),
+                        "/info": Reply.json({"model_id": "bigscience/bloom-560m", "router": "text-generation-router"})})
+    await srv.start()
+    pipe = Pipeline("tgi", f"http://127.0.0.1:{srv.port}")
+    try:
+        await pipe.poll()
+        assert pipe.value("llm_requests_waiting", model="bigscience/bloom-560m", engine="tgi") == 0
+        assert pipe.value("llm_kv_cache_usage_ratio") is None
+        assert pipe.value("llm_exporter_mapping_misses_total", metric="generation_tokens") == 1
+    finally:
+        await pipe.close()
+        await srv.stop()
+
+
+def remove_family(text: str, family: str) -> str:
+    return "".join(line for line in text.splitlines(True) if family not in line)
+
+
+@pytest.mark.parametrize("engine, text, family, metric", [
+    ("vllm", (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text(), "vllm:num_requests_waiting",
+     "requests_waiting"),
+    ("vllm", (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text(), "vllm:request_queue_time_seconds",
+     "token_queue_latency"),
+    ("sglang", SGL_NEW, "sglang:num_queue_reqs", "requests_waiting"),
+    ("tgi", TGI, "tgi_queue_size", "requests_waiting"),
+    ("llamacpp", (FIXTURES / "llamacpp" / "b11434-metrics-idle.prom").read_text(), "llamacpp:requests_deferred",
+     "requests_waiting"),
+])
+async def test_mapping_miss_counter_fires_when_a_family_disappears(engine, text, family, metric):
+    routes = {"/health": Reply(200), "/metrics": Reply.text(text), "/info": Reply.json({"model_id": "m"}),
+              "/slots": Reply.json([]), "/props": Reply.json({"model_path": "/m.gguf"})}
+    srv = ReplayServer(routes)
+    await srv.start()
+    pipe = Pipeline(engine, f"http://127.0.0.1:{srv.port}")
+    try:
+        await pipe.poll()
+        assert pipe.state.up
+        assert pipe.value("llm_exporter_mapping_misses_total", metric=metric) is None
+        srv.set("/metrics", Reply.text(remove_family(text, family)))
+        await pipe.poll()
+        await pipe.poll()
+        assert pipe.state.up
+        assert pipe.value("llm_exporter_mapping_misses_total", metric=metric) == 2
+    finally:
+        await pipe.close()
+        await srv.stop()
+
+
+EXPECTED = {"llamacpp": "llamacpp", "vllm": "vllm", "vllm-real": "vllm", "sglang": "sglang", "tgi": "tgi"}
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.rglob("*.prom")) + [FIXTURES / "nvml" / "nvml-metrics.prom"],
+                         ids=lambda p: p.name)
+def test_auto_detection_on_every_fixture(path):
+    detected = auto.detect_from_metrics(path.read_text())
+    assert detected == EXPECTED.get(path.parent.name), (path, detected)
+
+
+def test_auto_detection_on_every_series_payload():
+    for line in (FIXTURES / "llamacpp" / "b11434-load-series.jsonl").open():
+        assert auto.detect_from_metrics(json.loads(line)["metrics"]) == "llamacpp"
+
+
+@pytest.mark.parametrize("routes, expected", [
+    ({"/metrics": Reply.text(SGL_NEW), "/health": Reply(200)}, "sglang"),
+    ({"/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text()),
+      "/health": Reply(200)}, "vllm"),
+    ({"/metrics": Reply(501, (FIXTURES / "llamacpp" / "b11434-health-loading.json").read_bytes().replace(
+        b"unavailable_error", b"not_supported_error")),
+      "/health": Reply(200, b'{"status":"ok"}'), "/slots": Reply.json([]),
+      "/props": Reply(200, (FIXTURES / "llamacpp" / "b11434-props.json").read_bytes())}, "llamacpp"),
+])
+async def test_auto_source_detects_and_delegates(routes, expected):
+    srv = ReplayServer(routes)
+    await srv.start()
+    pipe = Pipeline("auto", f"http://127.0.0.1:{srv.port}")
+    try:
+        await pipe.poll()
+        assert pipe.state.up, pipe.state.last_error
+        assert pipe.value("llm_engine_detected_info", detected=expected) == 1
+        assert pipe.value("llm_up", engine="auto") == 1
+    finally:
+        await pipe.close()
+        await srv.stop()
+
+
+async def test_auto_source_cannot_identify_garbage():
+    srv = ReplayServer({"/metrics": Reply.text("# TYPE other gauge\nother 1\n")})
+    await srv.start()
+    pipe = Pipeline("auto", f"http://127.0.0.1:{srv.port}")
+    try:
+        await pipe.poll()
+        assert not pipe.state.up and "cannot identify" in pipe.state.last_error[1]
+    finally:
+        await pipe.close()
+        await srv.stop()
