@@ -162,6 +162,8 @@ class TextRenderer:
         self.states = states
         self.status = status
         self._cache: dict[str, tuple[int, str, dict[str, str]]] = {}  # target → (version, namespace, lines)
+        self._raw_headers: dict[str, tuple[str, str]] = {}  # pass-through family → (type, help)
+        self._own_names = {f"{namespace}_{spec.name}" for spec in ALL_METRICS}
 
     def refresh(self, state: TargetState) -> None:
         """Render a target's lines now (called right after its poll), so scrapes only join strings."""
@@ -174,6 +176,13 @@ class TextRenderer:
         lines: dict[str, list[str]] = {}
         for key, suffix, labels, value in target_samples(state):
             lines.setdefault(key, []).append(_line(family_name(self.namespace, key) + suffix, labels, value))
+        for family in state.passthrough if state.up else ():
+            key = "passthrough:" + family.name
+            self._raw_headers[key] = (family.kind, family.help)
+            base = {"target": state.target.name, "engine": state.target.engine, **dict(state.target.labels)}
+            lines.setdefault(key, []).extend(
+                _line(f"{self.namespace}_{name}", {**dict(labels), **base}, value)
+                for name, labels, value in family.samples)
         joined = {key: "".join(parts) for key, parts in lines.items()}
         self._cache[state.target.name] = (state.version, self.namespace, joined)
         return joined
@@ -196,7 +205,16 @@ class TextRenderer:
         for name in [n for n in self._cache if n not in live]:
             del self._cache[name]  # targets removed by a reload
         out = []
-        for key in sorted(per_family, key=ORDER.__getitem__):
+        for key in sorted(per_family, key=lambda k: (ORDER.get(k, len(ORDER)), k)):
+            if key not in BY_KEY:  # an engine family passed through as it is
+                kind, help_text = self._raw_headers.get(key, ("untyped", ""))
+                name = f"{self.namespace}_{key.split(':', 1)[1]}"
+                if name in self._own_names:
+                    continue  # never shadow one of the exporter's own families
+                # HELP text is passed on as it came (still escaped as on the wire; one line)
+                out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+                out.extend(per_family[key])
+                continue
             spec = BY_KEY[key]
             name = family_name(self.namespace, key) + ("_total" if spec.type == "counter" else "")
             kind = "gauge" if spec.type == "info" else spec.type

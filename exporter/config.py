@@ -84,6 +84,7 @@ class TargetConfig:
     process: ProcessMatch | None = None
     tls: TargetTLS | None = None
     bearer_token_file: str | None = None
+    passthrough: bool = False
 
     @property
     def identity(self) -> tuple[str, str]:
@@ -251,7 +252,7 @@ def _dotted(path: tuple[Any, ...]) -> str:
 _TOP_KEYS = ("listen", "namespace", "defaults", "targets")
 _DEFAULT_KEYS = ("interval", "timeout", "window", "max_body_bytes", "max_series")
 _TARGET_KEYS = ("name", "engine", "url", "interval", "timeout", "window", "max_body_bytes",
-                "max_series", "labels", "headers", "process", "tls", "bearer_token_file")
+                "max_series", "labels", "headers", "process", "tls", "bearer_token_file", "passthrough")
 _TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure_skip_verify")
 _PROCESS_KEYS = ("pid_file", "name", "cmdline")
 
@@ -444,6 +445,7 @@ def build_config(data: Any, doc: _Doc) -> Config:
             max_body_bytes=v.field(t, "max_body_bytes", path, parse_size, defaults.max_body_bytes),
             max_series=v.field(t, "max_series", path, _int, defaults.max_series),
             labels=labels, headers=headers, process=process, tls=tls, bearer_token_file=token_file,
+            passthrough=v.field(t, "passthrough", path, _bool, False),
         ))
     return Config(listen=listen, namespace=namespace, defaults=defaults, targets=tuple(targets),
                   source=doc.source)

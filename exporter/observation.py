@@ -125,6 +125,8 @@ class Observation:
     # Conditions worth one log line when they first appear (e.g. "/slots disabled").
     notices: tuple[str, ...] = ()
     series: list[SeriesSample] = field(default_factory=list)
+    # The engine's own families, when the target asks for pass-through (RawFamily objects).
+    passthrough: list = field(default_factory=list)
     # Unified metrics for which the target answered without any known upstream family.
     mapping_misses: tuple[str, ...] = ()
     # Series that the source dropped because of the per-target cardinality cap.

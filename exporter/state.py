@@ -117,6 +117,7 @@ class TargetState:
         self.models: dict[str, ModelState] = {}
         self.info: list[InfoSample] = []
         self.series: list[SeriesSample] = []
+        self.passthrough: list = []
         self.process_pid: int | None = None
         self.endpoints: dict[str, bool] = {}
         self.load_timer = LoadTimer()
@@ -146,6 +147,7 @@ class TargetState:
         self.version += 1
         self.up = False
         self.series = []
+        self.passthrough = []
         self.last_poll_duration = duration
         self.last_error = (error.reason, str(error))
         self.poll_errors[error.reason] += 1
@@ -194,9 +196,11 @@ class TargetState:
             # bridge across the gap.
             self.models.clear()
             self.series = []
+            self.passthrough = []
             return new_notices
 
         self.info = obs.info
+        self.passthrough = obs.passthrough
         for metric in obs.mapping_misses:
             self.mapping_misses[metric] = self.mapping_misses.get(metric, 0) + 1
         self.series = obs.series[: self.target.max_series]

@@ -174,5 +174,15 @@ class Source(abc.ABC):
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         """Poll the target once. Raise PollError for a failed poll."""
 
+    def add_passthrough(self, observation: Observation, text: str) -> None:
+        """Attach the engine's own families when the target asked for `passthrough: true`."""
+        if not self.target.passthrough:
+            return
+        from .passthrough import families
+
+        reserved = frozenset({"target", "engine", "model", *dict(self.target.labels)})
+        observation.passthrough, dropped = families(text, reserved, self.target.max_series)
+        observation.dropped_series += dropped
+
     async def close(self) -> None:
         """Release resources (the NVML source shuts NVML down)."""

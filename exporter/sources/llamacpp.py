@@ -126,6 +126,8 @@ class LlamaCppSource(Source):
         if probe is not None:
             observation.queue_probes[model_name] = probe
         self._timing(observation, ready_header)
+        if metrics_text is not None:
+            self.add_passthrough(observation, metrics_text)
         return observation
 
     # ------------------------------------------------------------------ endpoints

@@ -52,10 +52,13 @@ class SglangSource(Source):
         response = await http.get("/metrics")
         expect_status(response, "/metrics")
         try:
-            payload = parse(response.text(), METRICS_PREFIXES, self.labels)
+            text = response.text()
+            payload = parse(text, METRICS_PREFIXES, self.labels)
         except PromParseError as exc:
             raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
         if not any(name.startswith("sglang:") for name in payload.samples):
             raise PollError(Reason.PARSE, "/metrics has no sglang: series (started without --enable-metrics?)")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
-        return Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
+        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
+        self.add_passthrough(observation, text)
+        return observation

@@ -51,7 +51,8 @@ class TgiSource(Source):
         response = await http.get("/metrics")
         expect_status(response, "/metrics")
         try:
-            payload = parse(response.text(), METRICS_PREFIXES, self.labels)
+            text = response.text()
+            payload = parse(text, METRICS_PREFIXES, self.labels)
         except PromParseError as exc:
             raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
         if not any(name.startswith("tgi_") for name in payload.samples):
@@ -61,7 +62,9 @@ class TgiSource(Source):
         if sample is not None:
             models[self.model or ""] = sample
         info = [InfoSample("engine_info", (("model", self.model or ""), ("build", ""), ("model_path", "")))]
-        return Observation(Readiness.READY, models=models, mapping_misses=tuple(misses), info=info)
+        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses), info=info)
+        self.add_passthrough(observation, text)
+        return observation
 
     async def _model(self, http: HttpFetcher) -> str:
         try:

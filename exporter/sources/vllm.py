@@ -71,7 +71,8 @@ class VllmSource(Source):
         response = await http.get("/metrics")
         expect_status(response, "/metrics")
         try:
-            payload = parse(response.text(), METRICS_PREFIXES, self.labels)
+            text = response.text()
+            payload = parse(text, METRICS_PREFIXES, self.labels)
         except PromParseError as exc:
             raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
         if not any(name.startswith("vllm:") for name in payload.samples):
@@ -79,6 +80,7 @@ class VllmSource(Source):
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
         observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
         observation.info = self.cache_config_info(payload)
+        self.add_passthrough(observation, text)
         self._timing(payload, observation)
         return observation
 

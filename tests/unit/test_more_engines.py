@@ -162,3 +162,31 @@ async def test_auto_source_cannot_identify_garbage():
     finally:
         await pipe.close()
         await srv.stop()
+
+
+@pytest.mark.prometheus
+async def test_passthrough_reexposes_engine_families_under_the_namespace(promtool):
+    import subprocess
+    from exporter.collector import ExporterStatus, TextRenderer
+    text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})
+    await srv.start()
+    pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", passthrough="true")
+    try:
+        await pipe.poll()
+        body = TextRenderer("llm", lambda: [pipe.state], ExporterStatus()).render().decode()
+    finally:
+        await pipe.close()
+        await srv.stop()
+    samples = parse(body)
+    running = samples.get("llm_vllm_num_requests_running")
+    assert running and dict(running[0][0]) == {"exported_engine": "0", "model_name": "tiny-llama",
+                                                "target": "t", "engine": "vllm"}
+    assert samples.get("llm_vllm_request_queue_time_seconds_count")[0][1] == 8
+    assert samples.get("llm_requests_running")  # the unified metrics are still there
+    assert "# TYPE llm_vllm_request_queue_time_seconds histogram" in body
+    out = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True)
+    # valid exposition; lint remarks only about vLLM's own names, passed through as they are
+    # (vLLM calls a histogram iteration_tokens_total)
+    remarks = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert all(line.startswith("llm_vllm_") and "should not have" in line for line in remarks), remarks

@@ -1,0 +1,54 @@
+"""Optional raw pass-through (`passthrough: true` on a target): the engine's own families re-exposed
+under the namespace with colons replaced (`vllm:num_requests_running` → `llm_vllm_num_requests_running`),
+with the target's labels added, for users who want one scrape per pod. Text format only.
+
+Upstream labels that collide with the exporter's (`target`, `engine`, configured labels) are kept as
+`exported_<name>`, as Prometheus does with honor_labels: false.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..promparse import PromParseError, family_of, parse
+
+_INVALID = re.compile(r"[^a-zA-Z0-9_]")
+KINDS = {"counter", "gauge", "histogram", "summary", "untyped"}
+
+
+@dataclass(frozen=True)
+class RawFamily:
+    name: str                      # sanitised family name, without namespace
+    kind: str
+    help: str
+    samples: tuple[tuple[str, tuple[tuple[str, str], ...], float], ...]  # (sanitised sample name, labels, value)
+
+
+def sanitise(name: str) -> str:
+    return _INVALID.sub("_", name)
+
+
+def families(text: str, reserved: frozenset[str], max_series: int) -> tuple[list[RawFamily], int]:
+    """The payload's families, ready to re-expose; and how many series were dropped by the cap."""
+    try:
+        payload = parse(text)
+    except PromParseError:
+        return [], 0
+    grouped: dict[str, list[tuple[str, tuple[tuple[str, str], ...], float]]] = {}
+    budget, dropped = max_series, 0
+    for name, samples in payload.samples.items():
+        family = family_of(name, payload.types)
+        for labels, value in samples:
+            if budget <= 0:
+                dropped += 1
+                continue
+            budget -= 1
+            pairs = tuple((f"exported_{k}" if k in reserved else k, v) for k, v in labels.items())
+            grouped.setdefault(family, []).append((sanitise(name), pairs, value))
+    out = []
+    for family, samples in grouped.items():
+        kind = payload.types.get(family, "untyped")
+        out.append(RawFamily(sanitise(family), kind if kind in KINDS else "untyped",
+                             payload.helps.get(family, ""), tuple(samples)))
+    return out, dropped
