@@ -130,6 +130,9 @@ def _wanted_blocks(text: str, prefixes: tuple[str, ...]) -> list[str]:
     while pos < size:
         if startswith(_FAMILY_COMMENTS, pos) and not startswith(prefixes, pos + 7):
             following = find("\n#", pos)
+            # a HELP line is usually followed by the same family's TYPE line: skip both at once
+            if following >= 0 and startswith("# TYPE ", following + 1) and not startswith(prefixes, following + 8):
+                following = find("\n#", following + 1)
             pos = size if following < 0 else following + 1
             continue
         following = find("\n#", pos + 1)
@@ -162,7 +165,8 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
         if not line:
             continue
         if line[0] == "#":
-            _comment(line, raw, text, prefixes, payload, counter_families)
+            # In filtered mode a comment only gets here if the block selector matched its family.
+            _comment(line, raw, text, payload, counter_families)
             continue
         brace = line.find("{")
         if brace >= 0:
@@ -223,30 +227,21 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
     return payload
 
 
-def _comment(line: str, raw: str, text: str, prefixes: tuple[str, ...] | None, payload: Payload,
-             counter_families: set[str]) -> None:
+def _comment(line: str, raw: str, text: str, payload: Payload, counter_families: set[str]) -> None:
     if line.startswith("# HELP "):
         parts = line.split(None, 3)
-        if len(parts) >= 3 and (prefixes is None or _wanted_family(parts[2], prefixes)):
+        if len(parts) >= 3:
             payload.helps[parts[2]] = parts[3] if len(parts) == 4 else ""
     elif line.startswith("# TYPE ") or line.startswith("#\tTYPE"):
         parts = line.split(None, 3)
         if len(parts) < 4:
             raise _error(text, raw, "TYPE line without a type")
         family, kind = parts[2], parts[3].strip()
-        if prefixes is not None and not _wanted_family(family, prefixes):
-            return
         if not _METRIC_NAME_RE.match(family):
             raise _error(text, raw, f"invalid metric name {family!r}")
         payload.types[family] = kind
         if kind == "counter" and not family.endswith("_total"):
             counter_families.add(family)
-
-
-def _wanted_family(family: str, prefixes: tuple[str, ...]) -> bool:
-    # A counter may be declared without `_total` (its samples then get it): match either spelling.
-    return family.startswith(prefixes) or (family + "_total").startswith(prefixes) or \
-        (family + " ").startswith(prefixes)
 
 
 def _error(text: str, line: str, message: str) -> PromParseError:
