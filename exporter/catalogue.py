@@ -25,6 +25,8 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                "Requests currently being processed (in a batch slot)."),
     MetricSpec("requests_waiting", "requests_waiting", "gauge",
                "Requests waiting for a batch slot."),
+    MetricSpec("requests_waiting_by_reason", "requests_waiting_by_reason", "gauge",
+               "Requests waiting, by why they wait (vLLM 0.20+: capacity, deferred).", ("reason",)),
     MetricSpec("kv_cache_usage_ratio", "kv_cache_usage_ratio", "gauge",
                "Fraction of the KV cache in use (0-1)."),
     MetricSpec("kv_cache_hit_tokens", "kv_cache_hit_tokens", "counter",

@@ -27,6 +27,8 @@ MODEL_LABEL = "model_name"
 MAPPING: tuple[Feed, ...] = (
     Feed("requests_running", "gauge", (U("vllm:num_requests_running", "0.4-0.33"),)),
     Feed("requests_waiting", "gauge", (U("vllm:num_requests_waiting", "0.4-0.33"),)),
+    Feed("requests_waiting_by_reason", "gauge", (U("vllm:num_requests_waiting_by_reason", "0.20-0.33"),),
+         required=False, label="reason"),
     Feed("kv_cache_usage_ratio", "gauge", (U("vllm:kv_cache_usage_perc", "0.9.2-0.33", combine="mean"),
                                            U("vllm:gpu_cache_usage_perc", "0.4-0.11", combine="mean"))),
     Feed("kv_cache_hit_{unit}", "counter", (U("vllm:prefix_cache_hits_total", "0.9.2-0.33", unit="tokens"),

@@ -65,6 +65,7 @@ async def test_load_capture_values_match_sources_md(server, pipe):
     assert pipe.value("llm_token_queue_latency_seconds_count") == 5
     assert pipe.value("llm_token_queue_latency_seconds_sum") == pytest.approx(1.4143, abs=1e-4)
     assert pipe.value("llm_requests_finished_total", reason="length") == 5
+    assert pipe.value("llm_requests_waiting_by_reason", reason="capacity") == 1
 
 
 async def test_windowed_queue_mean_and_hit_ratio_between_captures(server, pipe):
