@@ -154,7 +154,6 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
         label_cache = LabelCache()
     payload = Payload()
     samples = payload.samples
-    types = payload.types
     counter_families: set[str] = set()
     wanted = label_cache.wanted if prefixes is None else label_cache.wanted_for(tuple(prefixes))
     labels_cache = label_cache.entries

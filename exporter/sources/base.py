@@ -16,7 +16,7 @@ import aiohttp
 
 from ..config import TargetConfig
 from ..observation import Observation, PollError, Reason
-from ..promparse import LabelCache
+from ..promparse import LabelCache, Payload
 
 
 @dataclass(frozen=True)
@@ -173,6 +173,23 @@ class Source(abc.ABC):
     @abc.abstractmethod
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         """Poll the target once. Raise PollError for a failed poll."""
+
+    async def read_metrics(self, http: HttpFetcher, prefixes: tuple[str, ...], marker: str, hint: str
+                           ) -> tuple["Payload", str]:
+        """GET /metrics and parse the families in `prefixes`; a payload without any `marker` series
+        is not this engine's (a PARSE failure saying `hint`)."""
+        from ..promparse import PromParseError, parse
+
+        response = await http.get("/metrics")
+        expect_status(response, "/metrics")
+        text = response.text()
+        try:
+            payload = parse(text, prefixes, self.shared.label_cache(self.engine))
+        except PromParseError as exc:
+            raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
+        if not any(name.startswith(marker) for name in payload.samples):
+            raise PollError(Reason.PARSE, f"/metrics has no {marker} series ({hint})")
+        return payload, text
 
     def add_passthrough(self, observation: Observation, text: str) -> None:
         """Attach the engine's own families when the target asked for `passthrough: true`."""

@@ -20,7 +20,7 @@ from typing import Any
 from ..config import TargetConfig, is_loopback_url
 from ..observation import InfoSample, ModelSample, Observation, PollError, QueueProbe, Readiness, Reason
 from ..procinfo import ProcessFinder
-from ..promparse import LabelCache, PromParseError, parse
+from ..promparse import PromParseError, parse
 from .base import HttpFetcher, Response, SharedContext, Source, expect_status
 from .mapping import Feed, Upstream, apply
 

@@ -9,8 +9,7 @@ series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
 from __future__ import annotations
 
 from ..config import TargetConfig
-from ..observation import Observation, PollError, Readiness, Reason
-from ..promparse import PromParseError, parse
+from ..observation import Observation, Readiness
 from .base import HttpFetcher, SharedContext, Source, expect_status
 from .mapping import Feed, Upstream, apply, prefixes
 
@@ -41,7 +40,6 @@ class SglangSource(Source):
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
-        self.labels = self.shared.label_cache(self.engine)
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         assert http is not None
@@ -49,15 +47,8 @@ class SglangSource(Source):
         if health.status == 503:
             return Observation(Readiness.LOADING)
         expect_status(health, "/health")
-        response = await http.get("/metrics")
-        expect_status(response, "/metrics")
-        try:
-            text = response.text()
-            payload = parse(text, METRICS_PREFIXES, self.labels)
-        except PromParseError as exc:
-            raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
-        if not any(name.startswith("sglang:") for name in payload.samples):
-            raise PollError(Reason.PARSE, "/metrics has no sglang: series (started without --enable-metrics?)")
+        payload, text = await self.read_metrics(http, METRICS_PREFIXES, "sglang:",
+                                                "started without --enable-metrics?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
         observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
         self.add_passthrough(observation, text)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import json
 
 from ..config import TargetConfig
-from ..observation import InfoSample, Observation, PollError, Readiness, Reason
-from ..promparse import PromParseError, parse
+from ..observation import InfoSample, Observation, PollError, Readiness
 from .base import HttpFetcher, SharedContext, Source, expect_status
 from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, prefixes
 
@@ -37,7 +36,6 @@ class TgiSource(Source):
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
-        self.labels = self.shared.label_cache(self.engine)
         self.model: str | None = None
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
@@ -48,15 +46,7 @@ class TgiSource(Source):
         expect_status(health, "/health")
         if self.model is None:
             self.model = await self._model(http)
-        response = await http.get("/metrics")
-        expect_status(response, "/metrics")
-        try:
-            text = response.text()
-            payload = parse(text, METRICS_PREFIXES, self.labels)
-        except PromParseError as exc:
-            raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
-        if not any(name.startswith("tgi_") for name in payload.samples):
-            raise PollError(Reason.PARSE, "/metrics has no tgi_ series (not a TGI server?)")
+        payload, text = await self.read_metrics(http, METRICS_PREFIXES, "tgi_", "not a TGI server?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
         sample = models.pop("", None)
         if sample is not None:

@@ -11,12 +11,11 @@ refused while loading); /health 200 = ready, 500/503 = engine dead.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 
 from ..config import TargetConfig
-from ..observation import InfoSample, ModelSample, Observation, PollError, Readiness, Reason
+from ..observation import InfoSample, ModelSample, Observation, Readiness
 from ..procinfo import ProcessFinder
-from ..promparse import Payload, PromParseError, parse
+from ..promparse import Payload
 from .base import HttpFetcher, SharedContext, Source, expect_status
 from .mapping import Feed, Upstream, apply, prefixes
 
@@ -61,7 +60,6 @@ class VllmSource(Source):
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
-        self.labels = self.shared.label_cache(self.engine)
         self.finder = ProcessFinder(target.process) if target.process else None
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
@@ -70,15 +68,7 @@ class VllmSource(Source):
         if health.status in (500, 503):
             return Observation(Readiness.DOWN, notices=(f"/health answered {health.status}: engine is dead",))
         expect_status(health, "/health")
-        response = await http.get("/metrics")
-        expect_status(response, "/metrics")
-        try:
-            text = response.text()
-            payload = parse(text, METRICS_PREFIXES, self.labels)
-        except PromParseError as exc:
-            raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
-        if not any(name.startswith("vllm:") for name in payload.samples):
-            raise PollError(Reason.PARSE, "/metrics has no vllm: series (not a vLLM server?)")
+        payload, text = await self.read_metrics(http, METRICS_PREFIXES, "vllm:", "not a vLLM server?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
         observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
         observation.info = self.cache_config_info(payload)
