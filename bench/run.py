@@ -237,7 +237,7 @@ def live_run(tmp: Path, targets: int, interval: str, seconds: float, scrape_ever
 
 def report(results: dict) -> str:
     p = results["parser"]
-    lines = [f"# Benchmarks", "", f"Machine: {results['machine']}.  ",
+    lines = ["# Benchmarks", "", f"Machine: {results['machine']}.  ",
              f"Command: `.venv/bin/python bench/run.py --write` ({results['when']}, {results['wall_s']:.0f} s).", "",
              "## 1. Parser: real vLLM 0.32 payloads (tests/fixtures/vllm-real), same process", "",
              "| payload | size | prometheus_client | ours (vLLM families, warm label cache) | ours (everything, cold) |",

@@ -2,7 +2,6 @@
 behind TLS and bearer tokens, and no secret anywhere it could leak."""
 
 import base64
-import json
 import signal
 import ssl
 import subprocess

@@ -8,7 +8,7 @@ CI runs a short version; the long run is
 import string
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.config import ConfigError, load_config_text

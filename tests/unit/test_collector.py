@@ -6,8 +6,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from exporter.catalogue import ALL_METRICS, exposed_names
-from exporter.observation import ModelSample, Observation, PollError, Readiness, Reason
-from exporter.promparse import parse
+from exporter.observation import ModelSample, Observation, Readiness
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline
 from tests.support.replay import Reply, ReplayServer

@@ -2,7 +2,7 @@ import json
 import math
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.derive.load_time import (BASIS_ENGINE_TIMESTAMPS, BASIS_FIRST_SEEN_DOWN, BASIS_PROCESS_START,

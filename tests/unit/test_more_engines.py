@@ -5,7 +5,7 @@ import json
 import pytest
 
 from exporter.promparse import parse
-from exporter.sources import auto, sglang, tgi, vllm
+from exporter.sources import auto, sglang, tgi
 from exporter.sources.mapping import apply
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline

@@ -1,6 +1,5 @@
 """Each failure reason, produced by a real (fault-injecting) HTTP server or the network."""
 
-import asyncio
 import time
 
 import pytest
