@@ -155,21 +155,20 @@ def _line(name: str, labels: dict[str, str], value: float) -> str:
 
 
 class TextRenderer:
-    """Text format 0.0.4, with each target's lines cached until its state changes."""
+    """Text format 0.0.4, with each target's lines cached (as bytes, per family) until its state changes."""
 
     def __init__(self, namespace: str, states: Callable[[], Iterable[TargetState]], status: ExporterStatus):
         self.namespace = namespace
         self.states = states
         self.status = status
-        self._cache: dict[str, tuple[int, str, dict[str, str]]] = {}  # target → (version, namespace, lines)
+        self._cache: dict[str, tuple[int, str, dict[str, bytes]]] = {}  # target → (version, namespace, lines)
         self._raw_headers: dict[str, tuple[str, str]] = {}  # pass-through family → (type, help)
-        self._own_names = {f"{namespace}_{spec.name}" for spec in ALL_METRICS}
 
     def refresh(self, state: TargetState) -> None:
-        """Render a target's lines now (called right after its poll), so scrapes only join strings."""
+        """Render a target's lines now (called right after its poll), so scrapes only join bytes."""
         self._target_lines(state)
 
-    def _target_lines(self, state: TargetState) -> dict[str, str]:
+    def _target_lines(self, state: TargetState) -> dict[str, bytes]:
         cached = self._cache.get(state.target.name)
         if cached is not None and cached[0] == state.version and cached[1] == self.namespace:
             return cached[2]
@@ -183,7 +182,7 @@ class TextRenderer:
             lines.setdefault(key, []).extend(
                 _line(f"{self.namespace}_{name}", {**dict(labels), **base}, value)
                 for name, labels, value in family.samples)
-        joined = {key: "".join(parts) for key, parts in lines.items()}
+        joined = {key: "".join(parts).encode("utf-8") for key, parts in lines.items()}
         self._cache[state.target.name] = (state.version, self.namespace, joined)
         return joined
 
@@ -193,32 +192,37 @@ class TextRenderer:
         self.status.render_seconds = time.perf_counter() - started
         return body
 
-    def _render(self) -> bytes:
-        per_family: dict[str, list[str]] = {}
-        for key, suffix, labels, value in exporter_samples(self.status):
-            per_family.setdefault(key, []).append(_line(family_name(self.namespace, key) + suffix, labels, value))
-        live = set()
-        for state in list(self.states()):
-            live.add(state.target.name)
-            for key, text in self._target_lines(state).items():
-                per_family.setdefault(key, []).append(text)
-        for name in [n for n in self._cache if n not in live]:
-            del self._cache[name]  # targets removed by a reload
-        out = []
-        for key in sorted(per_family, key=lambda k: (ORDER.get(k, len(ORDER)), k)):
-            if key not in BY_KEY:  # an engine family passed through as it is
-                kind, help_text = self._raw_headers.get(key, ("untyped", ""))
-                name = f"{self.namespace}_{key.split(':', 1)[1]}"
-                if name in self._own_names:
-                    continue  # never shadow one of the exporter's own families
-                # HELP text is passed on as it came (still escaped as on the wire; one line)
-                out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-                out.extend(per_family[key])
-                continue
+    def _header(self, key: str) -> bytes | None:
+        if key in BY_KEY:
             spec = BY_KEY[key]
             name = family_name(self.namespace, key) + ("_total" if spec.type == "counter" else "")
             kind = "gauge" if spec.type == "info" else spec.type
             help_text = spec.help.replace("\\", r"\\").replace("\n", r"\n")
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
-            out.extend(per_family[key])
-        return "".join(out).encode("utf-8")
+        else:  # an engine family passed through as it is
+            kind, help_text = self._raw_headers.get(key, ("untyped", ""))
+            name = f"{self.namespace}_{key.split(':', 1)[1]}"
+            if any(name == f"{self.namespace}_{spec.name}" for spec in ALL_METRICS):
+                return None  # never shadow one of the exporter's own families
+            # HELP text is passed on as it came (still escaped as on the wire; one line)
+        return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode("utf-8")
+
+    def _render(self) -> bytes:
+        own: dict[str, list[str]] = {}
+        for key, suffix, labels, value in exporter_samples(self.status):
+            own.setdefault(key, []).append(_line(family_name(self.namespace, key) + suffix, labels, value))
+        exporter_lines = {key: "".join(parts).encode("utf-8") for key, parts in own.items()}
+        states = list(self.states())
+        per_target = [exporter_lines] + [self._target_lines(state) for state in states]
+        live = {state.target.name for state in states}
+        for name in [n for n in self._cache if n not in live]:
+            del self._cache[name]  # targets removed by a reload
+        keys: set[str] = set()
+        keys.update(*per_target)
+        out: list[bytes] = []
+        for key in sorted(keys, key=lambda k: (ORDER.get(k, len(ORDER)), k)):
+            header = self._header(key)
+            if header is None:
+                continue
+            out.append(header)
+            out.extend([chunk for chunk in [lines.get(key) for lines in per_target] if chunk is not None])
+        return b"".join(out)
