@@ -115,21 +115,22 @@ scrape_configs:
             "llm-exporter": "up", "llm-exporter-gpu-recorded": "up", "llm-exporter-gpu-join-recorded": "up"}
 
         # ---- headline series with the expected labels
+        live = 'job="llm-exporter"'  # the recorded GPU captures also carry target="llama" series
         for expr, labels in [
-            ('llm_model_load_seconds{job="llm-exporter",target="llama",basis="process_start"}', {"engine": "llamacpp"}),
-            ('llm_model_load_seconds{target="vllm",basis="engine_timestamps"}', {"engine": "vllm"}),
-            ('llm_token_queue_latency_seconds_count{target="llama"}', {"model": "tiny-llama.gguf"}),
-            ('llm_token_queue_latency_seconds_bucket{target="vllm",le="0.3"}', {"model": "tiny-llama"}),
-            ('llm_token_queue_latency_mean_seconds{target="vllm"}', {"model": "tiny-llama"}),
-            ('llm_kv_cache_hit_ratio{target="llama",unit="tokens"}', {"model": "tiny-llama.gguf"}),
-            ('llm_kv_cache_hit_ratio{target="vllm",unit="tokens"}', {"model": "tiny-llama"}),
-            ('llm_requests_waiting{target="vllm"}', {"engine": "vllm"}),
+            (f'llm_model_load_seconds{{{live},target="llama",basis="process_start"}}', {"engine": "llamacpp"}),
+            (f'llm_model_load_seconds{{{live},target="vllm",basis="engine_timestamps"}}', {"engine": "vllm"}),
+            (f'llm_token_queue_latency_seconds_count{{{live},target="llama"}}', {"model": "tiny-llama.gguf"}),
+            (f'llm_token_queue_latency_seconds_bucket{{{live},target="vllm",le="0.3"}}', {"model": "tiny-llama"}),
+            (f'llm_token_queue_latency_mean_seconds{{{live},target="vllm"}}', {"model": "tiny-llama"}),
+            (f'llm_kv_cache_hit_ratio{{{live},target="llama",unit="tokens"}}', {"model": "tiny-llama.gguf"}),
+            (f'llm_kv_cache_hit_ratio{{{live},target="vllm",unit="tokens"}}', {"model": "tiny-llama"}),
+            (f'llm_requests_waiting{{{live},target="vllm"}}', {"engine": "vllm"}),
         ]:
             result = prom_query(prom_port, expr)
-            assert result, expr
+            assert len(result) == 1, (expr, result)
             assert all(result[0]["metric"].get(k) == v for k, v in labels.items()), (expr, result[0]["metric"])
         # the hit ratio Prometheus sees for vLLM is the recorded phases' Δhits/Δqueries
-        ratio = float(prom_query(prom_port, 'llm_kv_cache_hit_ratio{target="vllm"}')[0]["value"][1])
+        ratio = float(prom_query(prom_port, f'llm_kv_cache_hit_ratio{{{live},target="vllm"}}')[0]["value"][1])
         assert ratio == pytest.approx(1280 / 2524, rel=1e-9)  # window: idle (0, 0) → after-prefix
 
         # ---- rules loaded and evaluating without errors
