@@ -8,9 +8,8 @@ series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
 
 from __future__ import annotations
 
-from ..config import TargetConfig
 from ..observation import Observation, Readiness
-from .base import HttpFetcher, SharedContext, Source, expect_status
+from .base import HttpFetcher, Source, expect_status
 from .mapping import Feed, Upstream, apply, prefixes
 
 U = Upstream
@@ -37,9 +36,6 @@ METRICS_PREFIXES = prefixes(MAPPING)
 
 class SglangSource(Source):
     engine = "sglang"
-
-    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
-        super().__init__(target, shared)
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         assert http is not None
