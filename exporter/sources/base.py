@@ -174,6 +174,14 @@ class Source(abc.ABC):
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         """Poll the target once. Raise PollError for a failed poll."""
 
+    async def still_loading(self, http: HttpFetcher) -> bool:
+        """GET /health: True on 503 (the engine is up but still loading), fine on 200, a failure else."""
+        health = await http.get("/health")
+        if health.status == 503:
+            return True
+        expect_status(health, "/health")
+        return False
+
     async def read_metrics(self, http: HttpFetcher, prefixes: tuple[str, ...], marker: str, hint: str
                            ) -> tuple["Payload", str]:
         """GET /metrics and parse the families in `prefixes`; a payload without any `marker` series

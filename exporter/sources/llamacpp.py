@@ -50,10 +50,6 @@ def _is_loading(response: Response) -> bool:
     return isinstance(error, dict) and "loading" in str(error.get("message", "")).lower()
 
 
-def _first(payload_values: list[Any]) -> float | None:
-    return payload_values[0][1] if payload_values else None
-
-
 class LlamaCppSource(Source):
     engine = "llamacpp"
 

@@ -9,7 +9,7 @@ series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
 from __future__ import annotations
 
 from ..observation import Observation, Readiness
-from .base import HttpFetcher, Source, expect_status
+from .base import HttpFetcher, Source
 from .mapping import Feed, Upstream, apply, prefixes
 
 U = Upstream
@@ -39,10 +39,8 @@ class SglangSource(Source):
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         assert http is not None
-        health = await http.get("/health")
-        if health.status == 503:
+        if await self.still_loading(http):
             return Observation(Readiness.LOADING)
-        expect_status(health, "/health")
         payload, text = await self.read_metrics(http, METRICS_PREFIXES, "sglang:",
                                                 "started without --enable-metrics?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)

@@ -11,7 +11,7 @@ import json
 
 from ..config import TargetConfig
 from ..observation import InfoSample, Observation, PollError, Readiness
-from .base import HttpFetcher, SharedContext, Source, expect_status
+from .base import HttpFetcher, SharedContext, Source
 from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, prefixes
 
 U = Upstream
@@ -40,10 +40,8 @@ class TgiSource(Source):
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         assert http is not None
-        health = await http.get("/health")
-        if health.status == 503:
+        if await self.still_loading(http):
             return Observation(Readiness.LOADING)
-        expect_status(health, "/health")
         if self.model is None:
             self.model = await self._model(http)
         payload, text = await self.read_metrics(http, METRICS_PREFIXES, "tgi_", "not a TGI server?")
