@@ -95,6 +95,12 @@ def make(shared=None, timeout="1s"):
     return source, state, Poller(source, state, None), shared
 
 
+def close(library):
+    """Close and wait for the NVML thread, so a late nvmlShutdown never lands in the next test's fake."""
+    library.close()
+    library.executor.shutdown(wait=True)
+
+
 def values(state, key):
     return {tuple(sorted(s.labels)): s.value for s in state.series if s.key == key}
 
@@ -114,7 +120,7 @@ async def test_no_driver_reports_down_once_and_backs_off(caplog):
     assert len([r for r in caplog.records if "gpus" in r.getMessage()]) == 1
     library = shared.resources["nvml"]
     assert library.failures == 1  # second and third polls did not retry init within the backoff
-    library.close()
+    close(library)
 
 
 async def test_reads_every_field_in_base_units(monkeypatch):
@@ -141,7 +147,7 @@ async def test_reads_every_field_in_base_units(monkeypatch):
     assert one(state, "gpu_performance_state", gpu="0") == 0
     assert state.info[0].labels == (("driver_version", "580.95.05"), ("cuda_version", "13.0"))
     assert fake.calls["init"] == 1
-    shared.resources["nvml"].close()
+    close(shared.resources["nvml"])
 
 
 async def test_unsupported_field_skipped_for_that_gpu_only_and_not_asked_again(monkeypatch):
@@ -154,7 +160,7 @@ async def test_unsupported_field_skipped_for_that_gpu_only_and_not_asked_again(m
     assert {dict(s.labels)["gpu"] for s in state.series if s.key == "gpu_power_watts"} == {"0"}
     assert {dict(s.labels)["gpu"] for s in state.series if s.key == "gpu_ecc_errors"} == {"0"}
     assert fake.calls["power:1"] == 1
-    shared.resources["nvml"].close()
+    close(shared.resources["nvml"])
 
 
 async def test_lost_gpu_is_reported_and_nvml_reinitialised_with_backoff(monkeypatch, caplog):
@@ -175,7 +181,7 @@ async def test_lost_gpu_is_reported_and_nvml_reinitialised_with_backoff(monkeypa
     fake.lost = set()
     await poller.poll()
     assert state.up and fake.calls["init"] == 2
-    library.close()
+    close(library)
 
 
 async def test_hung_driver_times_out_without_blocking_the_loop(monkeypatch):
@@ -200,7 +206,7 @@ async def test_hung_driver_times_out_without_blocking_the_loop(monkeypatch):
     fake.hang = 0
     await poller.poll()
     assert state.up
-    shared.resources["nvml"].close()
+    close(shared.resources["nvml"])
 
 
 async def test_no_gpu(monkeypatch):
@@ -208,7 +214,7 @@ async def test_no_gpu(monkeypatch):
     source, state, poller, shared = make()
     await poller.poll()
     assert not state.up and "no NVIDIA GPU" in state.last_error[1]
-    shared.resources["nvml"].close()
+    close(shared.resources["nvml"])
 
 
 async def test_mig_instances_are_their_own_series(monkeypatch):
@@ -219,7 +225,7 @@ async def test_mig_instances_are_their_own_series(monkeypatch):
     migs = {dict(s.labels).get("mig") for s in state.series if s.key == "gpu_memory_used_bytes"}
     assert migs == {None, "0", "1"}
     assert one(state, "gpu_memory_used_bytes", mig="1", uuid="MIG-0-1") == 2**30
-    shared.resources["nvml"].close()
+    close(shared.resources["nvml"])
 
 
 async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeypatch):
@@ -243,7 +249,7 @@ async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeyp
         assert "target" not in dict(stranger[0].labels)
         # a process whose memory NVML cannot report is skipped, not exported as 0
         assert not [s for s in state.series if dict(s.labels).get("pid") == "4242"]
-        shared.resources["nvml"].close()
+        close(shared.resources["nvml"])
     finally:
         engine.kill()
         engine.wait()
@@ -257,6 +263,7 @@ async def test_exporter_initialises_nvml_once_and_shuts_down_on_stop(monkeypatch
     await exporter.start()
     await exporter.poll_all_once()
     assert all(s.up for s in exporter.states.values())
+    library = exporter.shared.resources["nvml"]
     await exporter.stop()
-    await asyncio.sleep(0.1)
+    library.executor.shutdown(wait=True)  # the shutdown runs on the NVML thread
     assert fake.calls["init"] == 1 and fake.calls["shutdown"] == 1
