@@ -80,9 +80,8 @@ class Exporter:
         """Engine targets whose process the exporter found: pid → (target, engine, model)."""
         owners = {}
         for state in self.states.values():
-            if state.process_pid is not None and state.target.engine != "nvml":
-                model = next(iter(state.models), "")
-                owners[state.process_pid] = (state.target.name, state.target.engine, model)
+            for pid, model in state.model_pids().items():
+                owners[pid] = (state.target.name, state.target.engine, model)
         return owners
 
     async def stop(self) -> None:

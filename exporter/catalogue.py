@@ -60,6 +60,15 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                "Time between consecutive output tokens, as the engine measures it."),
     MetricSpec("request_latency", "request_latency_seconds", "histogram",
                "End-to-end request latency, as the engine measures it."),
+    MetricSpec("lora_adapter_running", "lora_adapter_running", "gauge",
+               "1 for each LoRA adapter with requests running (vLLM vllm:lora_requests_info lists adapter names, "
+               "not request counts).", ("adapter",)),
+    MetricSpec("lora_adapter_waiting", "lora_adapter_waiting", "gauge",
+               "1 for each LoRA adapter with requests waiting (vLLM vllm:lora_requests_info).", ("adapter",)),
+    MetricSpec("lora_adapters_running", "lora_adapters_running", "gauge",
+               "LoRA adapters with requests running now (vLLM)."),
+    MetricSpec("lora_adapters_max", "lora_adapters_max", "gauge",
+               "LoRA adapters that can run in one batch (vLLM max_lora)."),
 )
 
 # Per-model metrics derived by the exporter over the target's window.
@@ -76,13 +85,29 @@ DERIVED_METRICS: tuple[MetricSpec, ...] = (
                "Tokens generated per second over the window."),
 )
 
+# Per-model lifecycle (labels target, engine, model): states, loads and their durations.
+LIFECYCLE_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("model_state", "model_state", "gauge",
+               "1 for the model's current lifecycle state, 0 for the other states its engine can report "
+               "(loaded, loading, sleeping, unloaded, failed, downloading).", ("state",)),
+    MetricSpec("model_loads", "model_loads", "counter",
+               "Loads the exporter saw complete, by kind: start (process start to ready), load (a router "
+               "or on-demand load), wake (sleeping to ready).", ("kind",)),
+    MetricSpec("model_load_duration", "model_load_duration_seconds", "histogram",
+               "Durations of the loads the exporter saw complete and could date, by kind.", ("kind",)),
+    MetricSpec("model_load", "model_load_seconds", "gauge",
+               "Duration of the model's last load, by kind; basis says how it was dated (docs/metrics.md). "
+               "Absent when it could not be measured.", ("kind", "basis")),
+    MetricSpec("model_load_failures", "model_load_failures", "counter",
+               "Loads that failed: the engine reported a failed load, or the process went away while loading."),
+    MetricSpec("model_loaded_time", "model_loaded_timestamp_seconds", "gauge",
+               "Unix time the model's current load finished (absent unless the model is loaded)."),
+)
+
 # Per-target metrics kept by the exporter itself.
 TARGET_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("up", "up", "gauge", "1 when the last poll of the target succeeded, else 0."),
     MetricSpec("ready", "ready", "gauge", "1 when the engine is ready to serve, 0 when loading or down."),
-    MetricSpec("model_load", "model_load_seconds", "gauge",
-               "Time from engine process start (see basis) to ready to serve, for the current "
-               "engine process. Absent when it could not be measured.", ("basis",)),
     MetricSpec("engine_restarts", "engine_restarts", "counter",
                "Engine restarts detected (counters going down, new process start time)."),
     MetricSpec("engine_process_start_time", "engine_process_start_time_seconds", "gauge",
@@ -185,7 +210,7 @@ INFO_METRICS: tuple[MetricSpec, ...] = (
                 "gpu_memory_utilization", "kv_cache_size_tokens")),
 )
 
-ALL_METRICS = ENGINE_METRICS + DERIVED_METRICS + TARGET_METRICS + GPU_METRICS + EXPORTER_METRICS + INFO_METRICS
+ALL_METRICS = ENGINE_METRICS + DERIVED_METRICS + LIFECYCLE_METRICS + TARGET_METRICS + GPU_METRICS + EXPORTER_METRICS + INFO_METRICS
 BY_KEY = {spec.key: spec for spec in ALL_METRICS}
 HISTOGRAM_KEYS = tuple(spec.key for spec in ENGINE_METRICS if spec.type == "histogram")
 

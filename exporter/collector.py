@@ -24,7 +24,8 @@ from prometheus_client.utils import floatToGoString
 
 from . import __version__
 from .catalogue import ALL_METRICS, BY_KEY, MetricSpec
-from .observation import Readiness
+from .derive.lifecycle import KIND_LOAD, KIND_START, ModelLifecycle
+from .observation import ModelState, Readiness
 from .state import TargetState
 
 Sample = tuple[str, str, dict[str, str], float]  # (metric key, sample suffix, labels, value)
@@ -82,9 +83,8 @@ def target_samples(state: TargetState) -> list[Sample]:
     put("series_dropped", base, float(state.series_dropped))
     for metric, count in sorted(state.mapping_misses.items()):
         put("mapping_misses", {**base, "metric": metric}, float(count))
-    load = state.load_time
-    if load is not None:
-        put("model_load", {**base, "basis": load.basis}, load.seconds)
+    for lifecycle in state.lifecycles.values():
+        out.extend(lifecycle_samples(lifecycle, {**base, "model": lifecycle.model}, state.model_states, state.up))
     if state.process_start is not None:
         put("engine_process_start_time", {**base, "basis": state.process_start[1]}, state.process_start[0])
     if not state.up:
@@ -109,6 +109,30 @@ def target_samples(state: TargetState) -> list[Sample]:
             out.append((key, "_sum", labels, hist.sum))
         for (key, extra), value in model.derived.items():
             put(key, {**labels, **dict(extra)}, value)
+    return out
+
+
+def lifecycle_samples(lifecycle: ModelLifecycle, labels: dict[str, str], states: tuple[ModelState, ...],
+                      up: bool) -> list[Sample]:
+    """One model's lifecycle: its state (only while the target answers), loads, durations, failures."""
+    out: list[Sample] = []
+    if up and lifecycle.state is not None:
+        for state in states or (lifecycle.state,):
+            out.append(("model_state", "", {**labels, "state": state.value}, 1.0 if state is lifecycle.state else 0.0))
+    for kind in sorted({KIND_START if lifecycle.fresh_kind == KIND_START else KIND_LOAD, *lifecycle.loads}):
+        out.append(("model_loads", "_total", {**labels, "kind": kind}, float(lifecycle.loads.get(kind, 0))))
+    for kind, hist in sorted(lifecycle.durations.items()):
+        with_kind = {**labels, "kind": kind}
+        for bound, cumulative in hist.buckets():
+            out.append(("model_load_duration", "_bucket", {**with_kind, "le": floatToGoString(bound)}, cumulative))
+        out.append(("model_load_duration", "_count", with_kind, hist.count))
+        out.append(("model_load_duration", "_sum", with_kind, hist.sum))
+    last = lifecycle.last
+    if last is not None and last.seconds is not None:
+        out.append(("model_load", "", {**labels, "kind": last.kind, "basis": last.basis}, last.seconds))
+    out.append(("model_load_failures", "_total", labels, float(lifecycle.failures)))
+    if up and lifecycle.state is ModelState.LOADED and lifecycle.loaded_at is not None:
+        out.append(("model_loaded_time", "", labels, lifecycle.loaded_at))
     return out
 
 

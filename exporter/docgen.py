@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-from .catalogue import (DERIVED_METRICS, ENGINE_METRICS, EXPORTER_METRICS, GPU_METRICS, INFO_METRICS,
+from .catalogue import (DERIVED_METRICS, ENGINE_METRICS, EXPORTER_METRICS, GPU_METRICS, INFO_METRICS, LIFECYCLE_METRICS,
                         TARGET_METRICS, MetricSpec, exposed_names)
 from .sources import llamacpp, sglang, tgi, vllm
 from .sources.mapping import Feed
@@ -51,6 +51,7 @@ def blocks() -> dict[str, str]:
     return {
         "engine-metrics": _table(ENGINE_METRICS, "target, engine, model"),
         "derived-metrics": _table(DERIVED_METRICS, "target, engine, model"),
+        "lifecycle-metrics": _table(LIFECYCLE_METRICS, "target, engine, model"),
         "target-metrics": _table(TARGET_METRICS, "target, engine"),
         "gpu-metrics": _table(GPU_METRICS, "target, engine"),
         "info-metrics": _table(INFO_METRICS, "target, engine"),

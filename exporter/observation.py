@@ -19,6 +19,38 @@ class Readiness(enum.Enum):
     READY = "ready"
 
 
+class ModelState(str, enum.Enum):
+    """A model's lifecycle state, as the engine reports it (`llm_model_state{state}`)."""
+
+    LOADED = "loaded"
+    LOADING = "loading"
+    SLEEPING = "sleeping"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+    DOWNLOADING = "downloading"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """One model's lifecycle facts from one poll.
+
+    process_start: Unix time the process serving the model started (payload or /proc);
+    ready_time: the engine's own "ready" timestamp, exact (llama.cpp's header) or approximate;
+    engine_load_seconds: a start-to-ready duration the engine reports itself (SGLang);
+    reports_loading: the engine shows a loading state during a transition (a router's child), so
+    the poll before a load bounds its start.
+    """
+
+    state: ModelState
+    model: str = ""
+    process_start: float | None = None
+    ready_time: float | None = None
+    ready_exact: bool = False
+    engine_load_seconds: float | None = None
+    reports_loading: bool = False
+    pid: int | None = None
+
+
 class Reason(str, enum.Enum):
     """Why a poll failed: a fixed set, so `poll_errors_total{reason}` stays small."""
 
@@ -84,7 +116,8 @@ class QueueProbe:
     """
 
     waiting: float
-    slot_tasks: tuple[tuple[int, int | None], ...]
+    slot_tasks: tuple[tuple[int, int | None], ...] | None  # None: slots not read this poll
+    busy_slots: frozenset[int] = frozenset()  # slots processing a task now
 
 
 @dataclass(frozen=True)
@@ -131,3 +164,7 @@ class Observation:
     mapping_misses: tuple[str, ...] = ()
     # Series that the source dropped because of the per-target cardinality cap.
     dropped_series: int = 0
+    # Lifecycle per model slot ("" for the one model of a single-model engine, else the model id).
+    lifecycle: dict[str, ModelStatus] = field(default_factory=dict)
+    # The lifecycle states this engine can report (one llm_model_state series each).
+    model_states: tuple[ModelState, ...] = ()

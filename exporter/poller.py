@@ -16,7 +16,7 @@ from typing import Callable
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from .observation import PollError, Reason
+from .observation import Observation, PollError, Reason
 from .sources.base import HttpFetcher, Source, TransientPollError
 from .state import TargetState
 
@@ -50,7 +50,7 @@ class ChangeLog:
         log.log(level, message, *args)
 
 
-async def poll_once(source: Source, fetcher: HttpFetcher | None, timeout: float) -> object:
+async def poll_once(source: Source, fetcher: HttpFetcher | None, timeout: float) -> Observation:
     """Collect one observation within `timeout` seconds, retrying transient failures."""
     deadline = time.monotonic() + timeout
 
@@ -142,16 +142,18 @@ class Poller:
             duration = time.monotonic() - started
             was_up = self.state.up
             previous_readiness = self.state.readiness
-            notices = self.state.record_success(observation, time.time(), duration)  # type: ignore[arg-type]
+            notices, loads = self.state.record_success(observation, time.time(), duration)
             if not was_up:
                 self.changes.emit(logging.INFO, "target %s (%s) up (%s)", target.name, target.engine,
                                   self.state.readiness.value if self.state.readiness else "?")
             elif previous_readiness is not self.state.readiness and self.state.readiness is not None:
                 log.info("target %s (%s) is %s", target.name, target.engine, self.state.readiness.value)
-            load = self.state.load_time
             for notice in notices:
                 log.warning("target %s (%s): %s", target.name, target.engine, notice)
-            if load is not None and previous_readiness is not self.state.readiness and \
-                    self.state.readiness is not None and self.state.readiness.value == "ready":
-                log.info("target %s (%s): model load took %.2fs (basis %s)", target.name, target.engine,
-                         load.seconds, load.basis)
+            for model, load in loads:
+                if load.seconds is None:
+                    log.info("target %s (%s): model %s ready (%s; duration unknown)", target.name, target.engine,
+                             model or "?", load.kind)
+                else:
+                    log.info("target %s (%s): model %s ready (%s) after %.2fs (basis %s)", target.name,
+                             target.engine, model or "?", load.kind, load.seconds, load.basis)

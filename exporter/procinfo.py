@@ -119,3 +119,25 @@ class ProcessFinder:
                     candidates.append((info.start_since_boot, pid))
         # Several matches (a launcher and its child): the oldest is the engine's start.
         return min(candidates)[1] if candidates else None
+
+
+def find_by_argv(argv: tuple[str, ...], proc_root: str = "/proc") -> ProcessInfo | None:
+    """The newest process whose command line is exactly `argv` (a llama.cpp router's child: the
+    router lists each child's argv in /models). One pass over /proc, done only when a child is new."""
+    wanted = ("\0".join(argv) + "\0").encode("utf-8", "replace")
+    own = os.getpid()
+    found: ProcessInfo | None = None
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        cmdline = _read(f"{proc_root}/{entry}/cmdline", len(wanted) + 1)
+        if cmdline != wanted:
+            continue
+        info = process_start(int(entry))
+        if info is not None and (found is None or info.start_since_boot > found.start_since_boot):
+            found = info
+    return found

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 from .catalogue import BY_KEY
 from .config import TargetConfig
-from .derive.load_time import LoadTime, LoadTimer
+from .derive.lifecycle import KIND_LOAD, KIND_START, LoadRecord, ModelLifecycle
 from .derive.maths import counter_delta, histogram_is_valid, rate, ratio_of_deltas
 from .derive.queue_estimate import QueueWaitEstimator
 from .derive.window import SlidingWindow
-from .observation import (Histogram, InfoSample, LabelPairs, ModelSample, Observation, PollError, Readiness,
+from .observation import (Histogram, InfoSample, LabelPairs, ModelSample, ModelState, Observation, PollError, Readiness,
                           Reason, SeriesSample)
 
 log = logging.getLogger("llm_exporter.state")
@@ -120,7 +120,10 @@ class TargetState:
         self.passthrough: list = []
         self.process_pid: int | None = None
         self.endpoints: dict[str, bool] = {}
-        self.load_timer = LoadTimer()
+        # Model lifecycles by slot ("" for a single-model engine's model, else the router's model id).
+        self.lifecycles: dict[str, ModelLifecycle] = {}
+        self.model_states: tuple[ModelState, ...] = ()  # the states the engine can report
+        self.last_refused: float | None = None  # the last poll that found nothing listening
         self.instance_id: str | None = None
         self.process_start: tuple[float, str] | None = None
         self.notices_seen: set[str] = set()
@@ -134,9 +137,13 @@ class TargetState:
         for model in self.models.values():
             model.window.seconds = target.window
 
-    @property
-    def load_time(self) -> LoadTime | None:
-        return self.load_timer.load
+    def model_pids(self) -> dict[int, str]:
+        """Engine processes the exporter found: pid → the model it serves."""
+        pids = {lifecycle.pid: lifecycle.model for lifecycle in self.lifecycles.values()
+                if lifecycle.pid is not None}
+        if self.process_pid is not None and self.process_pid not in pids:
+            pids[self.process_pid] = next(iter(self.models), "")
+        return pids
 
     # ------------------------------------------------------------------ writes
 
@@ -154,11 +161,14 @@ class TargetState:
         if error.reason is Reason.CONNECT:
             # Nothing listening: the engine is down or not started yet (vLLM while loading).
             self.readiness = Readiness.DOWN
-            self.load_timer.observe(now, Readiness.DOWN)
+            self.last_refused = now
+            for lifecycle in self.lifecycles.values():
+                lifecycle.gone(now)
         return news
 
-    def record_success(self, obs: Observation, now: float, duration: float) -> list[str]:
-        """Apply one observation. Returns new notices worth one log line each."""
+    def record_success(self, obs: Observation, now: float, duration: float) -> tuple[list[str], list[tuple[str, LoadRecord]]]:
+        """Apply one observation. Returns new notices worth one log line each, and the model loads it
+        completed (each with the model it loaded in `model`)."""
         recovered = not self.up
         self.polls += 1
         self.version += 1
@@ -177,7 +187,8 @@ class TargetState:
         restarted = self._detect_restart(obs)
         if restarted:
             self.restarts += 1
-            self.load_timer.restart()
+            for lifecycle in self.lifecycles.values():
+                lifecycle.restarted()
             for model in self.models.values():
                 model.window.reseed()
             for estimator in self.estimators.values():
@@ -187,17 +198,14 @@ class TargetState:
             self.instance_id = obs.instance_id
 
         self.readiness = obs.readiness
-        self.load_timer.observe(now, obs.readiness,
-                                process_start=obs.process_start_time,
-                                engine_ready=obs.engine_ready_time,
-                                engine_ready_exact=obs.engine_ready_exact)
+        loads = self._apply_lifecycle(obs, now)
         if obs.readiness is not Readiness.READY:
             # Loading or dead: there are no model values to show, and windows must not
             # bridge across the gap.
             self.models.clear()
             self.series = []
             self.passthrough = []
-            return new_notices
+            return new_notices, loads
 
         self.info = obs.info
         self.passthrough = obs.passthrough
@@ -206,7 +214,24 @@ class TargetState:
         self.series = obs.series[: self.target.max_series]
         self.series_dropped += len(obs.series) - len(self.series)
         self._apply_models(obs, now)
-        return new_notices
+        return new_notices, loads
+
+    def _apply_lifecycle(self, obs: Observation, now: float) -> list[tuple[str, LoadRecord]]:
+        loads: list[tuple[str, LoadRecord]] = []
+        if not obs.lifecycle:
+            return loads
+        self.model_states = obs.model_states
+        kept: dict[str, ModelLifecycle] = {}
+        for slot, status in obs.lifecycle.items():
+            lifecycle = self.lifecycles.get(slot)
+            if lifecycle is None:
+                lifecycle = ModelLifecycle(KIND_START if slot == "" else KIND_LOAD)
+                if slot == "" and self.last_refused is not None:
+                    lifecycle.gone(self.last_refused)  # seen not running: what comes next is a start
+            loads.extend((lifecycle.model, load) for load in lifecycle.observe(now, status))
+            kept[slot] = lifecycle
+        self.lifecycles = kept  # models no longer listed by the engine are forgotten
+        return loads
 
     def _detect_restart(self, obs: Observation) -> bool:
         if obs.instance_id is not None and self.instance_id is not None and obs.instance_id != self.instance_id:

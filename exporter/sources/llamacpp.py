@@ -1,4 +1,4 @@
-"""llama.cpp's llama-server: /metrics, /slots, /props, /health.
+"""llama.cpp's llama-server: /metrics, /slots, /props, /health, and /models in router mode.
 
 What llama-server hides and how this source recovers it:
 - readiness: /metrics (or /health) answers 503 {"error":{"message":"Loading model"}} while
@@ -8,18 +8,35 @@ What llama-server hides and how this source recovers it:
 - queue wait: not reported at all; `requests_deferred` plus each slot's `id_task` feed the
   estimator in derive/queue_estimate.py;
 - KV-cache hits: `prompt_tokens_cached_total` (hits) and `prompt_tokens_total` (misses).
+
+Never wake, never keep awake (tools/server/README.md, "Sleeping on Idle"): GET /health, /props,
+/models and /metrics do not count as tasks and do not reset the idle timer; GET /slots does. So
+/slots is read only while /metrics shows work in flight (processing or deferred > 0): then the
+server is busy anyway. Idle, the source reads /props instead (its `is_sleeping` is the sleep
+state). Without /metrics (--metrics off) it never reads /slots.
+
+Router mode (`llama-server --models-dir ...`, no model): /metrics without ?model= answers 400
+"model name is missing". The source then lists models with GET /models (status per model:
+loaded, loading, sleeping, unloaded, failed, downloading) and reads each loaded model's
+`/metrics?model=<id>&autoload=false` (autoload=false: a request for a model that is not running
+is refused, never loads it). Each loaded model is its own child process, whose argv the router
+lists in /models: the source finds it in /proc (same host) for its start time and PID.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from ..config import TargetConfig, is_loopback_url
-from ..observation import InfoSample, ModelSample, Observation, PollError, QueueProbe, Readiness, Reason
-from ..procinfo import ProcessFinder
+from ..observation import (InfoSample, ModelSample, ModelState, ModelStatus, Observation, PollError, QueueProbe,
+                           Readiness, Reason)
+from ..procinfo import ProcessFinder, ProcessInfo, find_by_argv, process_start
 from ..promparse import PromParseError, parse
 from .base import HttpFetcher, Response, SharedContext, Source, expect_status
 from .mapping import Feed, Upstream, apply
@@ -36,18 +53,59 @@ MAPPING: tuple[Feed, ...] = (
          required=False),
 )
 METRICS_PREFIXES = ("llamacpp:",)
-PROPS_REFRESH_POLLS = 600  # re-read /props now and then (model can be swapped by a router)
+PROPS_REFRESH_POLLS = 600  # re-read the router's /props now and then (build info)
+SINGLE_STATES = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
+ROUTER_STATES = tuple(ModelState)
+MAX_ROUTER_MODELS = 1000
+ROUTER_STATUS = {"loaded": ModelState.LOADED, "loading": ModelState.LOADING, "sleeping": ModelState.SLEEPING,
+                 "unloaded": ModelState.UNLOADED, "downloading": ModelState.DOWNLOADING,
+                 "downloaded": ModelState.UNLOADED}
 
 
-def _is_loading(response: Response) -> bool:
-    if response.status != 503:
-        return False
+def _error_message(response: Response) -> str:
     try:
         error = json.loads(response.body[:4096]).get("error", {})
     except (ValueError, AttributeError):
-        return False
+        return ""
+    return str(error.get("message", ""))[:200].lower() if isinstance(error, dict) else ""
+
+
+def _is_loading(response: Response) -> bool:
     # "no slot available" is also a 503 unavailable_error: only the message tells loading apart.
-    return isinstance(error, dict) and "loading" in str(error.get("message", "")).lower()
+    return response.status == 503 and "loading" in _error_message(response)
+
+
+def _is_router(response: Response) -> bool:
+    return response.status == 400 and "model name is missing" in _error_message(response)
+
+
+def _json(response: Response, path: str) -> Any:
+    try:
+        return json.loads(response.text())
+    except ValueError as exc:
+        raise PollError(Reason.PARSE, f"{path}: invalid JSON: {str(exc)[:100]}") from None
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+@dataclass
+class _Metrics:
+    """One server's (or one router child's) /metrics, mapped."""
+
+    sample: ModelSample
+    misses: list[str]
+    ready_header: str | None
+    text: str
+
+    @property
+    def busy(self) -> bool:
+        return (self.sample.get("requests_running") or 0) > 0 or (self.sample.get("requests_waiting") or 0) > 0
 
 
 class LlamaCppSource(Source):
@@ -58,164 +116,303 @@ class LlamaCppSource(Source):
         self.labels = self.shared.label_cache(self.engine)
         self.metrics_enabled = True
         self.slots_enabled = True
-        self.props: dict[str, Any] | None = None
-        self.polls_since_props = 0
+        self.router = False
+        self.props: dict[str, Any] = {}
+        self.polls_since_props = PROPS_REFRESH_POLLS
         self.instance: str | None = None
         self.same_host = is_loopback_url(target.url) or target.process is not None
         self.finder = ProcessFinder(target.process) if target.process else None
+        self.children: dict[str, tuple[tuple[str, ...], ProcessInfo]] = {}  # router model → (argv, process)
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         assert http is not None
+        if self.router:
+            return await self._collect_router(http)
         notices: list[str] = []
-        metrics_text: str | None = None
-        ready_header: str | None = None
-
         response = await http.get("/metrics")
         if _is_loading(response):
-            return Observation(Readiness.LOADING, endpoints=self._endpoints())
+            return self._loading(notices)
+        if _is_router(response):
+            self.router = True
+            notices.append("router mode (several models): polling /models and each loaded model's /metrics")
+            observation = await self._collect_router(http)
+            observation.notices = tuple(notices) + observation.notices
+            return observation
+        metrics: _Metrics | None = None
         if response.status == 501:
             if self.metrics_enabled:
                 notices.append("/metrics is disabled on this server (start llama-server with --metrics); "
-                               "falling back to /health and /slots")
+                               "reading /health and /props only (never /slots, which would keep the server awake)")
             self.metrics_enabled = False
             health = await http.get("/health")
             if _is_loading(health):
-                return Observation(Readiness.LOADING, endpoints=self._endpoints(), notices=tuple(notices))
+                return self._loading(notices)
             expect_status(health, "/health")
         else:
             expect_status(response, "/metrics")
             self.metrics_enabled = True
-            metrics_text = response.text()
-            ready_header = response.headers.get("Process-Start-Time-Unix")
+            metrics = self._map_metrics(response)
 
-        slots = await self._slots(http, notices)
-        if self.props is None or self.polls_since_props >= PROPS_REFRESH_POLLS or ready_header != self.instance:
-            self.props = await self._props(http)
-            self.polls_since_props = 0
+        slots = None
+        if metrics is not None and metrics.busy:
+            slots = await self._slots(http, "/slots", notices)
+        if metrics is None or not metrics.busy or self.polls_since_props >= PROPS_REFRESH_POLLS \
+                or (metrics.ready_header != self.instance):
+            props = await self._props(http, "/props")
+            if props is not None:
+                self.props, self.polls_since_props = props, 0
         self.polls_since_props += 1
 
+        sleeping = (metrics is None or not metrics.busy) and self.props.get("is_sleeping") is True
         model_name = self._model_name()
-        sample = ModelSample()
-        misses: list[str] = []
-        if metrics_text is not None:
-            try:
-                payload = parse(metrics_text, METRICS_PREFIXES, self.labels)
-            except PromParseError as exc:
-                raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
-            if not payload.samples:
-                raise PollError(Reason.PARSE, "/metrics has no llamacpp: series (not a llama.cpp server?)")
-            mapped, misses = apply(payload, MAPPING, "")
-            sample = mapped.get("", sample)
-            cached, processed = sample.get("kv_cache_hit_tokens"), sample.get("prompt_tokens")
-            if cached is not None and processed is not None:
-                sample.set("kv_cache_query_tokens", cached + processed)
-        probe = None
-        if slots is not None:
-            self._map_slots(slots, sample, metrics_text is None)
-            waiting = sample.get("requests_waiting")
-            if waiting is not None:
-                probe = QueueProbe(waiting, tuple((s["id"], s.get("id_task")) for s in slots))
-
-        observation = Observation(Readiness.READY, models={model_name: sample},
-                                  info=self._props_info(model_name), endpoints=self._endpoints(),
-                                  notices=tuple(notices), mapping_misses=tuple(misses))
-        if probe is not None:
-            observation.queue_probes[model_name] = probe
-        self._timing(observation, ready_header)
-        if metrics_text is not None:
-            self.add_passthrough(observation, metrics_text)
+        sample = metrics.sample if metrics is not None else ModelSample()
+        observation = Observation(Readiness.READY, models={model_name: sample}, info=self._props_info(model_name),
+                                  endpoints=self._endpoints(), notices=tuple(notices),
+                                  mapping_misses=tuple(metrics.misses) if metrics else (),
+                                  model_states=SINGLE_STATES)
+        self._fill_from_props(sample)
+        if metrics is not None:
+            self._map_slots(slots, metrics, sample)
+            if self.slots_enabled:  # without /slots no task is ever counted: no estimate at all
+                observation.queue_probes[model_name] = self._probe(sample, slots)
+            self.add_passthrough(observation, metrics.text)
+        self._timing(observation, metrics.ready_header if metrics else None)
+        observation.lifecycle[""] = ModelStatus(
+            ModelState.SLEEPING if sleeping else ModelState.LOADED, model=model_name,
+            process_start=observation.process_start_time, ready_time=observation.engine_ready_time,
+            ready_exact=observation.engine_ready_exact, pid=observation.process_pid)
         return observation
+
+    def _loading(self, notices: list[str]) -> Observation:
+        observation = Observation(Readiness.LOADING, endpoints=self._endpoints(), notices=tuple(notices),
+                                  model_states=SINGLE_STATES)
+        self._timing(observation, None)
+        observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self._model_name(),
+                                                process_start=observation.process_start_time,
+                                                pid=observation.process_pid)
+        return observation
+
+    # ------------------------------------------------------------------ router mode
+
+    async def _collect_router(self, http: HttpFetcher) -> Observation:
+        response = await http.get("/models")
+        expect_status(response, "/models")
+        listing = _json(response, "/models")
+        entries = listing.get("data") if isinstance(listing, dict) else None
+        if not isinstance(entries, list):
+            raise PollError(Reason.PARSE, "/models: expected an object with a data list")
+        if self.polls_since_props >= PROPS_REFRESH_POLLS:
+            props = await self._props(http, "/props")
+            if props is not None:
+                self.props, self.polls_since_props = props, 0
+        self.polls_since_props += 1
+        observation = Observation(Readiness.READY, endpoints=self._endpoints(), model_states=ROUTER_STATES)
+        loaded: list[str] = []
+        paths: dict[str, str] = {}
+        for entry in entries[:MAX_ROUTER_MODELS]:
+            parsed = self._router_entry(entry)
+            if parsed is None:
+                continue
+            model, state, argv, path = parsed
+            paths[model] = path
+            child = self._child(model, argv) if state in (ModelState.LOADING, ModelState.LOADED,
+                                                          ModelState.SLEEPING) else None
+            if child is None:
+                self.children.pop(model, None)
+            observation.lifecycle[model] = ModelStatus(
+                state, model=model, process_start=child.start_time if child else None,
+                reports_loading=True, pid=child.pid if child else None)
+            if state is ModelState.LOADED:
+                loaded.append(model)
+        results = await asyncio.gather(*(self._router_model(http, model) for model in loaded))
+        notices: list[str] = []
+        misses: set[str] = set()
+        for model, result in zip(loaded, results):
+            if result is None:
+                continue  # unloaded between /models and its /metrics: state only this poll
+            metrics, slots = result
+            sample = metrics.sample
+            self._map_slots(slots, metrics, sample)
+            observation.models[model] = sample
+            if self.slots_enabled:
+                observation.queue_probes[model] = self._probe(sample, slots)
+            misses.update(metrics.misses)
+            observation.info.append(InfoSample("engine_info", (
+                ("model", model), ("build", str(self.props.get("build_info", ""))[:100]),
+                ("model_path", paths.get(model, "")))))
+            status = observation.lifecycle[model]
+            ready = self._ready_time(metrics.ready_header)
+            if ready is not None:
+                observation.lifecycle[model] = ModelStatus(
+                    status.state, model=model, process_start=status.process_start, ready_time=ready,
+                    ready_exact=True, reports_loading=True, pid=status.pid)
+        observation.mapping_misses = tuple(sorted(misses))
+        observation.notices = tuple(notices)
+        return observation
+
+    @staticmethod
+    def _router_entry(entry: Any) -> tuple[str, ModelState, tuple[str, ...], str] | None:
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
+            return None
+        status = entry.get("status")
+        if not isinstance(status, dict) or status.get("value") not in ROUTER_STATUS:
+            return None
+        state = ROUTER_STATUS[status["value"]]
+        if state is ModelState.UNLOADED and status.get("failed") is True:
+            state = ModelState.FAILED
+        args = status.get("args")
+        argv = tuple(a for a in args if isinstance(a, str)) if isinstance(args, list) else ()
+        path = entry.get("path")
+        return entry["id"][:200], state, argv, str(path)[:200] if isinstance(path, str) else ""
+
+    def _child(self, model: str, argv: tuple[str, ...]) -> ProcessInfo | None:
+        """The child process serving `model` (same host only): its argv is the one /models lists."""
+        if not self.same_host or not argv:
+            return None
+        known = self.children.get(model)
+        if known is not None and known[0] == argv:
+            current = process_start(known[1].pid)
+            if current is not None and abs(current.start_since_boot - known[1].start_since_boot) < 0.02:
+                return known[1]
+        info = find_by_argv(argv)
+        if info is not None:
+            self.children[model] = (argv, info)
+        return info
+
+    async def _router_model(self, http: HttpFetcher, model: str) -> tuple[_Metrics, list[dict[str, Any]] | None] | None:
+        query = f"?model={quote(model, safe='')}&autoload=false"
+        response = await http.get("/metrics" + query)
+        if response.status == 400 or _is_loading(response):
+            return None  # "model is not loaded": it went away since /models
+        expect_status(response, "/metrics" + query)
+        metrics = self._map_metrics(response)
+        slots = await self._slots(http, "/slots" + query, []) if metrics.busy else None
+        return metrics, slots
 
     # ------------------------------------------------------------------ endpoints
 
-    async def _slots(self, http: HttpFetcher, notices: list[str]) -> list[dict[str, Any]] | None:
-        response = await http.get("/slots")
+    def _map_metrics(self, response: Response) -> _Metrics:
+        text = response.text()
+        try:
+            payload = parse(text, METRICS_PREFIXES, self.labels)
+        except PromParseError as exc:
+            raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
+        if not payload.samples:
+            raise PollError(Reason.PARSE, "/metrics has no llamacpp: series (not a llama.cpp server?)")
+        mapped, misses = apply(payload, MAPPING, "")
+        sample = mapped.get("", ModelSample())
+        cached, processed = sample.get("kv_cache_hit_tokens"), sample.get("prompt_tokens")
+        if cached is not None and processed is not None:
+            sample.set("kv_cache_query_tokens", cached + processed)
+        return _Metrics(sample, misses, response.headers.get("Process-Start-Time-Unix"), text)
+
+    async def _slots(self, http: HttpFetcher, path: str, notices: list[str]) -> list[dict[str, Any]] | None:
+        response = await http.get(path)
         if response.status == 501:
             if self.slots_enabled:
                 notices.append("/slots is disabled on this server (start llama-server with --slots); "
                                "queue-latency estimate and slot details unavailable")
             self.slots_enabled = False
             return None
-        if response.status == 503 and not _is_loading(response):
-            return None  # "no slot available" (all slots busy): skip slot data this poll, not an error
-        expect_status(response, "/slots")
+        if response.status in (400, 503):
+            return None  # all slots busy ("no slot available"), or a router child that just went away
+        expect_status(response, path)
         self.slots_enabled = True
-        try:
-            slots = json.loads(response.text())
-        except ValueError as exc:
-            raise PollError(Reason.PARSE, f"/slots: invalid JSON: {str(exc)[:100]}") from None
-        if not isinstance(slots, list) or not all(isinstance(s, dict) and isinstance(s.get("id"), int)
-                                                  and not isinstance(s.get("id"), bool) for s in slots):
+        slots = _json(response, "/slots")
+        if not isinstance(slots, list) or not all(isinstance(s, dict) and _int(s.get("id")) for s in slots):
             raise PollError(Reason.PARSE, "/slots: expected a list of slot objects with integer ids")
-        for slot in slots:
-            task = slot.get("id_task")
-            if not (task is None or (isinstance(task, int) and not isinstance(task, bool))):
-                raise PollError(Reason.PARSE, "/slots: id_task is not an integer")
+        if not all(s.get("id_task") is None or _int(s.get("id_task")) for s in slots):
+            raise PollError(Reason.PARSE, "/slots: id_task is not an integer")
         return slots
 
-    async def _props(self, http: HttpFetcher) -> dict[str, Any]:
+    async def _props(self, http: HttpFetcher, path: str) -> dict[str, Any] | None:
         try:
-            response = await http.get("/props")
+            response = await http.get(path)
         except PollError:
-            return {}
+            return None
         if response.status != 200:
-            return {}
+            return None
         try:
             props = json.loads(response.body.decode("utf-8", "replace"))
         except ValueError:
-            return {}
-        return props if isinstance(props, dict) else {}
+            return None
+        return props if isinstance(props, dict) else None
 
     # ------------------------------------------------------------------ mapping
 
     def _model_name(self) -> str:
-        props = self.props or {}
-        alias, path = props.get("model_alias"), props.get("model_path")
+        alias, path = self.props.get("model_alias"), self.props.get("model_path")
         if isinstance(alias, str) and alias and alias != path:
             return alias[:200]  # set with --alias (or -hf's repo name)
         return os.path.basename(path)[:200] if isinstance(path, str) else ""
 
+    def _fill_from_props(self, sample: ModelSample) -> None:
+        slots = _number(self.props.get("total_slots"))
+        if slots is not None and slots > 0:
+            sample.set("slots_total", slots)
+        settings = self.props.get("default_generation_settings")
+        n_ctx = _number(settings.get("n_ctx")) if isinstance(settings, dict) else None
+        if n_ctx is not None and n_ctx > 0:
+            sample.set("context_size_tokens", n_ctx)
+
     @staticmethod
-    def _map_slots(slots: list[dict[str, Any]], sample: ModelSample, metrics_missing: bool) -> None:
+    def _probe(sample: ModelSample, slots: list[dict[str, Any]] | None) -> QueueProbe:
+        if slots is None:
+            return QueueProbe(sample.get("requests_waiting") or 0.0, None)
+        return QueueProbe(sample.get("requests_waiting") or 0.0, tuple((s["id"], s.get("id_task")) for s in slots),
+                          frozenset(s["id"] for s in slots if s.get("is_processing") is True))
+
+    @staticmethod
+    def _map_slots(slots: list[dict[str, Any]] | None, metrics: _Metrics, sample: ModelSample) -> None:
+        if slots is None:
+            if not metrics.busy and sample.get("kv_cache_usage_ratio") is None:
+                sample.set("kv_cache_usage_ratio", 0.0)  # nothing in flight: no busy slot holds context
+            return
         busy = [s for s in slots if s.get("is_processing") is True]
         sample.set("slots_total", float(len(slots)))
-        contexts = [s.get("n_ctx") for s in slots if isinstance(s.get("n_ctx"), int) and s.get("n_ctx") > 0]
+        contexts = [s["n_ctx"] for s in slots if _int(s.get("n_ctx")) and s["n_ctx"] > 0]
         if contexts:
             sample.set("context_size_tokens", float(max(contexts)))
-        if metrics_missing:
-            sample.set("requests_running", float(len(busy)))
         if sample.get("kv_cache_usage_ratio") is None and contexts and len(contexts) == len(slots):
             # Context fill of the busy slots: tokens held for running requests / total context cells.
             used = 0.0
             for slot in busy:
-                prompt = slot.get("n_prompt_tokens")
+                prompt = _number(slot.get("n_prompt_tokens"))
                 decoded = sum(t.get("n_decoded", 0) for t in slot.get("next_token") or [] if isinstance(t, dict)
-                              and isinstance(t.get("n_decoded", 0), (int, float)))
-                if isinstance(prompt, (int, float)) and prompt >= 0:
-                    used += min(float(prompt) + float(decoded), float(slot["n_ctx"]))
+                              and _number(t.get("n_decoded", 0)) is not None)
+                if prompt is not None and prompt >= 0:
+                    used += min(prompt + float(decoded), float(slot["n_ctx"]))
             sample.set("kv_cache_usage_ratio", used / float(sum(contexts)))
 
     def _endpoints(self) -> dict[str, bool]:
         return {"metrics": self.metrics_enabled, "slots": self.slots_enabled}
 
     def _props_info(self, model: str) -> list[InfoSample]:
-        props = self.props or {}
-        build = props.get("build_info")
+        build = self.props.get("build_info")
         labels = (("model", model), ("build", str(build)[:100] if build is not None else ""),
-                  ("model_path", str(props.get("model_path", ""))[:200]))
+                  ("model_path", str(self.props.get("model_path", ""))[:200]))
         return [InfoSample("engine_info", labels)]
+
+    def _ready_time(self, ready_header: str | None) -> float | None:
+        """The header's CLOCK_MONOTONIC microseconds at ready, as Unix time (same host only)."""
+        if ready_header is None or not self.same_host:
+            return None
+        try:
+            ready_monotonic = int(ready_header) / 1e6
+        except ValueError:
+            return None
+        if not 0 < ready_monotonic <= time.monotonic():
+            return None
+        return time.time() - (time.monotonic() - ready_monotonic)
 
     def _timing(self, observation: Observation, ready_header: str | None) -> None:
         """Engine life identity, exact ready time and process start time."""
         if ready_header is not None:
             observation.instance_id = ready_header
             self.instance = ready_header
-            try:
-                ready_monotonic = int(ready_header) / 1e6
-            except ValueError:
-                ready_monotonic = None
-            if self.same_host and ready_monotonic is not None and 0 < ready_monotonic <= time.monotonic():
-                observation.engine_ready_time = time.time() - (time.monotonic() - ready_monotonic)
+            ready = self._ready_time(ready_header)
+            if ready is not None:
+                observation.engine_ready_time = ready
                 observation.engine_ready_exact = True
         if self.finder is not None:
             info = self.finder.find()

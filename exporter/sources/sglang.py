@@ -8,7 +8,7 @@ series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
 
 from __future__ import annotations
 
-from ..observation import Observation, Readiness
+from ..observation import ModelSample, ModelState, ModelStatus, Observation, Readiness
 from .base import HttpFetcher, Source
 from .mapping import Feed, Upstream, apply, prefixes
 
@@ -32,18 +32,30 @@ MAPPING: tuple[Feed, ...] = (
          label="phase"),
 )
 METRICS_PREFIXES = prefixes(MAPPING)
+# The startup phase that spans launch to ready: SGLang's TokenizerManager measures tokenizer_e2e from
+# the engine launch until every scheduler reported ready (it covers load_weight, kv_cache_allocation
+# and scheduler_e2e); the HTTP server's start and the warm-up request (~1 s) follow it.
+START_TO_READY_PHASE = "tokenizer_e2e"
+MODEL_STATES = (ModelState.LOADED, ModelState.LOADING)
 
 
 class SglangSource(Source):
     engine = "sglang"
+    model = ""  # the served model, once seen
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         assert http is not None
         if await self.still_loading(http):
-            return Observation(Readiness.LOADING)
+            observation = Observation(Readiness.LOADING, model_states=MODEL_STATES)
+            observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.model)
+            return observation
         payload, text = await self.read_metrics(http, METRICS_PREFIXES, "sglang:",
                                                 "started without --enable-metrics?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
-        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
+        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
+                                  model_states=MODEL_STATES)
         self.add_passthrough(observation, text)
+        self.model = min(models) if models else self.model
+        startup = models.get(self.model, ModelSample()).get("startup_phase_seconds", phase=START_TO_READY_PHASE)
+        observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=self.model, engine_load_seconds=startup)
         return observation

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from ..config import TargetConfig
-from ..observation import InfoSample, Observation, PollError, Readiness
+from ..observation import InfoSample, ModelState, ModelStatus, Observation, PollError, Readiness
 from .base import HttpFetcher, SharedContext, Source
 from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, prefixes
 
@@ -29,6 +29,7 @@ MAPPING: tuple[Feed, ...] = (
          label_as="reason"),
 )
 METRICS_PREFIXES = prefixes(MAPPING)
+MODEL_STATES = (ModelState.LOADED, ModelState.LOADING)
 
 
 class TgiSource(Source):
@@ -41,7 +42,9 @@ class TgiSource(Source):
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         assert http is not None
         if await self.still_loading(http):
-            return Observation(Readiness.LOADING)
+            observation = Observation(Readiness.LOADING, model_states=MODEL_STATES)
+            observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.model or "")
+            return observation
         if self.model is None:
             self.model = await self._model(http)
         payload, text = await self.read_metrics(http, METRICS_PREFIXES, "tgi_", "not a TGI server?")
@@ -50,8 +53,10 @@ class TgiSource(Source):
         if sample is not None:
             models[self.model or ""] = sample
         info = [InfoSample("engine_info", (("model", self.model or ""), ("build", ""), ("model_path", "")))]
-        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses), info=info)
+        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses), info=info,
+                                  model_states=MODEL_STATES)
         self.add_passthrough(observation, text)
+        observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=self.model or "")
         return observation
 
     async def _model(self, http: HttpFetcher) -> str:

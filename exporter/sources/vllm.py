@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 
 from ..config import TargetConfig
-from ..observation import InfoSample, ModelSample, Observation, Readiness
+from ..observation import InfoSample, ModelSample, ModelState, ModelStatus, Observation, Readiness
 from ..procinfo import ProcessFinder
 from ..promparse import Payload
 from .base import HttpFetcher, SharedContext, Source, expect_status
-from .mapping import Feed, Upstream, apply, prefixes
+from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, model_of, prefixes
 
 U = Upstream
 MODEL_LABEL = "model_name"
@@ -49,10 +49,13 @@ MAPPING: tuple[Feed, ...] = (
     Feed("request_latency", "histogram", (U("vllm:e2e_request_latency_seconds", "0.4-0.33"),)),
 )
 CACHE_INFO = "vllm:cache_config_info"
+SLEEP_STATE = "vllm:engine_sleep_state"  # {sleep_state="awake"|"weights_offloaded"|"discard_all"} 0/1, V1 0.11+
+LORA_INFO = "vllm:lora_requests_info"    # set-to-current-time gauge; adapter names in comma lists, V1 with LoRA
+MODEL_STATES = (ModelState.LOADED, ModelState.SLEEPING)
 CACHE_CONFIG_KEYS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching",
                      "cache_dtype", "gpu_memory_utilization", "kv_cache_size_tokens")
 # Only these families are parsed: the parser skips every other family's block unread.
-METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, "process_start_time_seconds")
+METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, SLEEP_STATE, LORA_INFO, "process_start_time_seconds")
 
 
 class VllmSource(Source):
@@ -74,11 +77,15 @@ class VllmSource(Source):
         observation.info = self.cache_config_info(payload)
         self.add_passthrough(observation, text)
         self._timing(payload, observation)
+        lora_adapters(payload, models)
+        sleeping = sleeping_models(payload)
+        model = min(models) if models else ""
+        observation.model_states = MODEL_STATES
+        observation.lifecycle[""] = ModelStatus(
+            ModelState.SLEEPING if model in sleeping else ModelState.LOADED, model=model,
+            process_start=observation.process_start_time, ready_time=observation.engine_ready_time,
+            pid=observation.process_pid)
         return observation
-
-    @staticmethod
-    def map_payload(payload: Payload) -> dict[str, ModelSample]:
-        return apply(payload, MAPPING, MODEL_LABEL)[0]
 
     @staticmethod
     def cache_config_info(payload: Payload) -> list[InfoSample]:
@@ -109,3 +116,32 @@ class VllmSource(Source):
             identity = min(created)
         if identity is not None:
             observation.instance_id = repr(identity)
+
+
+def sleeping_models(payload: Payload) -> set[str]:
+    """Models with an engine that is not awake (vllm:engine_sleep_state{sleep_state="awake"} 0)."""
+    return {model_of(labels, MODEL_LABEL) for labels, value in payload.get(SLEEP_STATE)
+            if labels.get("sleep_state") == "awake" and value == 0}
+
+
+def lora_adapters(payload: Payload, models: dict[str, ModelSample]) -> None:
+    """LoRA adapters from vllm:lora_requests_info: the newest series (its value is the time it was
+    set) lists the adapters with running and waiting requests, comma-separated, and max_lora. vLLM
+    exposes adapter names only, not request counts: 1 per adapter listed. The family has no model
+    label: it applies to every model of the server (one, in practice)."""
+    newest = max(payload.get(LORA_INFO), key=lambda pair: pair[1], default=None)
+    if newest is None or not models:
+        return
+    labels = newest[0]
+    for sample in models.values():
+        for label, key in (("running_lora_adapters", "lora_adapter_running"),
+                           ("waiting_lora_adapters", "lora_adapter_waiting")):
+            names = [n.strip()[:MAX_LABEL_VALUE] for n in labels.get(label, "").split(",") if n.strip()]
+            for name in names[:64]:
+                sample.set(key, 1.0, adapter=name)
+            if key == "lora_adapter_running":
+                sample.set("lora_adapters_running", float(len(names)))
+        try:
+            sample.set("lora_adapters_max", float(labels.get("max_lora", "")))
+        except ValueError:
+            pass

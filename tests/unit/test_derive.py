@@ -5,13 +5,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.derive.load_time import (BASIS_ENGINE_TIMESTAMPS, BASIS_FIRST_SEEN_DOWN, BASIS_PROCESS_START,
-                                       LoadTimer)
+from exporter.derive.lifecycle import (BASIS_ENGINE_TIMESTAMPS, BASIS_FIRST_SEEN_LOADING, BASIS_POLL_BRACKET,
+                                       BASIS_PROCESS_START, KIND_LOAD, KIND_START, KIND_WAKE, ModelLifecycle)
 from exporter.derive.maths import (counter_delta, histogram_delta, histogram_is_valid, histogram_mean,
                                    histogram_quantile, rate, ratio_of_deltas)
 from exporter.derive.queue_estimate import QueueWaitEstimator
 from exporter.derive.window import SlidingWindow
-from exporter.observation import Histogram, QueueProbe, Readiness
+from exporter.observation import Histogram, ModelState, ModelStatus, QueueProbe
 from exporter.promparse import parse
 from tests.conftest import FIXTURES
 
@@ -163,55 +163,108 @@ def test_quantile_is_monotonic_in_q(pair, a, b):
         assert qa <= qb + 1e-9
 
 
-# ---------------------------------------------------------------- load time
+# ---------------------------------------------------------------- model lifecycle and load time
 
-def test_load_time_observed_transition_with_process_start():
-    timer = LoadTimer()
-    timer.observe(100, Readiness.DOWN)
-    timer.observe(101, Readiness.LOADING)
-    load = timer.observe(105, Readiness.READY, process_start=99.5)
-    assert load.seconds == pytest.approx(5.5) and load.basis == BASIS_PROCESS_START
+LOADED, LOADING, SLEEPING = ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING
 
 
-def test_load_time_uses_exact_engine_ready_between_polls():
-    timer = LoadTimer()
-    timer.observe(100, Readiness.LOADING)
-    load = timer.observe(101, Readiness.READY, process_start=95, engine_ready=100.4, engine_ready_exact=True)
-    assert load.seconds == pytest.approx(5.4)
-    # an approximate engine timestamp (vLLM _created) does not date an observed transition
-    timer2 = LoadTimer()
-    timer2.observe(100, Readiness.DOWN)
-    assert timer2.observe(101, Readiness.READY, process_start=95, engine_ready=100.4).seconds == 6
+def status(state, **kw):
+    return ModelStatus(state, **kw)
 
 
-def test_load_time_lower_bound_without_process_start():
-    timer = LoadTimer()
-    timer.observe(100, Readiness.DOWN)
-    timer.observe(102, Readiness.DOWN)
-    load = timer.observe(110, Readiness.READY)
-    assert load.seconds == 10 and load.basis == BASIS_FIRST_SEEN_DOWN
+def test_load_from_process_start_to_exact_ready_between_polls():
+    life = ModelLifecycle()
+    life.gone(100)                                  # refused: nothing running
+    assert life.observe(101, status(LOADING, process_start=100.5)) == []
+    [load] = life.observe(103, status(LOADED, process_start=100.5, ready_time=102.25, ready_exact=True))
+    assert (load.kind, load.basis) == (KIND_START, BASIS_PROCESS_START)
+    assert load.seconds == pytest.approx(1.75)
+    assert life.loads == {KIND_START: 1} and life.durations[KIND_START].count == 1
+    assert life.loaded_at == pytest.approx(102.25)
 
 
-def test_load_time_when_met_ready_needs_engine_timestamps():
-    timer = LoadTimer()
-    assert timer.observe(100, Readiness.READY) is None  # unknown: expose nothing, never zero
-    timer = LoadTimer()
-    load = timer.observe(100, Readiness.READY, process_start=50, engine_ready=90)
-    assert load.seconds == 40 and load.basis == BASIS_ENGINE_TIMESTAMPS
+def test_refused_connections_never_start_the_clock():
+    """Sidecar first: the exporter saw the engine down for a long time, then loading, then ready."""
+    life = ModelLifecycle()
+    for t in range(0, 600, 5):
+        life.gone(float(t))
+    life.observe(600.2, status(LOADING))
+    [load] = life.observe(604.0, status(LOADED))
+    assert load.basis == BASIS_FIRST_SEEN_LOADING and load.seconds == pytest.approx(3.8)
 
 
-def test_load_time_new_measurement_after_restart():
-    timer = LoadTimer()
-    timer.observe(0, Readiness.LOADING)
-    timer.observe(5, Readiness.READY, process_start=0)
-    timer.observe(6, Readiness.READY, process_start=0)
-    timer.observe(50, Readiness.DOWN)
-    timer.observe(51, Readiness.LOADING)
-    load = timer.observe(58, Readiness.READY, process_start=50.5)
-    assert load.seconds == pytest.approx(7.5)
-    # a restart between polls (never seen down) without engine timestamps: unknown
-    timer.restart()
-    assert timer.observe(70, Readiness.READY) is None
+def test_ready_stamp_outside_the_poll_bracket_is_not_trusted():
+    life = ModelLifecycle()
+    life.observe(100, status(LOADING, process_start=95))
+    [load] = life.observe(101, status(LOADED, process_start=95, ready_time=90.0, ready_exact=True))
+    assert load.seconds == pytest.approx(6.0)  # ready = the first poll that saw it, not a stale stamp
+    # an approximate stamp (vLLM _created) never dates an observed transition
+    life = ModelLifecycle()
+    life.gone(100)
+    [load] = life.observe(101, status(LOADED, process_start=95, ready_time=100.4))
+    assert (load.seconds, load.basis) == (6, BASIS_PROCESS_START)
+
+
+def test_met_loaded_is_not_a_load_and_needs_engine_timestamps():
+    life = ModelLifecycle()
+    [load] = life.observe(100, status(LOADED))
+    assert load.seconds is None and life.last is None and life.loads == {}
+    life = ModelLifecycle()
+    [load] = life.observe(100, status(LOADED, process_start=50, ready_time=90))
+    assert (load.seconds, load.basis) == (40, BASIS_ENGINE_TIMESTAMPS)
+    assert life.loads == {} and life.durations == {}  # a load the exporter did not see is not counted
+
+
+def test_wake_needs_a_loading_state_to_be_dated():
+    life = ModelLifecycle(KIND_LOAD)
+    life.observe(0, status(LOADED))
+    life.observe(1, status(SLEEPING))
+    [wake] = life.observe(2.5, status(LOADED))  # a single llama-server shows no loading while waking
+    assert wake.kind == KIND_WAKE and wake.seconds is None and life.loads == {KIND_WAKE: 1}
+    life.observe(3, status(SLEEPING, reports_loading=True))
+    [wake] = life.observe(3.5, status(LOADED, reports_loading=True))  # a router's child does
+    assert (wake.kind, wake.basis, wake.seconds) == (KIND_WAKE, BASIS_POLL_BRACKET, 0.5)
+    life.observe(4, status(SLEEPING, reports_loading=True))
+    life.observe(4.5, status(LOADING, reports_loading=True, process_start=-100))  # old process: not a start
+    [wake] = life.observe(5.5, status(LOADED, reports_loading=True))
+    assert (wake.kind, wake.basis, wake.seconds) == (KIND_WAKE, BASIS_FIRST_SEEN_LOADING, 1.0)
+    assert life.loads == {KIND_WAKE: 3} and life.durations[KIND_WAKE].count == 2
+
+
+def test_router_load_from_child_process_start_and_failures():
+    life = ModelLifecycle(KIND_LOAD)
+    life.observe(0, status(ModelState.UNLOADED))
+    [load] = life.observe(1, status(LOADED, process_start=0.4, reports_loading=True))
+    assert (load.kind, load.basis, load.seconds) == (KIND_LOAD, BASIS_PROCESS_START, pytest.approx(0.6))
+    life.observe(2, status(ModelState.UNLOADED))
+    life.observe(3, status(LOADING))
+    life.observe(4, status(ModelState.FAILED))
+    life.observe(5, status(ModelState.FAILED))
+    assert life.failures == 1
+    life = ModelLifecycle(KIND_LOAD)
+    life.observe(0, status(ModelState.FAILED))  # an old failure the exporter did not see: not counted
+    assert life.failures == 0
+
+
+def test_process_gone_while_loading_is_a_failure_and_same_process_is_no_new_load():
+    life = ModelLifecycle()
+    life.observe(0, status(LOADING))
+    life.gone(1)
+    assert life.failures == 1
+    life.observe(2, status(LOADING, process_start=1.5))
+    life.observe(3, status(LOADED, process_start=1.5))
+    life.gone(4)  # one refused poll (a blip)
+    assert life.observe(5, status(LOADED, process_start=1.5)) == []
+    assert life.loads == {KIND_START: 1}
+
+
+def test_restart_between_polls_dated_by_engine_timestamps():
+    life = ModelLifecycle()
+    life.observe(0, status(LOADING, process_start=0))
+    life.observe(5, status(LOADED, process_start=0))
+    life.restarted()
+    [load] = life.observe(70, status(LOADED, process_start=60, ready_time=66, ready_exact=True))
+    assert (load.kind, load.basis, load.seconds) == (KIND_START, BASIS_PROCESS_START, 6)  # exact ready 66 - start 60
 
 
 # ---------------------------------------------------------------- queue estimate

@@ -138,7 +138,7 @@ async def test_series_hit_ratio_and_queue_estimate(server, pipe, phase):
 
 
 async def test_disabled_endpoints_degrade_with_one_notice(server, pipe, caplog):
-    routes = ready_routes()
+    routes = ready_routes("b11434-metrics-load.prom")  # work in flight: the only time /slots is read
     routes["/slots"] = Reply.json({"error": {"code": 501, "message": "This server does not support slots endpoint.",
                                              "type": "not_supported_error"}}, status=501)
     for path, reply in routes.items():
@@ -147,13 +147,15 @@ async def test_disabled_endpoints_degrade_with_one_notice(server, pipe, caplog):
         for _ in range(3):
             await pipe.poll()
     assert pipe.value("llm_engine_endpoint_enabled", endpoint="slots") == 0
-    assert pipe.value("llm_requests_running") == 0  # /metrics still read
+    assert pipe.value("llm_requests_running") == 2  # /metrics still read
     assert pipe.value("llm_token_queue_latency_seconds_count") is None  # no estimate without /slots
     notices = [r for r in caplog.records if "--slots" in r.getMessage()]
     assert len(notices) == 1
 
 
-async def test_metrics_disabled_falls_back_to_health_and_slots(server, pipe):
+async def test_metrics_disabled_reads_health_and_props_never_slots(server, pipe):
+    """Without /metrics the source cannot tell whether work is in flight, and GET /slots resets the
+    idle timer of a server started with --sleep-idle-seconds: it reads /health and /props only."""
     routes = ready_routes(slots="b11434-slots-busy.json")
     routes["/metrics"] = Reply.json({"error": {"code": 501, "type": "not_supported_error",
                                                "message": "This server does not support metrics endpoint."}},
@@ -163,8 +165,10 @@ async def test_metrics_disabled_falls_back_to_health_and_slots(server, pipe):
     await pipe.poll()
     assert pipe.value("llm_ready") == 1
     assert pipe.value("llm_engine_endpoint_enabled", endpoint="metrics") == 0
-    assert pipe.value("llm_requests_running") == 2  # from /slots
-    assert pipe.value("llm_requests_waiting") is None  # unknown without /metrics: nothing, not 0
+    assert pipe.value("llm_requests_running") is None  # unknown without /metrics: nothing, not 0
+    assert pipe.value("llm_requests_waiting") is None
+    assert pipe.value("llm_slots") == 2  # from /props
+    assert "/slots" not in server.hits
 
 
 async def test_no_slot_available_503_is_not_a_failure(server, pipe):
@@ -186,7 +190,7 @@ async def test_restart_detected_from_ready_header(server, pipe):
 
 
 async def test_garbage_slots_is_a_parse_error(server, pipe):
-    routes = ready_routes()
+    routes = ready_routes("b11434-metrics-load.prom")
     routes["/slots"] = Reply(200, b"[{\"id\": \"x\"}]")
     for path, reply in routes.items():
         server.set(path, reply)

@@ -2,7 +2,9 @@
 
 import pytest
 
-from exporter.derive.load_time import BASIS_ENGINE_TIMESTAMPS, BASIS_PROCESS_START
+from exporter.derive.lifecycle import BASIS_ENGINE_TIMESTAMPS, BASIS_PROCESS_START
+from exporter.sources.mapping import apply
+from exporter.sources.vllm import MAPPING, MODEL_LABEL
 from exporter.observation import Readiness
 from exporter.promparse import parse
 from exporter.sources.vllm import VllmSource
@@ -99,7 +101,7 @@ async def test_load_time_from_created_when_met_ready(server, pipe):
     from exporter.sources.vllm import METRICS_PREFIXES
     created = min(v for n, s in payload.samples.items() if n.startswith(METRICS_PREFIXES) and n.endswith("_created")
                   for _, v in s)
-    load = pipe.state.load_time
+    load = pipe.state.lifecycles[""].last
     assert load.basis == BASIS_ENGINE_TIMESTAMPS
     assert load.seconds == pytest.approx(created - start)
     assert 60 < load.seconds < 70  # the warm-cache start took 68.8 s to the first 200 (SOURCES.md)
@@ -124,7 +126,7 @@ async def test_load_time_from_observed_refusal_then_ready():
         await server.start(port)
         await pipe.poll()
         ready_at = time.time()
-        load = pipe.state.load_time
+        load = pipe.state.lifecycles[""].last
         assert load.basis == BASIS_PROCESS_START
         assert 5.0 <= load.seconds <= ready_at - started
         assert pipe.value("llm_model_load_seconds", basis="process_start") == load.seconds
@@ -167,7 +169,7 @@ async def test_counter_going_down_is_a_restart(server, pipe):
 # ---------------------------------------------------------------- V0 and other versions
 
 def mapped(text: str):
-    return VllmSource.map_payload(parse(text, ("vllm:", "process_start_time_seconds")))
+    return apply(parse(text, ("vllm:", "process_start_time_seconds")), MAPPING, MODEL_LABEL)[0]
 
 
 def test_v0_050_capture_has_waiting_but_no_queue_histogram():
