@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from . import __version__
 from .collector import ExporterCollector, ExporterStatus, TextRenderer
 from .config import Config, ConfigError, TargetConfig, load_config
-from .poller import Poller
 from .hostinfo import cpu_info_labels
+from .poller import Poller
 from .sources import source_for
 from .sources.base import HttpFetcher, SharedContext
 from .state import TargetState

@@ -11,8 +11,17 @@ import re
 import sys
 from pathlib import Path
 
-from .catalogue import (DERIVED_METRICS, ENGINE_METRICS, EXPORTER_METRICS, GPU_METRICS, INFO_METRICS, LIFECYCLE_METRICS,
-                        TARGET_METRICS, MetricSpec, exposed_names)
+from .catalogue import (
+    DERIVED_METRICS,
+    ENGINE_METRICS,
+    EXPORTER_METRICS,
+    GPU_METRICS,
+    INFO_METRICS,
+    LIFECYCLE_METRICS,
+    TARGET_METRICS,
+    MetricSpec,
+    exposed_names,
+)
 from .sources import llamacpp, sglang, tgi, vllm
 from .sources.mapping import Feed
 

@@ -14,7 +14,12 @@ import random
 import time
 from typing import Callable
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from .observation import Observation, PollError, Reason
 from .sources.base import HttpFetcher, Source, TransientPollError

@@ -13,6 +13,7 @@ from .app import Exporter
 from .webconfig import WebConfig
 from .webconfig import install as install_web_config
 
+
 class ScrapeLimit:
     """At most `limit` /metrics responses in flight (building or sending); more get HTTP 503,
     like node_exporter's --web.max-requests."""
@@ -32,7 +33,9 @@ def wants_openmetrics(accept: str) -> bool:
 
 def render_metrics(exporter: Exporter, accept: str) -> tuple[bytes, str]:
     if wants_openmetrics(accept):
-        from prometheus_client.openmetrics import exposition as openmetrics  # rarely asked for
+        from prometheus_client.openmetrics import (
+            exposition as openmetrics,  # rarely asked for
+        )
 
         return openmetrics.generate_latest(exporter.registry), openmetrics.CONTENT_TYPE_LATEST
     return exporter.renderer.render() + generate_latest(exporter.process_registry), CONTENT_TYPE_LATEST

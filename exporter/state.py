@@ -17,8 +17,18 @@ from .derive.lifecycle import KIND_LOAD, KIND_START, LoadRecord, ModelLifecycle
 from .derive.maths import counter_delta, histogram_is_valid, rate, ratio_of_deltas
 from .derive.queue_estimate import QueueWaitEstimator
 from .derive.window import SlidingWindow
-from .observation import (Histogram, InfoSample, LabelPairs, ModelSample, ModelState, Observation, PollError, Readiness,
-                          Reason, SeriesSample)
+from .observation import (
+    Histogram,
+    InfoSample,
+    LabelPairs,
+    ModelSample,
+    ModelState,
+    Observation,
+    PollError,
+    Readiness,
+    Reason,
+    SeriesSample,
+)
 
 log = logging.getLogger("llm_exporter.state")
 
@@ -43,7 +53,7 @@ def snapshot(sample: ModelSample) -> Snapshot:
 
 
 @dataclass
-class ModelState:
+class ModelValues:
     window: SlidingWindow[Snapshot]
     latest: ModelSample = field(default_factory=ModelSample)
     derived: dict[tuple[str, LabelPairs], float] = field(default_factory=dict)
@@ -114,7 +124,7 @@ class TargetState:
         self.version = 0  # changes whenever anything exposed may have changed (renderers cache on it)
         self.series_dropped = 0
         self.mapping_misses: dict[str, int] = {}
-        self.models: dict[str, ModelState] = {}
+        self.models: dict[str, ModelValues] = {}
         self.info: list[InfoSample] = []
         self.series: list[SeriesSample] = []
         self.passthrough: list = []
@@ -244,7 +254,7 @@ class TargetState:
 
     def _apply_models(self, obs: Observation, now: float) -> None:
         budget = self.target.max_series
-        kept: dict[str, ModelState] = {}
+        kept: dict[str, ModelValues] = {}
         for name in sorted(obs.models):
             sample = obs.models[name]
             sanitise(sample)
@@ -261,7 +271,7 @@ class TargetState:
                 self.series_dropped += cost
                 continue
             budget -= cost
-            model = self.models.get(name) or ModelState(SlidingWindow(self.target.window))
+            model = self.models.get(name) or ModelValues(SlidingWindow(self.target.window))
             model.latest = sample
             self.previous[name] = sample
             model.window.add(now, snapshot(sample))

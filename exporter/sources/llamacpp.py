@@ -34,8 +34,17 @@ from typing import Any
 from urllib.parse import quote
 
 from ..config import TargetConfig, is_loopback_url
-from ..observation import (InfoSample, ModelSample, ModelState, ModelStatus, Observation, PollError, QueueProbe,
-                           Readiness, Reason)
+from ..observation import (
+    InfoSample,
+    ModelSample,
+    ModelState,
+    ModelStatus,
+    Observation,
+    PollError,
+    QueueProbe,
+    Readiness,
+    Reason,
+)
 from ..procinfo import ProcessFinder, ProcessInfo, find_by_argv, process_start
 from ..promparse import PromParseError, parse
 from .base import HttpFetcher, Response, SharedContext, Source, expect_status

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..config import TargetConfig
-from ..observation import InfoSample, Observation, PollError, Readiness, Reason, SeriesSample
+from ..observation import (
+    InfoSample,
+    Observation,
+    PollError,
+    Readiness,
+    Reason,
+    SeriesSample,
+)
 from .base import HttpFetcher, SharedContext, Source
 
 log = logging.getLogger("llm_exporter.nvml")

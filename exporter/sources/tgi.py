@@ -10,7 +10,14 @@ from __future__ import annotations
 import json
 
 from ..config import TargetConfig
-from ..observation import InfoSample, ModelState, ModelStatus, Observation, PollError, Readiness
+from ..observation import (
+    InfoSample,
+    ModelState,
+    ModelStatus,
+    Observation,
+    PollError,
+    Readiness,
+)
 from .base import HttpFetcher, SharedContext, Source
 from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, prefixes
 

@@ -13,7 +13,14 @@ from __future__ import annotations
 import math
 
 from ..config import TargetConfig
-from ..observation import InfoSample, ModelSample, ModelState, ModelStatus, Observation, Readiness
+from ..observation import (
+    InfoSample,
+    ModelSample,
+    ModelState,
+    ModelStatus,
+    Observation,
+    Readiness,
+)
 from ..procinfo import ProcessFinder
 from ..promparse import Payload
 from .base import HttpFetcher, SharedContext, Source, expect_status

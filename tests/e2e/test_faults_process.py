@@ -12,18 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from exporter.promparse import parse
 from tests.conftest import FIXTURES, ROOT
-from tests.support.net import ExporterProcess, free_port, http_get, kill_tree, wait_until
+from tests.support.net import (
+    ExporterProcess,
+    free_port,
+    http_get,
+    kill_tree,
+    value,
+    wait_until,
+)
 
 IDLE = FIXTURES / "vllm-real" / "v0.32.0-metrics-after-prefix.prom"
 
 
-def value(body, name, **labels):
-    for sample_labels, v in parse(body).get(name):
-        if all(sample_labels.get(k) == want for k, want in labels.items()):
-            return v
-    return None
 
 
 def rss_mib(pid: int) -> float:

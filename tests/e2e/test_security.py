@@ -17,7 +17,7 @@ from tests.conftest import FIXTURES
 from tests.support.certs import make_pki
 from tests.support.net import ExporterProcess, free_port, wait_until
 from tests.support.pipeline import Pipeline
-from tests.support.replay import Reply, ReplayServer
+from tests.support.replay import ReplayServer, Reply
 
 IDLE = (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text()
 PASSWORD = "s3cr3t-scrape-pass"

@@ -16,7 +16,13 @@ import pytest
 
 from tests.conftest import FIXTURES, ROOT
 from tests.real.test_llamacpp_real import LlamaServer
-from tests.support.net import ExporterProcess, free_port, http_get, kill_tree, wait_until
+from tests.support.net import (
+    ExporterProcess,
+    free_port,
+    http_get,
+    kill_tree,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.real_engine, pytest.mark.prometheus]
 VLLM = FIXTURES / "vllm-real"

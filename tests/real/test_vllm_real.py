@@ -17,20 +17,21 @@ import time
 
 import pytest
 
-from exporter.promparse import parse
 from tests.conftest import SUPPORT
-from tests.support.net import ExporterProcess, free_port, http_get, kill_tree, wait_until
+from tests.support.net import (
+    ExporterProcess,
+    free_port,
+    http_get,
+    kill_tree,
+    value,
+    wait_until,
+)
 
 pytestmark = pytest.mark.real_engine
 RESULTS: dict[str, object] = {}
 INTERVAL = 0.5
 
 
-def value(body, name, **labels):
-    for sample_labels, v in parse(body).get(name):
-        if all(sample_labels.get(k) == want for k, want in labels.items()):
-            return v
-    return None
 
 
 class VllmServer:

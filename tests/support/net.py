@@ -103,3 +103,12 @@ def kill_tree(proc: subprocess.Popen) -> None:
             except ProcessLookupError:
                 pass
             proc.wait()
+
+
+def value(body: str, name: str, **labels: str) -> float | None:
+    """The first sample of `name` in an exposition whose labels include `labels`."""
+    from exporter.promparse import parse
+    for sample_labels, sample_value in parse(body).get(name):
+        if all(sample_labels.get(k) == want for k, want in labels.items()):
+            return sample_value
+    return None

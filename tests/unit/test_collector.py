@@ -9,7 +9,7 @@ from exporter.catalogue import ALL_METRICS, exposed_names
 from exporter.observation import ModelSample, Observation, Readiness
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline
-from tests.support.replay import Reply, ReplayServer
+from tests.support.replay import ReplayServer, Reply
 
 
 @pytest.fixture
@@ -85,8 +85,9 @@ def test_catalogue_names_are_valid_and_unique():
 
 async def test_cached_text_renderer_equals_prometheus_client_output(pipe):
     """The fast renderer must produce exactly what prometheus_client's generate_latest produces."""
-    from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
     from prometheus_client import CollectorRegistry
+
+    from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
     p, srv = pipe
     await p.poll()
     await p.poll()

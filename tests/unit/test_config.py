@@ -5,9 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load_config, load_config_text, parse_duration, parse_size
+from exporter.config import (
+    ENGINES,
+    ConfigError,
+    load_config,
+    load_config_text,
+    parse_duration,
+    parse_size,
+)
 from exporter.sources import SOURCES
-from exporter.config import ENGINES
 
 GOOD = """
 listen: 127.0.0.1:9999

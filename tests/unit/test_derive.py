@@ -5,10 +5,25 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.derive.lifecycle import (BASIS_ENGINE_TIMESTAMPS, BASIS_FIRST_SEEN_LOADING, BASIS_POLL_BRACKET,
-                                       BASIS_PROCESS_START, KIND_LOAD, KIND_START, KIND_WAKE, ModelLifecycle)
-from exporter.derive.maths import (counter_delta, histogram_delta, histogram_is_valid, histogram_mean,
-                                   histogram_quantile, rate, ratio_of_deltas)
+from exporter.derive.lifecycle import (
+    BASIS_ENGINE_TIMESTAMPS,
+    BASIS_FIRST_SEEN_LOADING,
+    BASIS_POLL_BRACKET,
+    BASIS_PROCESS_START,
+    KIND_LOAD,
+    KIND_START,
+    KIND_WAKE,
+    ModelLifecycle,
+)
+from exporter.derive.maths import (
+    counter_delta,
+    histogram_delta,
+    histogram_is_valid,
+    histogram_mean,
+    histogram_quantile,
+    rate,
+    ratio_of_deltas,
+)
 from exporter.derive.queue_estimate import QueueWaitEstimator
 from exporter.derive.window import SlidingWindow
 from exporter.observation import Histogram, ModelState, ModelStatus, QueueProbe

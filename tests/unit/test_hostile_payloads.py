@@ -7,7 +7,7 @@ import pytest
 
 from exporter.promparse import parse
 from tests.support.pipeline import Pipeline
-from tests.support.replay import Reply, ReplayServer
+from tests.support.replay import ReplayServer, Reply
 
 HEAD = "# TYPE vllm:num_requests_running gauge\n# TYPE vllm:prompt_tokens_total counter\n"
 

@@ -9,7 +9,7 @@ from exporter.observation import Readiness
 from exporter.promparse import parse
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline
-from tests.support.replay import Reply, ReplayServer
+from tests.support.replay import ReplayServer, Reply
 
 LC = FIXTURES / "llamacpp"
 

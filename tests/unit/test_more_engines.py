@@ -9,7 +9,7 @@ from exporter.sources import auto, sglang, tgi
 from exporter.sources.mapping import apply
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline
-from tests.support.replay import Reply, ReplayServer
+from tests.support.replay import ReplayServer, Reply
 
 SGL_NEW = (FIXTURES / "sglang" / "datadog-sglang-0.5.10.post1-abridged.prom").read_text()
 SGL_OLD = (FIXTURES / "sglang" / "sglang-docs-production-metrics-v0.3.prom").read_text()
@@ -167,6 +167,7 @@ async def test_auto_source_cannot_identify_garbage():
 @pytest.mark.prometheus
 async def test_passthrough_reexposes_engine_families_under_the_namespace(promtool):
     import subprocess
+
     from exporter.collector import ExporterStatus, TextRenderer
     text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
     srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})

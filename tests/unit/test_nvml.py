@@ -11,10 +11,10 @@ import pytest
 from exporter.app import Exporter
 from exporter.config import load_config_text
 from exporter.observation import Reason
+from exporter.poller import Poller
 from exporter.sources.base import SharedContext
 from exporter.sources.nvml import NvmlSource
 from exporter.state import TargetState
-from exporter.poller import Poller
 
 
 def err(code):

@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from exporter.observation import Reason, Readiness
+from exporter.observation import Readiness, Reason
 from tests.conftest import FIXTURES
 from tests.support.net import free_port
 from tests.support.pipeline import Pipeline
-from tests.support.replay import Reply, ReplayServer
+from tests.support.replay import ReplayServer, Reply
 
 IDLE = (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text()
 

@@ -3,14 +3,13 @@
 import pytest
 
 from exporter.derive.lifecycle import BASIS_ENGINE_TIMESTAMPS, BASIS_PROCESS_START
-from exporter.sources.mapping import apply
-from exporter.sources.vllm import MAPPING, MODEL_LABEL
 from exporter.observation import Readiness
 from exporter.promparse import parse
-from exporter.sources.vllm import VllmSource
+from exporter.sources.mapping import apply
+from exporter.sources.vllm import MAPPING, MODEL_LABEL
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline
-from tests.support.replay import Reply, ReplayServer
+from tests.support.replay import ReplayServer, Reply
 
 REAL = FIXTURES / "vllm-real"
 V0 = FIXTURES / "vllm"
@@ -110,6 +109,7 @@ async def test_load_time_from_created_when_met_ready(server, pipe):
 async def test_load_time_from_observed_refusal_then_ready():
     """vLLM refuses connections while loading; the observed transition dates 'ready'."""
     import time
+
     from tests.support.net import free_port
     port = free_port()
     pipe = Pipeline("vllm", f"http://127.0.0.1:{port}", interval="1s")
