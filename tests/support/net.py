@@ -21,8 +21,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(url, headers=headers or {})
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None,
+             data: bytes | None = None) -> tuple[int, str]:
+    """GET (or POST a JSON body when `data` is given)."""
+    if data is not None:
+        headers = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, headers=headers or {}, data=data)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read().decode("utf-8", "replace")

