@@ -131,7 +131,8 @@ class LlamaCppSource(Source):
         self.instance: str | None = None
         self.same_host = is_loopback_url(target.url) or target.process is not None
         self.finder = ProcessFinder(target.process) if target.process else None
-        self.children: dict[str, tuple[tuple[str, ...], ProcessInfo]] = {}  # router model → (argv, process)
+        # router model → ((argv, state) when looked up, its child process or None when not visible)
+        self.children: dict[str, tuple[tuple[tuple[str, ...], ModelState], ProcessInfo | None]] = {}
 
     async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
         assert http is not None
@@ -224,7 +225,7 @@ class LlamaCppSource(Source):
                 continue
             model, state, argv, path = parsed
             paths[model] = path
-            child = self._child(model, argv) if state in (ModelState.LOADING, ModelState.LOADED,
+            child = self._child(model, argv, state) if state in (ModelState.LOADING, ModelState.LOADED,
                                                           ModelState.SLEEPING) else None
             if child is None:
                 self.children.pop(model, None)
@@ -274,18 +275,20 @@ class LlamaCppSource(Source):
         path = entry.get("path")
         return entry["id"][:200], state, argv, str(path)[:200] if isinstance(path, str) else ""
 
-    def _child(self, model: str, argv: tuple[str, ...]) -> ProcessInfo | None:
-        """The child process serving `model` (same host only): its argv is the one /models lists."""
+    def _child(self, model: str, argv: tuple[str, ...], state: ModelState) -> ProcessInfo | None:
+        """The child process serving `model` (same host only): its argv is the one /models lists. /proc is
+        scanned again only when the model's argv or state changes, or the process went away."""
         if not self.same_host or not argv:
             return None
         known = self.children.get(model)
-        if known is not None and known[0] == argv:
+        if known is not None and known[0] == (argv, state):
+            if known[1] is None:
+                return None  # not visible from here (another PID namespace): not looked for every poll
             current = process_start(known[1].pid)
             if current is not None and abs(current.start_since_boot - known[1].start_since_boot) < 0.02:
                 return known[1]
         info = find_by_argv(argv)
-        if info is not None:
-            self.children[model] = (argv, info)
+        self.children[model] = ((argv, state), info)
         return info
 
     async def _router_model(self, http: HttpFetcher, model: str) -> tuple[_Metrics, list[dict[str, Any]] | None] | None:
