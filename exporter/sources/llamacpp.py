@@ -126,6 +126,7 @@ class LlamaCppSource(Source):
         self.metrics_enabled = True
         self.slots_enabled = True
         self.router = False
+        self.model_props: dict[str, dict[str, Any]] = {}  # router: each loaded model's /props
         self.props: dict[str, Any] = {}
         self.polls_since_props = PROPS_REFRESH_POLLS
         self.instance: str | None = None
@@ -180,7 +181,7 @@ class LlamaCppSource(Source):
                                   endpoints=self._endpoints(), notices=tuple(notices),
                                   mapping_misses=tuple(metrics.misses) if metrics else (),
                                   model_states=SINGLE_STATES)
-        self._fill_from_props(sample)
+        self._fill_from_props(self.props, sample)
         if metrics is not None:
             self._map_slots(slots, metrics, sample)
             if self.slots_enabled:  # without /slots no task is ever counted: no estimate at all
@@ -229,6 +230,8 @@ class LlamaCppSource(Source):
                                                           ModelState.SLEEPING) else None
             if child is None:
                 self.children.pop(model, None)
+            if state is not ModelState.LOADED:
+                self.model_props.pop(model, None)
             observation.lifecycle[model] = ModelStatus(
                 state, model=model, process_start=child.start_time if child else None,
                 reports_loading=True, pid=child.pid if child else None)
@@ -299,6 +302,11 @@ class LlamaCppSource(Source):
         expect_status(response, "/metrics" + query)
         metrics = self._map_metrics(response)
         slots = await self._slots(http, "/slots" + query, []) if metrics.busy else None
+        if model not in self.model_props:  # read once per load (exempt from the idle timer)
+            props = await self._props(http, "/props" + query)
+            if props is not None:
+                self.model_props[model] = props
+        self._fill_from_props(self.model_props.get(model, {}), metrics.sample)
         return metrics, slots
 
     # ------------------------------------------------------------------ endpoints
@@ -358,11 +366,12 @@ class LlamaCppSource(Source):
             return alias[:200]  # set with --alias (or -hf's repo name)
         return os.path.basename(path)[:200] if isinstance(path, str) else ""
 
-    def _fill_from_props(self, sample: ModelSample) -> None:
-        slots = _number(self.props.get("total_slots"))
+    @staticmethod
+    def _fill_from_props(props: dict[str, Any], sample: ModelSample) -> None:
+        slots = _number(props.get("total_slots"))
         if slots is not None and slots > 0:
             sample.set("slots_total", slots)
-        settings = self.props.get("default_generation_settings")
+        settings = props.get("default_generation_settings")
         n_ctx = _number(settings.get("n_ctx")) if isinstance(settings, dict) else None
         if n_ctx is not None and n_ctx > 0:
             sample.set("context_size_tokens", n_ctx)

@@ -202,21 +202,21 @@ def test_sleeping_server_is_never_woken_and_wakes_are_counted(llama_server_bin, 
     server.start()
     exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port), exporter_port)
     try:
-        wait_until(lambda: server.first("entering sleeping state") is not None, 20, what="the server to sleep")
+        wait_until(lambda: server.first("server is entering sleeping state") is not None, 20, what="the server to sleep")
         asleep = time.time()
         body = wait_until(lambda: (lambda b: b if _states(b, "llama") == {"tiny-llama.gguf": "sleeping"} else None)(
             exporter.metrics()), 5, what="exporter: sleeping")
         polls_before = value(body, "llm_exporter_polls_total", target="llama")
         time.sleep(60)
-        assert server.count("exiting sleeping state") == 0, "the exporter woke the server"
-        assert server.count("entering sleeping state") == 1
+        assert server.count("server is exiting sleeping state") == 0, "the exporter woke the server"
+        assert server.count("server is entering sleeping state") == 1
         body = exporter.metrics()
         assert value(body, "llm_exporter_polls_total", target="llama") - polls_before >= 60 / INTERVAL * 0.8
         assert _states(body, "llama") == {"tiny-llama.gguf": "sleeping"}
         # a request wakes it: counted as a wake
         sent = time.time()
         server.post("/completion", {"prompt": "wake up", "n_predict": 4})
-        assert server.first("exiting sleeping state", asleep) is not None
+        assert server.first("server is exiting sleeping state", asleep) is not None
         body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="llama", kind="wake") == 1
                                    else None)(exporter.metrics()), 5, what="the wake to be counted")
         RESULTS["sleep"] = {"slept_s": sent - asleep, "wake_counted": 1,
@@ -245,7 +245,7 @@ def test_router_child_sleeps_and_its_wake_is_dated(llama_server_bin, models_dir,
         assert value(exporter.metrics(), "llm_requests_running", target="router", model="large") is None
         since = time.time()
         server.post("/completion", {"model": "large", "prompt": "wake up", "n_predict": 4})
-        woke = server.first("exiting sleeping state", since)
+        woke = server.first("server is exiting sleeping state", since)
         body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="router", model="large",
                                                         kind="wake") == 1 else None)(exporter.metrics()),
                           5, what="the wake to be counted")
