@@ -121,6 +121,8 @@ class ModelLifecycle:
             self.model = status.model
         if status.pid is not None:
             self.pid = status.pid
+        elif status.state in (ModelState.UNLOADED, ModelState.FAILED, ModelState.DOWNLOADING):
+            self.pid = None  # no process serves it now
         state = status.state
         if state is ModelState.LOADING:
             if self._pending is None:

@@ -114,7 +114,7 @@ async def test_mapping_miss_counter_fires_when_a_family_disappears(engine, text,
         await srv.stop()
 
 
-EXPECTED = {"llamacpp": "llamacpp", "vllm": "vllm", "vllm-real": "vllm", "sglang": "sglang", "tgi": "tgi"}
+EXPECTED = {"llamacpp": "llamacpp", "vllm": "vllm", "vllm-real": "vllm", "sglang-real": "sglang", "sglang": "sglang", "tgi": "tgi"}
 
 
 @pytest.mark.parametrize("path", sorted(FIXTURES.rglob("*.prom")) + [FIXTURES / "nvml" / "nvml-metrics.prom"],
@@ -191,3 +191,41 @@ async def test_passthrough_reexposes_engine_families_under_the_namespace(promtoo
     # (vLLM calls a histogram iteration_tokens_total)
     remarks = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert all(line.startswith("llm_vllm_") and "should not have" in line for line in remarks), remarks
+
+
+async def test_sglang_real_start_load_time_is_tokenizer_e2e():
+    """SGLang 0.5.23 real payload (tests/fixtures/sglang-real): the start-to-ready phase is tokenizer_e2e;
+    503 while warming up is loading, then loaded."""
+    text = (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text()
+    srv = ReplayServer({"/health": Reply(503), "/metrics": Reply.text(text)})
+    await srv.start()
+    pipe = Pipeline("sglang", f"http://127.0.0.1:{srv.port}")
+    try:
+        await pipe.poll()
+        assert pipe.value("llm_model_state", state="loading") == 1
+        srv.set("/health", Reply(200))
+        await pipe.poll()
+        assert pipe.value("llm_model_state", model="tiny-llama", state="loaded") == 1
+        assert pipe.value("llm_model_load_seconds", model="tiny-llama", kind="start",
+                          basis="engine_reported") == pytest.approx(12.677011202999893)
+        assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="start") == 1
+    finally:
+        await pipe.close()
+        await srv.stop()
+
+
+def test_router_children_join_gpu_processes_to_their_model():
+    """GPU memory per process joins to (target, model): each router child's PID maps to its model."""
+    from exporter.observation import ModelState, ModelStatus, Observation, Readiness
+    from exporter.state import TargetState
+    from tests.support.pipeline import target_config
+    state = TargetState(target_config("llamacpp", "http://127.0.0.1:1"))
+    obs = Observation(Readiness.READY, lifecycle={
+        "small": ModelStatus(ModelState.LOADED, model="small", pid=101),
+        "large": ModelStatus(ModelState.SLEEPING, model="large", pid=202),
+        "medium": ModelStatus(ModelState.UNLOADED, model="medium")})
+    state.record_success(obs, 1.0, 0.01)
+    assert state.model_pids() == {101: "small", 202: "large"}
+    state.record_success(Observation(Readiness.READY, lifecycle={
+        "small": ModelStatus(ModelState.UNLOADED, model="small")}), 2.0, 0.01)
+    assert state.model_pids() == {}  # unloaded: its process is gone, nothing to join
