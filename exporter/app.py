@@ -20,7 +20,7 @@ from .config import Config, ConfigError, TargetConfig, load_config
 from .hostinfo import cpu_info_labels
 from .poller import Poller
 from .sources import source_for
-from .sources.base import HttpFetcher, SharedContext
+from .sources.base import SharedContext
 from .state import TargetState
 
 log = logging.getLogger("llm_exporter")
@@ -56,7 +56,7 @@ class Exporter:
         self.renderer = TextRenderer(config.namespace, lambda: list(self.states.values()), self.status)
         self.process_registry = CollectorRegistry(auto_describe=False)
         ProcessCollector(registry=self.process_registry)
-        self.shared = SharedContext(pid_owners=self.pid_owners)
+        self.shared = SharedContext()
         self._host_task: asyncio.Task[None] | None = None
         self.running = False
         self._reload_lock = asyncio.Lock()
@@ -65,7 +65,7 @@ class Exporter:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self.session = make_session()
+        self.session = self.shared.session = make_session()
         self._apply(self.config)
         for poller in self.pollers.values():
             poller.start()
@@ -76,26 +76,16 @@ class Exporter:
     async def _read_host_info(self) -> None:
         self.status.host_cpu = await asyncio.get_running_loop().run_in_executor(None, cpu_info_labels)
 
-    def pid_owners(self) -> dict[int, tuple[str, str, str]]:
-        """Engine targets whose process the exporter found: pid → (target, engine, model)."""
-        owners = {}
-        for state in self.states.values():
-            for pid, model in state.model_pids().items():
-                owners[pid] = (state.target.name, state.target.engine, model)
-        return owners
-
     async def stop(self) -> None:
         self.running = False
         if self._host_task is not None:
             self._host_task.cancel()
         await asyncio.gather(*(p.stop() for p in self.pollers.values()), return_exceptions=True)
         self.pollers.clear()
-        for resource in self.shared.resources.values():
-            resource.close()  # e.g. nvmlShutdown, once per process
-        self.shared.resources.clear()
+        self.shared.close()
         if self.session is not None:
             await self.session.close()
-            self.session = None
+            self.session = self.shared.session = None
 
     async def poll_all_once(self) -> None:
         """--once: poll every target once (twice a short interval apart is not needed)."""
@@ -105,8 +95,7 @@ class Exporter:
 
     def _make_poller(self, target: TargetConfig, state: TargetState) -> Poller:
         source = source_for(target.engine)(target, self.shared)
-        fetcher = HttpFetcher(self.session, target) if source.needs_http and self.session else None
-        return Poller(source, state, fetcher, on_update=self.renderer.refresh)
+        return Poller(source, state, on_update=self.renderer.refresh)
 
     def _apply(self, config: Config) -> None:
         states: dict[str, TargetState] = {}

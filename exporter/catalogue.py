@@ -17,14 +17,20 @@ class MetricSpec:
     type: str           # gauge | counter | histogram | info
     help: str
     labels: tuple[str, ...] = ()   # labels besides target, engine, model and configured labels
+    never_negative: bool = False   # a gauge no engine can report below 0 (counters and ratios always are)
+
+    @property
+    def non_negative(self) -> bool:
+        """Values below 0 are hostile or broken: they are dropped (state.py)."""
+        return self.never_negative or self.type == "counter" or self.name.endswith("_ratio")
 
 
 # Per-model metrics that sources fill from engine payloads.
 ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("requests_running", "requests_running", "gauge",
-               "Requests currently being processed (in a batch slot)."),
+               "Requests currently being processed (in a batch slot).", never_negative=True),
     MetricSpec("requests_waiting", "requests_waiting", "gauge",
-               "Requests waiting for a batch slot."),
+               "Requests waiting for a batch slot.", never_negative=True),
     MetricSpec("requests_waiting_by_reason", "requests_waiting_by_reason", "gauge",
                "Requests waiting, by why they wait (vLLM 0.20+: capacity, deferred).", ("reason",)),
     MetricSpec("kv_cache_usage_ratio", "kv_cache_usage_ratio", "gauge",
@@ -212,7 +218,6 @@ INFO_METRICS: tuple[MetricSpec, ...] = (
 
 ALL_METRICS = ENGINE_METRICS + DERIVED_METRICS + LIFECYCLE_METRICS + TARGET_METRICS + GPU_METRICS + EXPORTER_METRICS + INFO_METRICS
 BY_KEY = {spec.key: spec for spec in ALL_METRICS}
-HISTOGRAM_KEYS = tuple(spec.key for spec in ENGINE_METRICS if spec.type == "histogram")
 
 
 def exposed_names(namespace: str, spec: MetricSpec) -> tuple[str, ...]:

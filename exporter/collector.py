@@ -15,6 +15,7 @@ produced any more.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import Callable, Iterable, Iterator
@@ -26,9 +27,12 @@ from . import __version__
 from .catalogue import ALL_METRICS, BY_KEY, MetricSpec
 from .derive.lifecycle import KIND_LOAD, KIND_START, ModelLifecycle
 from .observation import ModelState, Readiness
+from .join import Owners, owner_of, process_owners
+from .passthrough import RawFamily
 from .state import TargetState
 
-Sample = tuple[str, str, dict[str, str], float]  # (metric key, sample suffix, labels, value)
+Sample = tuple[str, str, dict[str, str], float]  # (family key, sample suffix, labels, value)
+PASSTHROUGH = "passthrough:"  # family keys of an engine's own families re-exposed (passthrough: true)
 ORDER = {spec.key: index for index, spec in enumerate(ALL_METRICS)}
 INFO_KEYS = frozenset(spec.key for spec in ALL_METRICS if spec.type == "info")
 
@@ -62,9 +66,10 @@ def exporter_samples(status: ExporterStatus) -> list[Sample]:
     return out
 
 
-def target_samples(state: TargetState) -> list[Sample]:
-    """Everything one target exposes now. Pure: reads the state, changes nothing."""
-    target = state.target
+def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
+    """Everything one target exposes now, pass-through included. Pure: reads the state, changes nothing.
+    `owners` (join.py) labels joinable series (GPU processes) with the engine target and model owning them."""
+    target, health, life, report = state.target, state.health, state.life, state.report
     base = {"target": target.name, "engine": target.engine, **dict(target.labels)}
     out: list[Sample] = []
 
@@ -72,32 +77,32 @@ def target_samples(state: TargetState) -> list[Sample]:
         if value is not None and not math.isnan(value) and key in BY_KEY:
             out.append((key, _suffix(BY_KEY[key]), labels, value))
 
-    put("up", base, 1.0 if state.up else 0.0)
-    put("ready", base, 1.0 if state.readiness is Readiness.READY else 0.0)
-    put("poll_duration", base, state.last_poll_duration)
-    put("last_success", base, state.last_success)
-    for reason, count in state.poll_errors.items():
+    put("up", base, 1.0 if health.up else 0.0)
+    put("ready", base, 1.0 if health.readiness is Readiness.READY else 0.0)
+    put("poll_duration", base, health.last_poll_duration)
+    put("last_success", base, health.last_success)
+    for reason, count in health.errors.items():
         put("poll_errors", {**base, "reason": reason.value}, float(count))
-    put("polls", base, float(state.polls))
-    put("engine_restarts", base, float(state.restarts))
-    put("series_dropped", base, float(state.series_dropped))
-    for metric, count in sorted(state.mapping_misses.items()):
+    put("polls", base, float(health.polls))
+    put("engine_restarts", base, float(life.restarts))
+    put("series_dropped", base, float(report.series_dropped))
+    for metric, count in sorted(report.mapping_misses.items()):
         put("mapping_misses", {**base, "metric": metric}, float(count))
-    for lifecycle in state.lifecycles.values():
-        out.extend(lifecycle_samples(lifecycle, {**base, "model": lifecycle.model}, state.model_states, state.up))
-    if state.process_start is not None:
-        put("engine_process_start_time", {**base, "basis": state.process_start[1]}, state.process_start[0])
-    if not state.up:
+    for lifecycle in life.lifecycles.values():
+        out.extend(lifecycle_samples(lifecycle, {**base, "model": lifecycle.model}, life.model_states, health.up))
+    if life.process_start is not None:
+        put("engine_process_start_time", {**base, "basis": life.process_start[1]}, life.process_start[0])
+    if not health.up:
         # The last poll failed: show no stale engine values (windows are kept for when it is back).
         return out
-    for endpoint, enabled in sorted(state.endpoints.items()):
+    for endpoint, enabled in sorted(life.endpoints.items()):
         put("endpoint_enabled", {**base, "endpoint": endpoint}, 1.0 if enabled else 0.0)
-    for info in state.info:
+    for info in report.info:
         if info.name in INFO_KEYS:
             put(info.name, {**base, **dict(info.labels)}, 1.0)
-    for series in state.series:
-        put(series.key, {**base, **dict(series.labels)}, series.value)
-    for model_name, model in state.models.items():
+    for series in report.series:
+        put(series.key, {**base, **dict(series.labels), **dict(owner_of(series, owners))}, series.value)
+    for model_name, model in report.models.items():
         labels = {**base, "model": model_name}
         sample = model.latest
         for (key, extra), value in sample.values.items():
@@ -109,7 +114,29 @@ def target_samples(state: TargetState) -> list[Sample]:
             out.append((key, "_sum", labels, hist.sum))
         for (key, extra), value in model.derived.items():
             put(key, {**labels, **dict(extra)}, value)
+    for family in report.passthrough:
+        key = PASSTHROUGH + family.name
+        out.extend((key, name[len(family.name):], {**dict(pairs), **base}, value)
+                   for name, pairs, value in family.samples)
     return out
+
+
+def passthrough_families(states: Iterable[TargetState]) -> dict[str, RawFamily]:
+    """Pass-through family key → its family (type and help for the headers)."""
+    return {PASSTHROUGH + family.name: family for state in states for family in state.report.passthrough}
+
+
+def family_header(namespace: str, key: str, raw: dict[str, RawFamily]) -> tuple[str, str, str] | None:
+    """(family name, type, help) of a sample key; None for a pass-through family that would shadow one of
+    the exporter's own families."""
+    spec = BY_KEY.get(key)
+    if spec is not None:
+        return f"{namespace}_{spec.name}", "gauge" if spec.type == "info" else spec.type, spec.help
+    family = raw[key]
+    name = f"{namespace}_{family.name}"
+    if name in _own_families(namespace):
+        return None
+    return name, family.kind, family.help
 
 
 def lifecycle_samples(lifecycle: ModelLifecycle, labels: dict[str, str], states: tuple[ModelState, ...],
@@ -136,8 +163,9 @@ def lifecycle_samples(lifecycle: ModelLifecycle, labels: dict[str, str], states:
     return out
 
 
-def family_name(namespace: str, key: str) -> str:
-    return f"{namespace}_{BY_KEY[key].name}"
+@functools.lru_cache(maxsize=8)
+def _own_families(namespace: str) -> frozenset[str]:
+    return frozenset(f"{namespace}_{spec.name}" for spec in ALL_METRICS)
 
 
 class ExporterCollector:
@@ -152,19 +180,27 @@ class ExporterCollector:
         return []  # families are dynamic; avoid a collect() at registration time
 
     def collect(self) -> Iterator[Metric]:
+        states = list(self.states())
+        owners = process_owners(states)
+        raw = passthrough_families(states)
         families: dict[str, Metric] = {}
         samples = exporter_samples(self.status)
-        for state in list(self.states()):
-            samples.extend(target_samples(state))
+        for state in states:
+            samples.extend(target_samples(state, owners))
         for key, suffix, labels, value in samples:
             metric = families.get(key)
             if metric is None:
-                spec = BY_KEY[key]
-                metric = families[key] = Metric(family_name(self.namespace, key), spec.help,
-                                                "gauge" if spec.type == "info" else spec.type)
+                header = family_header(self.namespace, key, raw)
+                if header is None:
+                    continue
+                metric = families[key] = Metric(header[0], header[2], header[1])
             metric.add_sample(metric.name + suffix, labels, value)
-        for key in sorted(families, key=ORDER.__getitem__):
+        for key in sorted(families, key=_order):
             yield families[key]
+
+
+def _order(key: str) -> tuple[int, str]:
+    return ORDER.get(key, len(ORDER)), key
 
 
 def _escape(value: str) -> str:
@@ -179,35 +215,39 @@ def _line(name: str, labels: dict[str, str], value: float) -> str:
 
 
 class TextRenderer:
-    """Text format 0.0.4, with each target's lines cached (as bytes, per family) until its state changes."""
+    """Text format 0.0.4 from the same sample stream, with each target's lines cached (as bytes, per
+    family) until its state changes (or, for joinable series, the owners they were joined with)."""
 
     def __init__(self, namespace: str, states: Callable[[], Iterable[TargetState]], status: ExporterStatus):
         self.namespace = namespace
         self.states = states
         self.status = status
-        self._cache: dict[str, tuple[int, str, dict[str, bytes]]] = {}  # target → (version, namespace, lines)
-        self._raw_headers: dict[str, tuple[str, str]] = {}  # pass-through family → (type, help)
+        # target → (version, namespace, owners used or None, lines per family key)
+        self._cache: dict[str, tuple[int, str, Owners | None, dict[str, bytes]]] = {}
 
     def refresh(self, state: TargetState) -> None:
         """Render a target's lines now (called right after its poll), so scrapes only join bytes."""
-        self._target_lines(state)
+        self._target_lines(state, lambda: process_owners(self.states()))
 
-    def _target_lines(self, state: TargetState) -> dict[str, bytes]:
+    def _target_lines(self, state: TargetState, owners_of: Callable[[], Owners]) -> dict[str, bytes]:
+        joins = any(series.join_pids for series in state.report.series)
+        owners = owners_of() if joins else {}
         cached = self._cache.get(state.target.name)
-        if cached is not None and cached[0] == state.version and cached[1] == self.namespace:
-            return cached[2]
+        if cached is not None and cached[0] == state.version and cached[1] == self.namespace \
+                and (not joins or cached[2] == owners):
+            return cached[3]
+        raw = {PASSTHROUGH + f.name: f for f in state.report.passthrough}
         lines: dict[str, list[str]] = {}
-        for key, suffix, labels, value in target_samples(state):
-            lines.setdefault(key, []).append(_line(family_name(self.namespace, key) + suffix, labels, value))
-        for family in state.passthrough if state.up else ():
-            key = "passthrough:" + family.name
-            self._raw_headers[key] = (family.kind, family.help)
-            base = {"target": state.target.name, "engine": state.target.engine, **dict(state.target.labels)}
-            lines.setdefault(key, []).extend(
-                _line(f"{self.namespace}_{name}", {**dict(labels), **base}, value)
-                for name, labels, value in family.samples)
+        names: dict[str, str | None] = {}
+        for key, suffix, labels, value in target_samples(state, owners):
+            if key not in names:
+                header = family_header(self.namespace, key, raw)
+                names[key] = header[0] if header is not None else None
+            name = names[key]
+            if name is not None:
+                lines.setdefault(key, []).append(_line(name + suffix, labels, value))
         joined = {key: "".join(parts).encode("utf-8") for key, parts in lines.items()}
-        self._cache[state.target.name] = (state.version, self.namespace, joined)
+        self._cache[state.target.name] = (state.version, self.namespace, owners if joins else None, joined)
         return joined
 
     def render(self) -> bytes:
@@ -216,37 +256,30 @@ class TextRenderer:
         self.status.render_seconds = time.perf_counter() - started
         return body
 
-    def _header(self, key: str) -> bytes | None:
-        if key in BY_KEY:
-            spec = BY_KEY[key]
-            name = family_name(self.namespace, key) + ("_total" if spec.type == "counter" else "")
-            kind = "gauge" if spec.type == "info" else spec.type
-            help_text = spec.help.replace("\\", r"\\").replace("\n", r"\n")
-        else:  # an engine family passed through as it is
-            kind, help_text = self._raw_headers.get(key, ("untyped", ""))
-            name = f"{self.namespace}_{key.split(':', 1)[1]}"
-            if any(name == f"{self.namespace}_{spec.name}" for spec in ALL_METRICS):
-                return None  # never shadow one of the exporter's own families
-            # HELP text is passed on as it came (still escaped as on the wire; one line)
-        return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode("utf-8")
-
     def _render(self) -> bytes:
+        states = list(self.states())
+        owners = process_owners(states)
+        raw = passthrough_families(states)
         own: dict[str, list[str]] = {}
         for key, suffix, labels, value in exporter_samples(self.status):
-            own.setdefault(key, []).append(_line(family_name(self.namespace, key) + suffix, labels, value))
+            own.setdefault(key, []).append(_line(f"{self.namespace}_{BY_KEY[key].name}" + suffix, labels, value))
         exporter_lines = {key: "".join(parts).encode("utf-8") for key, parts in own.items()}
-        states = list(self.states())
-        per_target = [exporter_lines] + [self._target_lines(state) for state in states]
+        per_target = [exporter_lines] + [self._target_lines(state, lambda: owners) for state in states]
         live = {state.target.name for state in states}
         for name in [n for n in self._cache if n not in live]:
             del self._cache[name]  # targets removed by a reload
         keys: set[str] = set()
         keys.update(*per_target)
         out: list[bytes] = []
-        for key in sorted(keys, key=lambda k: (ORDER.get(k, len(ORDER)), k)):
-            header = self._header(key)
+        for key in sorted(keys, key=_order):
+            header = family_header(self.namespace, key, raw)
             if header is None:
                 continue
-            out.append(header)
+            name, kind, help_text = header
+            if key in BY_KEY:  # the exporter's own: counters named with _total, HELP escaped
+                name += "_total" if kind == "counter" else ""
+                help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
+            # a pass-through family keeps the engine's name and HELP (still escaped as on the wire)
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode("utf-8"))
             out.extend([chunk for chunk in [lines.get(key) for lines in per_target] if chunk is not None])
         return b"".join(out)

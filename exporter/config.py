@@ -13,12 +13,11 @@ import os
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
 import yaml
 
-ENGINES = ("llamacpp", "vllm", "nvml", "sglang", "tgi", "auto")
 RESERVED_LABELS = frozenset({"target", "engine", "model", "job", "instance", "le", "quantile"})
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 NAMESPACE_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -324,12 +323,21 @@ def _int(value: Any) -> int:
     return number
 
 
-def _engine(value: Any) -> str:
+def registered_engines() -> dict[str, bool]:
+    """engine name → whether it needs a `url`, from the sources' registry. Imported here, not at module
+    level, because every source imports this module (for TargetConfig)."""
+    from .sources import url_required
+
+    return url_required()
+
+
+def _engine(value: Any, engines: Mapping[str, bool]) -> str:
     engine = _string(value)
-    if engine not in ENGINES:
-        hint = _close_match(engine, ENGINES, 0.5)
+    if engine not in engines:
+        names = sorted(engines)
+        hint = _close_match(engine, names, 0.5)
         raise ValueError(f"unknown engine {engine!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; known engines: {', '.join(ENGINES)}")
+                         + f"; known engines: {', '.join(names)}")
     return engine
 
 
@@ -372,7 +380,9 @@ def _regex(value: Any) -> str:
     return text
 
 
-def build_config(data: Any, doc: _Doc) -> Config:
+def build_config(data: Any, doc: _Doc, engines: Mapping[str, bool] | None = None) -> Config:
+    """`engines`: engine name → whether it needs a url (default: the registered sources)."""
+    engines = registered_engines() if engines is None else engines
     v = _Validator(doc)
     top = v.mapping(data, (), _TOP_KEYS)
     listen = v.field(top, "listen", (), _listen, DEFAULT_LISTEN)
@@ -402,8 +412,11 @@ def build_config(data: Any, doc: _Doc) -> Config:
         if name in seen:
             raise doc.error(f"duplicate target name {name!r} (first at targets[{seen[name]}])", path + ("name",))
         seen[name] = index
-        engine = v.field(t, "engine", path, _engine, required=True)
-        url = v.field(t, "url", path, lambda x: validate_url(_string(x)), required=engine != "nvml")
+        engine = v.field(t, "engine", path, lambda x: _engine(x, engines), required=True)
+        if not engines[engine] and t.get("url") is not None:
+            raise doc.error(f"url is not used by engine {engine} (it polls no HTTP endpoint): remove it",
+                            path + ("url",))
+        url = v.field(t, "url", path, lambda x: validate_url(_string(x)), required=engines[engine])
         interval = v.field(t, "interval", path, parse_duration, defaults.interval)
         timeout = v.field(t, "timeout", path, parse_duration, min(defaults.timeout, interval))
         if timeout > interval:

@@ -22,7 +22,7 @@ from .catalogue import (
     MetricSpec,
     exposed_names,
 )
-from .sources import llamacpp, sglang, tgi, vllm
+from .sources import REGISTRY
 from .sources.mapping import Feed
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
@@ -65,11 +65,35 @@ def blocks() -> dict[str, str]:
         "gpu-metrics": _table(GPU_METRICS, "target, engine"),
         "info-metrics": _table(INFO_METRICS, "target, engine"),
         "exporter-metrics": _table(EXPORTER_METRICS, ""),
-        "llamacpp-mapping": _mapping_table(llamacpp.MAPPING, "(none: one model)"),
-        "vllm-mapping": _mapping_table(vllm.MAPPING, vllm.MODEL_LABEL),
-        "sglang-mapping": _mapping_table(sglang.MAPPING, sglang.MODEL_LABEL),
-        "tgi-mapping": _mapping_table(tgi.MAPPING, "(none: model from /info)"),
+        "engine-list": _engine_list(),
+        "engine-mappings": _engine_sections(),
     }
+
+
+def _engine_list() -> str:
+    """One row per registered engine: its `engine:` value and what it needs."""
+    rows = ["| `engine:` | engine | polls | auto-detected by |", "|---|---|---|---|"]
+    for engine, source in sorted(REGISTRY.items()):
+        polls = "HTTP (`url`)" if source.needs_url else "local (no `url`)"
+        hints = [f"`{source.metrics_prefix}` families" if source.metrics_prefix else "",
+                 f"`{source.detect_probe[0]}` answering `{source.detect_probe[1]}`" if source.detect_probe else ""]
+        rows.append(f"| `{engine}` | {source.title or engine} | {polls} | {', '.join(h for h in hints if h) or '—'} |")
+    return "\n".join(rows)
+
+
+def _engine_sections() -> str:
+    """For every registered engine with a mapping table: its table and its own notes (the source's `docs`)."""
+    parts = []
+    for engine, source in sorted(REGISTRY.items()):
+        if not source.mapping:
+            continue
+        label = f"`{source.model_label}`" if source.model_label and not source.model_label.startswith("(") \
+            else source.model_label or "(none: one model)"
+        parts += [f"### {source.title or engine} (`engine: {engine}`)", "",
+                  _mapping_table(source.mapping, label.strip("`")), ""]
+        if source.docs:
+            parts += [source.docs, ""]
+    return "\n".join(parts).rstrip("\n")
 
 
 def render(text: str) -> str:

@@ -135,6 +135,9 @@ class SeriesSample:
     key: str
     labels: LabelPairs
     value: float
+    # A GPU process's pid and its parents: the join stage labels the series with the engine target and
+    # model that owns the first of them it knows (exporter/join.py).
+    join_pids: tuple[int, ...] = ()
 
 
 @dataclass
@@ -158,8 +161,8 @@ class Observation:
     # Conditions worth one log line when they first appear (e.g. "/slots disabled").
     notices: tuple[str, ...] = ()
     series: list[SeriesSample] = field(default_factory=list)
-    # The engine's own families, when the target asks for pass-through (RawFamily objects).
-    passthrough: list = field(default_factory=list)
+    # The engine's own /metrics text, when the target asks for pass-through (exporter/passthrough.py).
+    passthrough_text: str | None = None
     # Unified metrics for which the target answered without any known upstream family.
     mapping_misses: tuple[str, ...] = ()
     # Series that the source dropped because of the per-target cardinality cap.

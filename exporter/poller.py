@@ -22,8 +22,8 @@ from tenacity import (
 )
 
 from .observation import Observation, PollError, Reason
-from .sources.base import HttpFetcher, Source, TransientPollError
-from .state import TargetState
+from .sources.base import Source, TransientPollError
+from .state import PollEvents, TargetState
 
 log = logging.getLogger("llm_exporter.poller")
 
@@ -55,11 +55,11 @@ class ChangeLog:
         log.log(level, message, *args)
 
 
-async def poll_once(source: Source, fetcher: HttpFetcher | None, timeout: float) -> Observation:
+async def poll_once(source: Source, timeout: float) -> Observation:
     """Collect one observation within `timeout` seconds, retrying transient failures."""
     deadline = time.monotonic() + timeout
 
-    def budget_left(retry_state: object) -> bool:
+    def budget_left(retry_state: RetryCallState) -> bool:
         return time.monotonic() + 0.1 >= deadline
 
     retrying = AsyncRetrying(
@@ -72,18 +72,16 @@ async def poll_once(source: Source, fetcher: HttpFetcher | None, timeout: float)
         async with asyncio.timeout(timeout):
             async for attempt in retrying:
                 with attempt:
-                    return await source.collect(fetcher, time.time())
+                    return await source.collect()
     except TimeoutError:
         raise PollError(Reason.TIMEOUT, f"poll did not finish within {timeout:g}s") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 class Poller:
-    def __init__(self, source: Source, state: TargetState, fetcher: HttpFetcher | None,
-                 on_update: Callable[[TargetState], None] | None = None):
+    def __init__(self, source: Source, state: TargetState, on_update: Callable[[TargetState], None] | None = None):
         self.source = source
         self.state = state
-        self.fetcher = fetcher
         self.on_update = on_update  # e.g. pre-render the target's exposition
         self.changes = ChangeLog()
         self.task: asyncio.Task[None] | None = None
@@ -130,35 +128,35 @@ class Poller:
         target = self.state.target
         started = time.monotonic()
         try:
-            observation = await poll_once(self.source, self.fetcher, target.timeout)
+            observation = await poll_once(self.source, target.timeout)
         except asyncio.CancelledError:
             raise
         except PollError as error:
-            duration = time.monotonic() - started
-            if self.state.record_failure(error, time.time(), duration):
+            events = self.state.record_failure(error, time.time(), time.monotonic() - started)
+            if events.went_down:
                 self.changes.emit(logging.WARNING, "target %s (%s) down: %s: %s", target.name, target.engine,
                                   error.reason.value, error)
         except Exception as error:  # a bug in a source must not kill the poller
-            duration = time.monotonic() - started
             wrapped = PollError(Reason.OTHER, f"internal error: {type(error).__name__}: {error}")
-            if self.state.record_failure(wrapped, time.time(), duration):
+            if self.state.record_failure(wrapped, time.time(), time.monotonic() - started).went_down:
                 log.exception("target %s (%s): unexpected error while polling", target.name, target.engine)
         else:
-            duration = time.monotonic() - started
-            was_up = self.state.up
-            previous_readiness = self.state.readiness
-            notices, loads = self.state.record_success(observation, time.time(), duration)
-            if not was_up:
-                self.changes.emit(logging.INFO, "target %s (%s) up (%s)", target.name, target.engine,
-                                  self.state.readiness.value if self.state.readiness else "?")
-            elif previous_readiness is not self.state.readiness and self.state.readiness is not None:
-                log.info("target %s (%s) is %s", target.name, target.engine, self.state.readiness.value)
-            for notice in notices:
-                log.warning("target %s (%s): %s", target.name, target.engine, notice)
-            for model, load in loads:
-                if load.seconds is None:
-                    log.info("target %s (%s): model %s ready (%s; duration unknown)", target.name, target.engine,
-                             model or "?", load.kind)
-                else:
-                    log.info("target %s (%s): model %s ready (%s) after %.2fs (basis %s)", target.name,
-                             target.engine, model or "?", load.kind, load.seconds, load.basis)
+            events = self.state.record_success(observation, time.time(), time.monotonic() - started)
+            self._log(events)
+
+    def _log(self, events: PollEvents) -> None:
+        target = self.state.target
+        readiness = self.state.health.readiness.value if self.state.health.readiness else "?"
+        if events.came_up:
+            self.changes.emit(logging.INFO, "target %s (%s) up (%s)", target.name, target.engine, readiness)
+        elif events.readiness_changed:
+            log.info("target %s (%s) is %s", target.name, target.engine, readiness)
+        for notice in events.notices:
+            log.warning("target %s (%s): %s", target.name, target.engine, notice)
+        for model, load in events.loads:
+            if load.seconds is None:
+                log.info("target %s (%s): model %s ready (%s; duration unknown)", target.name, target.engine,
+                         model or "?", load.kind)
+            else:
+                log.info("target %s (%s): model %s ready (%s) after %.2fs (basis %s)", target.name,
+                         target.engine, model or "?", load.kind, load.seconds, load.basis)

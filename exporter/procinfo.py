@@ -38,17 +38,34 @@ def boot_relative_to_unix(seconds_since_boot: float, clock: int = time.CLOCK_BOO
 
 
 def process_start(pid: int) -> ProcessInfo | None:
-    stat = _read(f"/proc/{pid}/stat", 4096)
-    if not stat:
-        return None
-    # comm may contain spaces and parentheses: fields resume after the last ')'.
+    fields = _stat_fields(pid)
     try:
-        fields = stat[stat.rindex(b")") + 2:].split()
-        ticks = int(fields[19])  # field 22 of stat: starttime
+        ticks = int(fields[19]) if fields else None  # field 22 of stat: starttime
     except (ValueError, IndexError):
+        return None
+    if ticks is None:
         return None
     since_boot = ticks / _CLK_TCK
     return ProcessInfo(pid, boot_relative_to_unix(since_boot), since_boot)
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat's fields after the command name (which may hold spaces and parentheses)."""
+    stat = _read(f"/proc/{pid}/stat", 4096)
+    if not stat:
+        return None
+    try:
+        return stat[stat.rindex(b")") + 2:].split()
+    except ValueError:
+        return None
+
+
+def parent_pid(pid: int) -> int | None:
+    fields = _stat_fields(pid)
+    try:
+        return int(fields[1]) if fields else None
+    except (ValueError, IndexError):
+        return None
 
 
 def _matches(pid: int, match: ProcessMatch, pattern: re.Pattern[str] | None) -> bool:

@@ -83,10 +83,11 @@ async def landing(request: web.Request) -> web.Response:
     rows = []
     for state in exporter.states.values():
         target = state.target
-        status = ("up" if state.up else "down") + (f", {state.readiness.value}" if state.readiness else "")
-        error = f"{state.last_error[0].value}: {state.last_error[1]}" if state.last_error else ""
+        health = state.health
+        status = ("up" if health.up else "down") + (f", {health.readiness.value}" if health.readiness else "")
+        error = f"{health.last_error[0].value}: {health.last_error[1]}" if health.last_error else ""
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
-            target.name, target.engine, target.url or "local", status, _age(state.last_success), error)) + "</tr>")
+            target.name, target.engine, target.url or "local", status, _age(health.last_success), error)) + "</tr>")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>llm-exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}

@@ -1,24 +1,28 @@
-"""Per-target state: the latest observation plus everything derived from the history of them.
+"""Per-target state, split by concern, and the rules that apply one poll's observation to it.
 
-Pollers write here (one writer per target); the collector only reads. All the
-maths lives in exporter/derive; this module decides *when* to apply it
-(restarts reseed windows, vanished models are dropped, the series cap holds).
+- `PollHealth`: did the polls work (up, errors by reason, durations, readiness);
+- `EngineLife`: the engine process and its models' lifecycles (restarts, process start, load timers);
+- `EngineReport`: what the engine reported (per-model values and windows, info, target series).
+
+Pollers write here (one writer per target); the collector only reads. The maths lives in
+exporter/derive; this module decides *when* to apply it (restarts reseed windows, vanished models
+are dropped, the series cap holds). `record_success`/`record_failure` return what changed
+(`PollEvents`), which the poller logs.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass, field
 
 from .catalogue import BY_KEY
 from .config import TargetConfig
 from .derive.lifecycle import KIND_LOAD, KIND_START, LoadRecord, ModelLifecycle
-from .derive.maths import counter_delta, histogram_is_valid, rate, ratio_of_deltas
+from .derive.maths import histogram_is_valid
 from .derive.queue_estimate import QueueWaitEstimator
 from .derive.window import SlidingWindow
+from .derive.windowed import Snapshot, snapshot, windowed_values
 from .observation import (
-    Histogram,
     InfoSample,
     LabelPairs,
     ModelSample,
@@ -29,27 +33,51 @@ from .observation import (
     Reason,
     SeriesSample,
 )
-
-log = logging.getLogger("llm_exporter.state")
-
-RATIO_PAIRS = (("kv_cache_hit_tokens", "kv_cache_query_tokens", "tokens"),
-               ("kv_cache_hit_blocks", "kv_cache_query_blocks", "blocks"))
-RATE_KEYS = (("prompt_tokens", "prompt_tokens_rate"), ("generation_tokens", "generation_tokens_rate"))
+from .passthrough import RawFamily, families
 
 
-# What the windowed derivations read from a sample; windows keep only this (a few floats per poll),
-# not whole samples with their histograms.
-WINDOW_COUNTERS = ("kv_cache_hit_tokens", "kv_cache_query_tokens", "kv_cache_hit_blocks", "kv_cache_query_blocks",
-                   "prompt_tokens", "generation_tokens")
-Snapshot = dict[str, float]
+@dataclass
+class PollEvents:
+    """What one poll changed, for the poller's log lines."""
+
+    came_up: bool = False             # the previous poll had failed (or there was none)
+    went_down: bool = False           # a failure that is news: first one, or a new reason
+    readiness_changed: bool = False
+    restarted: bool = False
+    notices: list[str] = field(default_factory=list)              # engine conditions seen for the first time
+    loads: list[tuple[str, LoadRecord]] = field(default_factory=list)  # (model, load) completed this poll
 
 
-def snapshot(sample: ModelSample) -> Snapshot:
-    snap = {key: value for key in WINDOW_COUNTERS if (value := sample.get(key)) is not None}
-    queue = sample.histograms.get("token_queue_latency")
-    if queue is not None:
-        snap["queue_sum"], snap["queue_count"] = queue.sum, queue.count
-    return snap
+@dataclass
+class PollHealth:
+    up: bool = False
+    readiness: Readiness | None = None
+    polls: int = 0
+    last_poll_duration: float | None = None
+    last_success: float | None = None
+    last_error: tuple[Reason, str] | None = None
+    errors: dict[Reason, int] = field(default_factory=lambda: {reason: 0 for reason in Reason})
+
+
+@dataclass
+class EngineLife:
+    restarts: int = 0
+    instance_id: str | None = None                   # identifies one engine process life
+    process_start: tuple[float, str] | None = None   # (Unix time, basis)
+    process_pid: int | None = None
+    endpoints: dict[str, bool] = field(default_factory=dict)
+    notices_seen: set[str] = field(default_factory=set)
+    # Model lifecycles by slot ("" for a single-model engine's model, else the router's model id).
+    lifecycles: dict[str, ModelLifecycle] = field(default_factory=dict)
+    model_states: tuple[ModelState, ...] = ()        # the states the engine can report
+    last_refused: float | None = None                # the last poll that found nothing listening
+
+    def model_pids(self, models: dict[str, ModelValues]) -> dict[int, str]:
+        """Engine processes the exporter found: pid → the model it serves."""
+        pids = {life.pid: life.model for life in self.lifecycles.values() if life.pid is not None}
+        if self.process_pid is not None and self.process_pid not in pids:
+            pids[self.process_pid] = next(iter(models), "")
+        return pids
 
 
 @dataclass
@@ -59,18 +87,30 @@ class ModelValues:
     derived: dict[tuple[str, LabelPairs], float] = field(default_factory=dict)
 
 
+@dataclass
+class EngineReport:
+    models: dict[str, ModelValues] = field(default_factory=dict)
+    info: list[InfoSample] = field(default_factory=list)
+    series: list[SeriesSample] = field(default_factory=list)
+    passthrough: list[RawFamily] = field(default_factory=list)
+    mapping_misses: dict[str, int] = field(default_factory=dict)
+    series_dropped: int = 0
+    estimators: dict[str, QueueWaitEstimator] = field(default_factory=dict)
+    # Last sample per model, kept across loading/down gaps to spot counters that went back.
+    previous: dict[str, ModelSample] = field(default_factory=dict)
+
+    def clear_exposed(self) -> None:
+        """Nothing to show now (a failed poll, a loading engine); windows and history are kept."""
+        self.models.clear()
+        self.series = []
+        self.passthrough = []
+
+
 def sanitise(sample: ModelSample) -> None:
-    """Drop values no engine should send: non-finite numbers, negative counters or ratios."""
-    for key in [k for k, v in sample.values.items() if not _plausible(BY_KEY[k[0]].type, k[0], v)]:
+    """Drop values no engine should send: non-finite numbers, negative counters, ratios and counts."""
+    for key in [k for k, v in sample.values.items()
+                if not math.isfinite(v) or (v < 0 and BY_KEY[k[0]].non_negative)]:
         del sample.values[key]
-
-
-def _plausible(kind: str, key: str, value: float) -> bool:
-    if not math.isfinite(value):
-        return False
-    if kind == "counter" or key.endswith("_ratio") or key in ("requests_running", "requests_waiting"):
-        return value >= 0
-    return True
 
 
 def went_backwards(previous: ModelSample, current: ModelSample) -> bool:
@@ -80,179 +120,137 @@ def went_backwards(previous: ModelSample, current: ModelSample) -> bool:
             before = previous.values.get(key)
             if before is not None and value < before:
                 return True
-    for key, hist in current.histograms.items():
-        before_hist = previous.histograms.get(key)
+    for hist_key, hist in current.histograms.items():
+        before_hist = previous.histograms.get(hist_key)
         if before_hist is not None and hist.count < before_hist.count:
             return True
     return False
 
 
-def derive(window: SlidingWindow[Snapshot]) -> dict[tuple[str, LabelPairs], float]:
-    """Windowed values from the first and last snapshot of a model's window."""
-    first, last = window.first(), window.last()
-    if first is None or last is None or first is last:
-        return {}
-    (t0, s0), (t1, s1) = first, last
-    out: dict[tuple[str, LabelPairs], float] = {}
-    for hits, queries, unit in RATIO_PAIRS:
-        ratio = ratio_of_deltas(counter_delta(s0.get(hits), s1.get(hits)),
-                                counter_delta(s0.get(queries), s1.get(queries)))
-        if ratio is not None:
-            out[("kv_cache_hit_ratio", (("unit", unit),))] = ratio
-    queue_count = counter_delta(s0.get("queue_count"), s1.get("queue_count"))
-    queue_sum = counter_delta(s0.get("queue_sum"), s1.get("queue_sum"))
-    if queue_count and queue_sum is not None:
-        out[("token_queue_latency_mean", ())] = queue_sum / queue_count
-    for counter, rate_key in RATE_KEYS:
-        value = rate(counter_delta(s0.get(counter), s1.get(counter)), t1 - t0)
-        if value is not None:
-            out[(rate_key, ())] = value
-    return out
-
-
 class TargetState:
     def __init__(self, target: TargetConfig):
         self.target = target
-        self.up = False
-        self.readiness: Readiness | None = None
-        self.last_poll_duration: float | None = None
-        self.last_success: float | None = None
-        self.last_error: tuple[Reason, str] | None = None
-        self.poll_errors: dict[Reason, int] = {reason: 0 for reason in Reason}
-        self.restarts = 0
-        self.polls = 0
         self.version = 0  # changes whenever anything exposed may have changed (renderers cache on it)
-        self.series_dropped = 0
-        self.mapping_misses: dict[str, int] = {}
-        self.models: dict[str, ModelValues] = {}
-        self.info: list[InfoSample] = []
-        self.series: list[SeriesSample] = []
-        self.passthrough: list = []
-        self.process_pid: int | None = None
-        self.endpoints: dict[str, bool] = {}
-        # Model lifecycles by slot ("" for a single-model engine's model, else the router's model id).
-        self.lifecycles: dict[str, ModelLifecycle] = {}
-        self.model_states: tuple[ModelState, ...] = ()  # the states the engine can report
-        self.last_refused: float | None = None  # the last poll that found nothing listening
-        self.instance_id: str | None = None
-        self.process_start: tuple[float, str] | None = None
-        self.notices_seen: set[str] = set()
-        self.estimators: dict[str, QueueWaitEstimator] = {}
-        # Last sample per model, kept across loading/down gaps to spot counters that went back.
-        self.previous: dict[str, ModelSample] = {}
+        self.health = PollHealth()
+        self.life = EngineLife()
+        self.report = EngineReport()
 
     def retarget(self, target: TargetConfig) -> None:
         """Config reload with the same name and engine: keep history, take new settings."""
         self.target = target
-        for model in self.models.values():
+        for model in self.report.models.values():
             model.window.seconds = target.window
 
     def model_pids(self) -> dict[int, str]:
-        """Engine processes the exporter found: pid → the model it serves."""
-        pids = {lifecycle.pid: lifecycle.model for lifecycle in self.lifecycles.values()
-                if lifecycle.pid is not None}
-        if self.process_pid is not None and self.process_pid not in pids:
-            pids[self.process_pid] = next(iter(self.models), "")
-        return pids
+        return self.life.model_pids(self.report.models)
 
     # ------------------------------------------------------------------ writes
 
-    def record_failure(self, error: PollError, now: float, duration: float) -> bool:
-        """Returns True when this failure is news (worth one log line)."""
-        news = self.up or self.last_error is None or self.last_error[0] != error.reason
-        self.polls += 1
+    def record_failure(self, error: PollError, now: float, duration: float) -> PollEvents:
+        health = self.health
+        events = PollEvents(went_down=health.up or health.last_error is None or health.last_error[0] != error.reason)
+        health.polls += 1
         self.version += 1
-        self.up = False
-        self.series = []
-        self.passthrough = []
-        self.last_poll_duration = duration
-        self.last_error = (error.reason, str(error))
-        self.poll_errors[error.reason] += 1
+        health.up = False
+        self.report.series = []
+        self.report.passthrough = []
+        health.last_poll_duration = duration
+        health.last_error = (error.reason, str(error))
+        health.errors[error.reason] += 1
         if error.reason is Reason.CONNECT:
             # Nothing listening: the engine is down or not started yet (vLLM while loading).
-            self.readiness = Readiness.DOWN
-            self.last_refused = now
-            for lifecycle in self.lifecycles.values():
+            events.readiness_changed = health.readiness is not Readiness.DOWN
+            health.readiness = Readiness.DOWN
+            self.life.last_refused = now
+            for lifecycle in self.life.lifecycles.values():
                 lifecycle.gone(now)
-        return news
+        return events
 
-    def record_success(self, obs: Observation, now: float, duration: float) -> tuple[list[str], list[tuple[str, LoadRecord]]]:
-        """Apply one observation. Returns new notices worth one log line each, and the model loads it
-        completed (each with the model it loaded in `model`)."""
-        recovered = not self.up
-        self.polls += 1
+    def record_success(self, obs: Observation, now: float, duration: float) -> PollEvents:
+        """Apply one observation; returns what changed."""
+        health, life, report = self.health, self.life, self.report
+        events = PollEvents(came_up=not health.up, readiness_changed=health.readiness is not obs.readiness)
+        health.polls += 1
         self.version += 1
-        self.up = True
-        self.last_poll_duration = duration
-        self.last_success = now
-        if recovered:
-            self.last_error = None
-        new_notices = [n for n in obs.notices if n not in self.notices_seen]
-        self.notices_seen.update(new_notices)
-        self.endpoints = dict(obs.endpoints)
+        health.up = True
+        health.last_poll_duration = duration
+        health.last_success = now
+        if events.came_up:
+            health.last_error = None
+        events.notices = [n for n in obs.notices if n not in life.notices_seen]
+        life.notices_seen.update(events.notices)
+        life.endpoints = dict(obs.endpoints)
         if obs.process_start_time is not None:
-            self.process_start = (obs.process_start_time, obs.process_start_basis or "unknown")
-        self.process_pid = obs.process_pid
+            life.process_start = (obs.process_start_time, obs.process_start_basis or "unknown")
+        life.process_pid = obs.process_pid
 
-        restarted = self._detect_restart(obs)
-        if restarted:
-            self.restarts += 1
-            for lifecycle in self.lifecycles.values():
+        if self._detect_restart(obs):
+            events.restarted = True
+            life.restarts += 1
+            for lifecycle in life.lifecycles.values():
                 lifecycle.restarted()
-            for model in self.models.values():
+            for model in report.models.values():
                 model.window.reseed()
-            for estimator in self.estimators.values():
+            for estimator in report.estimators.values():
                 estimator.reseed()
-            new_notices.append("engine restart detected: windows reseeded")
+            events.notices.append("engine restart detected: windows reseeded")
         if obs.instance_id is not None:
-            self.instance_id = obs.instance_id
+            life.instance_id = obs.instance_id
 
-        self.readiness = obs.readiness
-        loads = self._apply_lifecycle(obs, now)
+        health.readiness = obs.readiness
+        events.loads = self._apply_lifecycle(obs, now)
         if obs.readiness is not Readiness.READY:
-            # Loading or dead: there are no model values to show, and windows must not
-            # bridge across the gap.
-            self.models.clear()
-            self.series = []
-            self.passthrough = []
-            return new_notices, loads
+            # Loading or dead: there are no model values to show, and windows must not bridge the gap.
+            report.clear_exposed()
+            return events
 
-        self.info = obs.info
-        self.passthrough = obs.passthrough
+        report.info = obs.info
+        report.passthrough = self._passthrough(obs)
         for metric in obs.mapping_misses:
-            self.mapping_misses[metric] = self.mapping_misses.get(metric, 0) + 1
-        self.series = obs.series[: self.target.max_series]
-        self.series_dropped += len(obs.series) - len(self.series)
+            report.mapping_misses[metric] = report.mapping_misses.get(metric, 0) + 1
+        report.series = obs.series[: self.target.max_series]
+        report.series_dropped += len(obs.series) - len(report.series)
         self._apply_models(obs, now)
-        return new_notices, loads
+        return events
+
+    def _passthrough(self, obs: Observation) -> list[RawFamily]:
+        if obs.passthrough_text is None:
+            return []
+        reserved = frozenset({"target", "engine", "model", *dict(self.target.labels)})
+        kept, dropped = families(obs.passthrough_text, reserved, self.target.max_series)
+        self.report.series_dropped += dropped
+        return kept
 
     def _apply_lifecycle(self, obs: Observation, now: float) -> list[tuple[str, LoadRecord]]:
+        life = self.life
         loads: list[tuple[str, LoadRecord]] = []
         if not obs.lifecycle:
             return loads
-        self.model_states = obs.model_states
+        life.model_states = obs.model_states
         kept: dict[str, ModelLifecycle] = {}
         for slot, status in obs.lifecycle.items():
-            lifecycle = self.lifecycles.get(slot)
+            lifecycle = life.lifecycles.get(slot)
             if lifecycle is None:
                 lifecycle = ModelLifecycle(KIND_START if slot == "" else KIND_LOAD)
-                if slot == "" and self.last_refused is not None:
-                    lifecycle.gone(self.last_refused)  # seen not running: what comes next is a start
+                if slot == "" and life.last_refused is not None:
+                    lifecycle.gone(life.last_refused)  # seen not running: what comes next is a start
             loads.extend((lifecycle.model, load) for load in lifecycle.observe(now, status))
             kept[slot] = lifecycle
-        self.lifecycles = kept  # models no longer listed by the engine are forgotten
+        life.lifecycles = kept  # models no longer listed by the engine are forgotten
         return loads
 
     def _detect_restart(self, obs: Observation) -> bool:
-        if obs.instance_id is not None and self.instance_id is not None and obs.instance_id != self.instance_id:
+        life = self.life
+        if obs.instance_id is not None and life.instance_id is not None and obs.instance_id != life.instance_id:
             return True
         for name, sample in obs.models.items():
-            previous = self.previous.get(name)
+            previous = self.report.previous.get(name)
             if previous is not None and went_backwards(previous, sample):
                 return True
         return False
 
     def _apply_models(self, obs: Observation, now: float) -> None:
+        report = self.report
         budget = self.target.max_series
         kept: dict[str, ModelValues] = {}
         for name in sorted(obs.models):
@@ -263,25 +261,21 @@ class TargetState:
                     del sample.histograms[key]  # hostile or broken: expose nothing rather than nonsense
             probe = obs.queue_probes.get(name)
             if probe is not None and "token_queue_latency" not in sample.histograms:
-                estimator = self.estimators.setdefault(name, QueueWaitEstimator())
+                estimator = report.estimators.setdefault(name, QueueWaitEstimator())
                 estimator.observe(now, probe)
                 sample.histograms["token_queue_latency"] = estimator.histogram()
             cost = len(sample.values) + sum(len(h.buckets) + 2 for h in sample.histograms.values()) + 8
             if cost > budget:
-                self.series_dropped += cost
+                report.series_dropped += cost
                 continue
             budget -= cost
-            model = self.models.get(name) or ModelValues(SlidingWindow(self.target.window))
+            model = report.models.get(name) or ModelValues(SlidingWindow(self.target.window))
             model.latest = sample
-            self.previous[name] = sample
+            report.previous[name] = sample
             model.window.add(now, snapshot(sample))
-            model.derived = derive(model.window)
+            model.derived = windowed_values(model.window)
             kept[name] = model
-        self.models = kept  # models that vanished from the payload vanish from /metrics
-        self.estimators = {name: est for name, est in self.estimators.items() if name in kept}
-        self.previous = {name: sample for name, sample in self.previous.items() if name in kept}
-        self.series_dropped += obs.dropped_series
-
-    def histogram(self, model: str, key: str) -> Histogram | None:
-        state = self.models.get(model)
-        return state.latest.histograms.get(key) if state else None
+        report.models = kept  # models that vanished from the payload vanish from /metrics
+        report.estimators = {name: est for name, est in report.estimators.items() if name in kept}
+        report.previous = {name: sample for name, sample in report.previous.items() if name in kept}
+        report.series_dropped += obs.dropped_series

@@ -1,24 +1,22 @@
-"""Engine sources, registered by engine name (the `engine:` key of a target)."""
+"""Engine sources: one module per engine. Every `Source` subclass that names an `engine` registers itself
+(sources/base.py REGISTRY); importing this package imports every module in it, so an engine is one file.
+"""
 
 from __future__ import annotations
 
-from .auto import AutoSource
-from .base import Source
-from .llamacpp import LlamaCppSource
-from .nvml import NvmlSource
-from .sglang import SglangSource
-from .tgi import TgiSource
-from .vllm import VllmSource
+import importlib
+import pkgutil
 
-SOURCES: dict[str, type[Source]] = {
-    LlamaCppSource.engine: LlamaCppSource,
-    VllmSource.engine: VllmSource,
-    NvmlSource.engine: NvmlSource,
-    SglangSource.engine: SglangSource,
-    TgiSource.engine: TgiSource,
-    AutoSource.engine: AutoSource,
-}
+from .base import REGISTRY, Source
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def source_for(engine: str) -> type[Source]:
-    return SOURCES[engine]
+    return REGISTRY[engine]
+
+
+def url_required() -> dict[str, bool]:
+    """engine → whether its targets need a `url` (config validation)."""
+    return {engine: source.needs_url for engine, source in REGISTRY.items()}

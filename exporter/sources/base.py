@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 import ssl
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 import aiohttp
 
 from ..config import TargetConfig
 from ..observation import Observation, PollError, Reason
-from ..promparse import LabelCache, Payload
+from ..promparse import LabelCache, Payload, PromParseError, parse
+from .mapping import Feed
+
+if TYPE_CHECKING:
+    from .nvml import NvmlLibrary
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,16 @@ class Response:
             return self.body.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise PollError(Reason.PARSE, f"response is not UTF-8 (byte {exc.start})") from None
+
+    def json_object(self, limit: int = 1 << 20) -> dict[str, Any]:
+        """The body as a JSON object, leniently: {} when it is not one (or longer than `limit`)."""
+        if len(self.body) > limit:
+            return {}
+        try:
+            value = json.loads(self.body.decode("utf-8", "replace"))
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
 
 
 class HttpFetcher:
@@ -144,13 +159,11 @@ def expect_status(response: Response, path: str, *ok: int) -> None:
 
 @dataclass
 class SharedContext:
-    """What the exporter shares with every source: process-wide resources and cross-target facts."""
+    """What the exporter gives every source: the one HTTP client, process-wide resources (typed, created
+    on first use, closed when the exporter stops) and the parsed label blocks each engine's targets share."""
 
-    # pid → (target name, engine, model) for engine targets whose process is known.
-    pid_owners: Callable[[], dict[int, tuple[str, str, str]]] = lambda: {}
-    # Process-wide resources created on first use and closed when the exporter stops.
-    resources: dict[str, Any] = field(default_factory=dict)
-    # Parsed label blocks, shared by the targets of one engine (they repeat the same blocks).
+    session: aiohttp.ClientSession | None = None
+    nvml: NvmlLibrary | None = None  # the NVML handle, shared by every nvml target (sources/nvml.py)
     label_caches: dict[str, LabelCache] = field(default_factory=dict)
 
     def label_cache(self, engine: str) -> LabelCache:
@@ -159,55 +172,88 @@ class SharedContext:
             cache = self.label_caches[engine] = LabelCache(max_entries=200_000)
         return cache
 
+    def close(self) -> None:
+        if self.nvml is not None:
+            self.nvml.close()  # nvmlShutdown, once per process
+            self.nvml = None
+
+
+# Every Source subclass that names an `engine` registers itself here when its class is defined (the
+# node_exporter pattern: one file per collector, registered by name). sources/__init__.py imports every
+# module of the package, so adding an engine is adding one file.
+REGISTRY: dict[str, type[Source]] = {}
+
 
 class Source(abc.ABC):
-    """One engine kind. Instances live as long as their target's config does."""
+    """One engine kind: everything the exporter knows about that engine is declared on its class.
 
-    engine: ClassVar[str]
-    needs_http: ClassVar[bool] = True
+    Instances live as long as their target's config does.
+    """
+
+    engine: ClassVar[str]                      # the `engine:` value in the config
+    title: ClassVar[str] = ""                  # its name in the docs
+    needs_url: ClassVar[bool] = True           # False: it polls no HTTP endpoint (nvml)
+    mapping: ClassVar[tuple[Feed, ...]] = ()   # upstream family → unified metric (docs are generated from it)
+    model_label: ClassVar[str] = ""            # the upstream label naming the model; "" = one model per target
+    metrics_prefix: ClassVar[str] = ""         # `engine: auto`: a /metrics family prefix only this engine uses
+    detect_probe: ClassVar[tuple[str, str] | None] = None  # `engine: auto`: (path, JSON key) it answers with
+    docs: ClassVar[str] = ""                   # markdown shown after its mapping table in docs/metrics.md
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "engine" in cls.__dict__:
+            REGISTRY[cls.engine] = cls
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         self.target = target
         self.shared = shared or SharedContext()
 
     @abc.abstractmethod
-    async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
+    async def collect(self) -> Observation:
         """Poll the target once. Raise PollError for a failed poll."""
 
-    async def still_loading(self, http: HttpFetcher) -> bool:
+    async def close(self) -> None:
+        """Release resources held for this target."""
+
+
+class HttpSource(Source):
+    """A source that polls its target over HTTP: owns the target's bounded fetcher."""
+
+    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
+        super().__init__(target, shared)
+        if self.shared.session is None:
+            raise ValueError("an HTTP source needs the exporter's HTTP client (SharedContext.session)")
+        self.http = HttpFetcher(self.shared.session, target)
+
+    async def still_loading(self) -> bool:
         """GET /health: True on 503 (the engine is up but still loading), fine on 200, a failure else."""
-        health = await http.get("/health")
+        health = await self.http.get("/health")
         if health.status == 503:
             return True
         expect_status(health, "/health")
         return False
 
-    async def read_metrics(self, http: HttpFetcher, prefixes: tuple[str, ...], marker: str, hint: str
-                           ) -> tuple["Payload", str]:
+    async def read_metrics(self, prefixes: tuple[str, ...], marker: str, hint: str) -> tuple[Payload, str]:
         """GET /metrics and parse the families in `prefixes`; a payload without any `marker` series
         is not this engine's (a PARSE failure saying `hint`)."""
-        from ..promparse import PromParseError, parse
-
-        response = await http.get("/metrics")
+        response = await self.http.get("/metrics")
         expect_status(response, "/metrics")
         text = response.text()
-        try:
-            payload = parse(text, prefixes, self.shared.label_cache(self.engine))
-        except PromParseError as exc:
-            raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
+        payload = parse_metrics(text, prefixes, self.shared.label_cache(self.engine))
         if not any(name.startswith(marker) for name in payload.samples):
             raise PollError(Reason.PARSE, f"/metrics has no {marker} series ({hint})")
         return payload, text
 
     def add_passthrough(self, observation: Observation, text: str) -> None:
-        """Attach the engine's own families when the target asked for `passthrough: true`."""
-        if not self.target.passthrough:
-            return
-        from .passthrough import families
+        """Keep the engine's own payload when the target asked for `passthrough: true` (the collector
+        re-exposes it)."""
+        if self.target.passthrough:
+            observation.passthrough_text = text
 
-        reserved = frozenset({"target", "engine", "model", *dict(self.target.labels)})
-        observation.passthrough, dropped = families(text, reserved, self.target.max_series)
-        observation.dropped_series += dropped
 
-    async def close(self) -> None:
-        """Release resources (the NVML source shuts NVML down)."""
+def parse_metrics(text: str, prefixes: tuple[str, ...] | None, labels: LabelCache | None) -> Payload:
+    """Parse a /metrics body; a malformed one is a PARSE failure."""
+    try:
+        return parse(text, prefixes, labels)
+    except PromParseError as exc:
+        raise PollError(Reason.PARSE, f"/metrics: {exc}") from None

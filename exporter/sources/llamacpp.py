@@ -46,8 +46,7 @@ from ..observation import (
     Reason,
 )
 from ..procinfo import ProcessFinder, ProcessInfo, find_by_argv, process_start
-from ..promparse import PromParseError, parse
-from .base import HttpFetcher, Response, SharedContext, Source, expect_status
+from .base import HttpFetcher, HttpSource, Response, SharedContext, expect_status, parse_metrics
 from .mapping import Feed, Upstream, apply
 
 U = Upstream
@@ -66,16 +65,27 @@ PROPS_REFRESH_POLLS = 600  # re-read the router's /props now and then (build inf
 SINGLE_STATES = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
 ROUTER_STATES = tuple(ModelState)
 MAX_ROUTER_MODELS = 1000
+DOCS = """\
+Beyond the table: `llm_kv_cache_query_tokens_total` = `prompt_tokens_cached_total` +
+`prompt_tokens_total`; `llm_kv_cache_usage_ratio` falls back to the `/slots` context fill (above),
+0 when nothing is in flight; `llm_slots` and `llm_context_size_tokens` come from `/props` (from
+`/slots` while it is read); `llm_token_queue_latency_seconds` is the estimate above;
+`llm_engine_info{build, model_path}` comes from `/props` (`model` = `--alias` or the model file
+name). `llamacpp:prompt_tokens_total` counts tokens actually computed, and
+`tokens_predicted_total` moves when a request finishes. Without `/metrics` (`--metrics` off) only
+readiness and `/props` facts are shown: `/slots` is never read then, since it would keep a
+sleeping-enabled server awake.
+
+The throughput gauges llama.cpp exports (`prompt_tokens_seconds`, `predicted_tokens_seconds`)
+reset on every scrape by anyone and are not used; rates come from the counters. In router mode
+(`--models-dir`) every series carries the router's model id as `model`."""
 ROUTER_STATUS = {"loaded": ModelState.LOADED, "loading": ModelState.LOADING, "sleeping": ModelState.SLEEPING,
                  "unloaded": ModelState.UNLOADED, "downloading": ModelState.DOWNLOADING,
                  "downloaded": ModelState.UNLOADED}
 
 
 def _error_message(response: Response) -> str:
-    try:
-        error = json.loads(response.body[:4096]).get("error", {})
-    except (ValueError, AttributeError):
-        return ""
+    error = response.json_object(limit=4096).get("error")
     return str(error.get("message", ""))[:200].lower() if isinstance(error, dict) else ""
 
 
@@ -117,8 +127,13 @@ class _Metrics:
         return (self.sample.get("requests_running") or 0) > 0 or (self.sample.get("requests_waiting") or 0) > 0
 
 
-class LlamaCppSource(Source):
+class LlamaCppSource(HttpSource):
     engine = "llamacpp"
+    title = "llama.cpp"
+    mapping = MAPPING
+    metrics_prefix = "llamacpp:"
+    detect_probe = ("/props", "default_generation_settings")
+    docs = DOCS
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
@@ -135,8 +150,8 @@ class LlamaCppSource(Source):
         # router model → ((argv, state) when looked up, its child process or None when not visible)
         self.children: dict[str, tuple[tuple[tuple[str, ...], ModelState], ProcessInfo | None]] = {}
 
-    async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
-        assert http is not None
+    async def collect(self) -> Observation:
+        http = self.http
         if self.router:
             return await self._collect_router(http)
         notices: list[str] = []
@@ -313,10 +328,7 @@ class LlamaCppSource(Source):
 
     def _map_metrics(self, response: Response) -> _Metrics:
         text = response.text()
-        try:
-            payload = parse(text, METRICS_PREFIXES, self.labels)
-        except PromParseError as exc:
-            raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
+        payload = parse_metrics(text, METRICS_PREFIXES, self.labels)
         if not payload.samples:
             raise PollError(Reason.PARSE, "/metrics has no llamacpp: series (not a llama.cpp server?)")
         mapped, misses = apply(payload, MAPPING, "")
@@ -352,11 +364,7 @@ class LlamaCppSource(Source):
             return None
         if response.status != 200:
             return None
-        try:
-            props = json.loads(response.body.decode("utf-8", "replace"))
-        except ValueError:
-            return None
-        return props if isinstance(props, dict) else None
+        return response.json_object() or None
 
     # ------------------------------------------------------------------ mapping
 

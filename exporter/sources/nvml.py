@@ -17,7 +17,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..config import TargetConfig
 from ..observation import (
     InfoSample,
     Observation,
@@ -26,10 +25,10 @@ from ..observation import (
     Reason,
     SeriesSample,
 )
-from .base import HttpFetcher, SharedContext, Source
+from ..procinfo import parent_pid
+from .base import Source
 
 log = logging.getLogger("llm_exporter.nvml")
-RESOURCE_KEY = "nvml"
 MAX_BACKOFF = 300.0
 
 # Clock-event (throttle) reason bits → label value. Names of newer NVML first.
@@ -316,39 +315,30 @@ def _cuda_version(value: Any) -> str:
     return f"{value // 1000}.{(value % 1000) // 10}"
 
 
-def _ancestors(pid: int, limit: int = 16) -> list[int]:
-    """pid and its parents (from /proc), nearest first."""
+def _ancestors(pid: int, limit: int = 16) -> tuple[int, ...]:
+    """pid and its parents (from /proc), nearest first: the join stage matches any of them to an engine."""
     chain = [pid]
     for _ in range(limit):
-        try:
-            with open(f"/proc/{chain[-1]}/stat", "rb") as handle:
-                stat = handle.read(4096)
-            parent = int(stat[stat.rindex(b")") + 2:].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-        if parent <= 1 or parent in chain:
+        parent = parent_pid(chain[-1])
+        if parent is None or parent <= 1 or parent in chain:
             break
         chain.append(parent)
-    return chain
+    return tuple(chain)
 
 
 class NvmlSource(Source):
     engine = "nvml"
-    needs_http = False
-
-    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
-        super().__init__(target, shared)
+    title = "NVIDIA GPUs (NVML)"
+    needs_url = False
 
     @property
     def library(self) -> NvmlLibrary:
-        library = self.shared.resources.get(RESOURCE_KEY)
-        if library is None:
-            library = self.shared.resources[RESOURCE_KEY] = NvmlLibrary()
-        return library
+        if self.shared.nvml is None:
+            self.shared.nvml = NvmlLibrary()  # one per process, shared by every nvml target
+        return self.shared.nvml
 
-    async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
+    async def collect(self) -> Observation:
         reading = await self.library.read_async(self.target.timeout)
-        owners = self.shared.pid_owners()
         observation = Observation(Readiness.READY)
         put = observation.series.append
         for gpu in reading.gpus:
@@ -358,12 +348,10 @@ class NvmlSource(Source):
             for key, extra, value in gpu.values:
                 put(SeriesSample(key, gpu.labels + extra, value))
             for pid, used in gpu.processes:
-                owner = next((owners[p] for p in _ancestors(pid) if p in owners), None) if owners else None
-                # The GPU <-> model join: a process of a configured engine target is labelled with
-                # that target, engine and model; other processes stay with this (nvml) target.
-                extra = (("pid", str(pid)),) + (
-                    (("target", owner[0]), ("engine", owner[1]), ("model", owner[2])) if owner else ())
-                put(SeriesSample("gpu_process_memory_used_bytes", gpu.labels + extra, used))
+                # Keyed by pid only: the join stage (exporter/join.py) adds the target, engine and model of
+                # the engine process that owns it (or one of its parents).
+                put(SeriesSample("gpu_process_memory_used_bytes", gpu.labels + (("pid", str(pid)),), used,
+                                 join_pids=_ancestors(pid)))
         observation.info = [InfoSample("gpu_driver_info", (("driver_version", reading.driver_version),
                                                           ("cuda_version", reading.cuda_version)))]
         lost = [dict(g.labels)["gpu"] for g in reading.gpus if g.lost]

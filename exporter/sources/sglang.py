@@ -9,7 +9,7 @@ series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
 from __future__ import annotations
 
 from ..observation import ModelSample, ModelState, ModelStatus, Observation, Readiness
-from .base import HttpFetcher, Source
+from .base import HttpSource
 from .mapping import Feed, Upstream, apply, prefixes
 
 U = Upstream
@@ -37,19 +37,31 @@ METRICS_PREFIXES = prefixes(MAPPING)
 # and scheduler_e2e); the HTTP server's start and the warm-up request (~1 s) follow it.
 START_TO_READY_PHASE = "tokenizer_e2e"
 MODEL_STATES = (ModelState.LOADED, ModelState.LOADING)
+DOCS = """\
+Readiness from `/health` (503 while warming up). `sglang:prompt_tokens_total` counts every
+prompt token, cached ones included, so it is the query counter of the hit ratio and
+`llm_prompt_tokens_total` for SGLang includes cache hits. `sglang:cache_hit_rate` covers only the
+last prefill batch and is not used. `tp_rank`/`dp_rank`/`engine_type` labels are combined per model.
+The start load time is `sglang:startup_time_seconds{phase="tokenizer_e2e"}` (basis
+`engine_reported`)."""
 
 
-class SglangSource(Source):
+class SglangSource(HttpSource):
     engine = "sglang"
+    title = "SGLang"
+    mapping = MAPPING
+    model_label = MODEL_LABEL
+    metrics_prefix = "sglang:"
+    detect_probe = ("/get_server_info", "tp_size")
+    docs = DOCS
     model = ""  # the served model, once seen
 
-    async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
-        assert http is not None
-        if await self.still_loading(http):
+    async def collect(self) -> Observation:
+        if await self.still_loading():
             observation = Observation(Readiness.LOADING, model_states=MODEL_STATES)
             observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.model)
             return observation
-        payload, text = await self.read_metrics(http, METRICS_PREFIXES, "sglang:",
+        payload, text = await self.read_metrics(METRICS_PREFIXES, "sglang:",
                                                 "started without --enable-metrics?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
         observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),

@@ -7,8 +7,6 @@ answers 200 when a shard can serve. Series carry no model label: the model comes
 
 from __future__ import annotations
 
-import json
-
 from ..config import TargetConfig
 from ..observation import (
     InfoSample,
@@ -18,7 +16,7 @@ from ..observation import (
     PollError,
     Readiness,
 )
-from .base import HttpFetcher, SharedContext, Source
+from .base import HttpSource, SharedContext
 from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, prefixes
 
 U = Upstream
@@ -37,24 +35,33 @@ MAPPING: tuple[Feed, ...] = (
 )
 METRICS_PREFIXES = prefixes(MAPPING)
 MODEL_STATES = (ModelState.LOADED, ModelState.LOADING)
+DOCS = """\
+TGI series carry no model label: the model is `model_id` from `/info`. TGI has no KV-cache
+metrics: `llm_kv_cache_*` are absent for TGI targets (never zeros), so a router reading the three
+router gauges gets running and waiting but no KV utilisation from TGI."""
 
 
-class TgiSource(Source):
+class TgiSource(HttpSource):
     engine = "tgi"
+    title = "TGI"
+    mapping = MAPPING
+    model_label = "(none: model from /info)"
+    metrics_prefix = "tgi_"
+    detect_probe = ("/info", "model_id")
+    docs = DOCS
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
         self.model: str | None = None
 
-    async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
-        assert http is not None
-        if await self.still_loading(http):
+    async def collect(self) -> Observation:
+        if await self.still_loading():
             observation = Observation(Readiness.LOADING, model_states=MODEL_STATES)
             observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.model or "")
             return observation
         if self.model is None:
-            self.model = await self._model(http)
-        payload, text = await self.read_metrics(http, METRICS_PREFIXES, "tgi_", "not a TGI server?")
+            self.model = await self._model()
+        payload, text = await self.read_metrics(METRICS_PREFIXES, "tgi_", "not a TGI server?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
         sample = models.pop("", None)
         if sample is not None:
@@ -66,11 +73,10 @@ class TgiSource(Source):
         observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=self.model or "")
         return observation
 
-    async def _model(self, http: HttpFetcher) -> str:
+    async def _model(self) -> str:
         try:
-            response = await http.get("/info")
-            info = json.loads(response.body) if response.status == 200 else {}
-        except (PollError, ValueError):
+            response = await self.http.get("/info")
+        except PollError:
             return ""
-        model = info.get("model_id") if isinstance(info, dict) else None
+        model = response.json_object(limit=65536).get("model_id") if response.status == 200 else None
         return str(model)[:MAX_LABEL_VALUE] if model else ""

@@ -23,7 +23,7 @@ from ..observation import (
 )
 from ..procinfo import ProcessFinder
 from ..promparse import Payload
-from .base import HttpFetcher, SharedContext, Source, expect_status
+from .base import HttpSource, SharedContext, expect_status
 from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, model_of, prefixes
 
 U = Upstream
@@ -59,26 +59,40 @@ CACHE_INFO = "vllm:cache_config_info"
 SLEEP_STATE = "vllm:engine_sleep_state"  # {sleep_state="awake"|"weights_offloaded"|"discard_all"} 0/1, V1 0.11+
 LORA_INFO = "vllm:lora_requests_info"    # set-to-current-time gauge; adapter names in comma lists, V1 with LoRA
 MODEL_STATES = (ModelState.LOADED, ModelState.SLEEPING)
+DOCS = """\
+vLLM 0.4 → 0.33 (V0 and V1 engines), families chosen by presence in the payload. Counters appear
+with `_total` on the wire in every version; V1 adds `*_created` (not in multiprocess mode). From
+0.8.3 series carry `engine` (one per data-parallel engine); the exporter sums over it per
+`model_name` (the KV-usage gauge is averaged). The queue histogram is observed when a request
+finishes, so the windowed mean lags waiting requests: watch `llm_requests_waiting` for the
+present. Bucket bounds are read from the payload (0.32+ lets operators change them). Sleep state
+comes from `vllm:engine_sleep_state`; LoRA adapters from the newest `vllm:lora_requests_info`
+series (adapter names only: vLLM exposes no per-adapter request counts)."""
 CACHE_CONFIG_KEYS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching",
                      "cache_dtype", "gpu_memory_utilization", "kv_cache_size_tokens")
 # Only these families are parsed: the parser skips every other family's block unread.
 METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, SLEEP_STATE, LORA_INFO, "process_start_time_seconds")
 
 
-class VllmSource(Source):
+class VllmSource(HttpSource):
     engine = "vllm"
+    title = "vLLM"
+    mapping = MAPPING
+    model_label = MODEL_LABEL
+    metrics_prefix = "vllm:"
+    detect_probe = ("/version", "version")
+    docs = DOCS
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
         self.finder = ProcessFinder(target.process) if target.process else None
 
-    async def collect(self, http: HttpFetcher | None, now: float) -> Observation:
-        assert http is not None
-        health = await http.get("/health")
+    async def collect(self) -> Observation:
+        health = await self.http.get("/health")
         if health.status in (500, 503):
             return Observation(Readiness.DOWN, notices=(f"/health answered {health.status}: engine is dead",))
         expect_status(health, "/health")
-        payload, text = await self.read_metrics(http, METRICS_PREFIXES, "vllm:", "not a vLLM server?")
+        payload, text = await self.read_metrics(METRICS_PREFIXES, "vllm:", "not a vLLM server?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL)
         observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
         observation.info = self.cache_config_info(payload)

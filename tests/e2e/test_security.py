@@ -135,10 +135,10 @@ async def poll(url, **extra):
 
 async def test_target_tls_verified_with_custom_ca(tls_target, pki):
     url = f"https://127.0.0.1:{tls_target.port}"
-    assert (await poll(url, tls=f"{{ca_file: '{pki['ca_crt']}'}}")).up
+    assert (await poll(url, tls=f"{{ca_file: '{pki['ca_crt']}'}}")).health.up
     state = await poll(url)  # the system CAs do not know the test CA
-    assert not state.up and state.last_error[0].value == "tls"
-    assert (await poll(url, tls="{insecure_skip_verify: true}")).up  # explicit opt-out
+    assert not state.health.up and state.health.last_error[0].value == "tls"
+    assert (await poll(url, tls="{insecure_skip_verify: true}")).health.up  # explicit opt-out
 
 
 async def test_bearer_token_file_sent_and_never_exposed(tmp_path):
@@ -151,15 +151,15 @@ async def test_bearer_token_file_sent_and_never_exposed(tmp_path):
         token_file.write_text(token + "\n")
         pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", bearer_token_file=str(token_file))
         await pipe.poll()
-        assert pipe.state.up
+        assert pipe.state.health.up
         assert token not in pipe.exposition() and token not in repr(pipe.target)
         await pipe.close()
         missing = await poll(f"http://127.0.0.1:{srv.port}", bearer_token_file=str(tmp_path / "absent"))
-        assert not missing.up and "bearer_token_file" in missing.last_error[1]
+        assert not missing.health.up and "bearer_token_file" in missing.health.last_error[1]
         wrong = tmp_path / "wrong"
         wrong.write_text("nope")
         refused = await poll(f"http://127.0.0.1:{srv.port}", bearer_token_file=str(wrong))
-        assert not refused.up and refused.last_error[0].value == "http_status" and "nope" not in refused.last_error[1]
+        assert not refused.health.up and refused.health.last_error[0].value == "http_status" and "nope" not in refused.health.last_error[1]
     finally:
         await srv.stop()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.app import make_session
@@ -11,13 +9,13 @@ from exporter.collector import ExporterCollector, ExporterStatus
 from exporter.config import load_config_text
 from exporter.poller import Poller
 from exporter.sources import source_for
-from exporter.sources.base import HttpFetcher
+from exporter.sources.base import SharedContext
 from exporter.state import TargetState
 
 
-def target_config(engine: str, url: str, **extra: str):
+def target_config(engine: str, url: str, name: str = "t", **extra: str):
     lines = "".join(f"    {k}: {v}\n" for k, v in extra.items())
-    text = f"targets:\n  - name: t\n    engine: {engine}\n    url: {url}\n{lines}"
+    text = f"targets:\n  - name: {name}\n    engine: {engine}\n    url: {url}\n{lines}"
     return load_config_text(text, "test", {}).targets[0]
 
 
@@ -26,8 +24,8 @@ class Pipeline:
         self.target = target_config(engine, url, **extra)
         self.state = TargetState(self.target)
         self.session = make_session()
-        self.source = source_for(engine)(self.target)
-        self.poller = Poller(self.source, self.state, HttpFetcher(self.session, self.target))
+        self.source = source_for(engine)(self.target, SharedContext(session=self.session))
+        self.poller = Poller(self.source, self.state)
         self.status = ExporterStatus()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(ExporterCollector("llm", lambda: [self.state], self.status))
@@ -50,6 +48,3 @@ class Pipeline:
         await self.source.close()
         await self.session.close()
 
-
-def now() -> float:
-    return time.time()

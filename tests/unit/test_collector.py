@@ -41,7 +41,7 @@ async def test_failure_hides_stale_engine_values_but_keeps_self_metrics(pipe):
     await p.poll()
     assert p.value("llm_requests_running") is None
     assert p.value("llm_up") == 0 and p.value("llm_exporter_poll_errors_total", reason="http_status") == 1
-    assert p.state.models  # history kept for when the target is back
+    assert p.state.report.models  # history kept for when the target is back
 
 
 def test_vanished_models_vanish_from_exposition():
@@ -53,11 +53,11 @@ def test_vanished_models_vanish_from_exposition():
     a.set("requests_running", 1)
     b.set("requests_running", 2)
     state.record_success(Observation(Readiness.READY, models={"a": a, "b": b}), 1.0, 0.01)
-    assert set(state.models) == {"a", "b"}
+    assert set(state.report.models) == {"a", "b"}
     c = ModelSample()
     c.set("requests_running", 3)
     state.record_success(Observation(Readiness.READY, models={"a": c}), 2.0, 0.01)
-    assert set(state.models) == {"a"}
+    assert set(state.report.models) == {"a"}
 
 
 def test_series_cap_drops_and_counts():
@@ -72,8 +72,8 @@ def test_series_cap_drops_and_counts():
         sample.set("requests_running", i)
         models[f"m{i:03d}"] = sample
     state.record_success(Observation(Readiness.READY, models=models), 1.0, 0.01)
-    assert 0 < len(state.models) < 100
-    assert state.series_dropped > 0
+    assert 0 < len(state.report.models) < 100
+    assert state.report.series_dropped > 0
 
 
 def test_catalogue_names_are_valid_and_unique():

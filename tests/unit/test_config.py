@@ -6,14 +6,12 @@ from pathlib import Path
 import pytest
 
 from exporter.config import (
-    ENGINES,
     ConfigError,
     load_config,
     load_config_text,
     parse_duration,
     parse_size,
 )
-from exporter.sources import SOURCES
 
 GOOD = """
 listen: 127.0.0.1:9999
@@ -194,10 +192,6 @@ def test_shipped_configs_are_valid():
     assert files
     for path in files:
         load_config(str(path), {"VLLM_API_KEY": "x", "LLAMA_API_KEY": "x"})
-
-
-def test_every_engine_has_a_registered_source():
-    assert set(SOURCES) == set(ENGINES)
 
 
 def test_check_config_cli_exit_codes(tmp_path):

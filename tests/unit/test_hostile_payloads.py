@@ -36,7 +36,7 @@ async def pipe(server):
 async def test_nan_inf_negative_values_are_not_exposed(server, pipe, running, prompt):
     server.set("/metrics", Reply.text(payload(running, prompt)))
     await pipe.poll()
-    assert pipe.state.up
+    assert pipe.state.health.up
     for name in ("llm_requests_running", "llm_prompt_tokens_total"):
         value = pipe.value(name)
         assert value is None or (math.isfinite(value) and value >= 0), (name, value)
@@ -48,7 +48,7 @@ async def test_huge_counter_is_kept_and_ratios_stay_finite(server, pipe):
     server.set("/metrics", Reply.text(payload(prompt="1.5e300")))
     await pipe.poll()
     assert pipe.value("llm_prompt_tokens_total") == 1.5e300
-    assert all(math.isfinite(v) for v in pipe.state.models["m"].derived.values())
+    assert all(math.isfinite(v) for v in pipe.state.report.models["m"].derived.values())
 
 
 async def test_duplicate_series_are_counted_once(server, pipe):
@@ -81,7 +81,7 @@ vllm:request_queue_time_seconds_count{engine="0",model_name="m"} 6.0
 """
     server.set("/metrics", Reply.text(text))
     await pipe.poll()
-    assert pipe.state.up and pipe.value("llm_requests_running") == 1
+    assert pipe.state.health.up and pipe.value("llm_requests_running") == 1
     assert pipe.value("llm_token_queue_latency_seconds_count") is None
 
 

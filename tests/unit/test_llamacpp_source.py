@@ -51,7 +51,7 @@ async def test_loading_503_means_loading_not_down(server, pipe):
     for path in ("/metrics", "/health", "/slots", "/props"):
         server.set(path, Reply(503, loading, {"Content-Type": "application/json; charset=utf-8"}))
     state = await pipe.poll()
-    assert state.up and state.readiness is Readiness.LOADING
+    assert state.health.up and state.health.readiness is Readiness.LOADING
     assert pipe.value("llm_up") == 1 and pipe.value("llm_ready") == 0
     assert pipe.value("llm_requests_running") is None
 
@@ -111,18 +111,18 @@ async def test_series_hit_ratio_and_queue_estimate(server, pipe, phase):
         server.set("/metrics", Reply.text(row["metrics"]))
         server.set("/slots", Reply.json(row["slots"]))
         t = 1_000_000.0 + row["t_rel_s"]
-        obs = await pipe.source.collect(pipe.poller.fetcher, t)
+        obs = await pipe.source.collect()
         pipe.state.record_success(obs, t, 0.001)
         if before is None:
-            before = pipe.state.histogram("small-random-llama.gguf", "token_queue_latency")
-    after = pipe.state.histogram("small-random-llama.gguf", "token_queue_latency")
+            before = pipe.state.report.models["small-random-llama.gguf"].latest.histograms["token_queue_latency"]
+    after = pipe.state.report.models["small-random-llama.gguf"].latest.histograms["token_queue_latency"]
     started = after.count - before.count
     mean = (after.sum - before.sum) / started
     client = sum(r["client_wait_s"] for r in requests) / len(requests)
     assert started == len(requests)
     assert abs(mean - client) / client < 0.20
     # the windowed mean the exporter exposes is the same quantity
-    model = pipe.state.models["small-random-llama.gguf"]
+    model = pipe.state.report.models["small-random-llama.gguf"]
     assert model.derived[("token_queue_latency_mean", ())] == pytest.approx(mean)
     # windowed hit ratio == Δcached / (Δcached + Δprocessed) over the same window (the whole phase)
     assert rows[-1]["t_rel_s"] - rows[0]["t_rel_s"] < 60
@@ -177,7 +177,7 @@ async def test_no_slot_available_503_is_not_a_failure(server, pipe):
     for path, reply in routes.items():
         server.set(path, reply)
     await pipe.poll()
-    assert pipe.state.up and pipe.value("llm_requests_waiting") == 3
+    assert pipe.state.health.up and pipe.value("llm_requests_waiting") == 3
 
 
 async def test_restart_detected_from_ready_header(server, pipe):
@@ -195,5 +195,5 @@ async def test_garbage_slots_is_a_parse_error(server, pipe):
     for path, reply in routes.items():
         server.set(path, reply)
     await pipe.poll()
-    assert not pipe.state.up
+    assert not pipe.state.health.up
     assert pipe.value("llm_exporter_poll_errors_total", reason="parse") == 1

@@ -102,12 +102,12 @@ async def test_mapping_miss_counter_fires_when_a_family_disappears(engine, text,
     pipe = Pipeline(engine, f"http://127.0.0.1:{srv.port}")
     try:
         await pipe.poll()
-        assert pipe.state.up
+        assert pipe.state.health.up
         assert pipe.value("llm_exporter_mapping_misses_total", metric=metric) is None
         srv.set("/metrics", Reply.text(remove_family(text, family)))
         await pipe.poll()
         await pipe.poll()
-        assert pipe.state.up
+        assert pipe.state.health.up
         assert pipe.value("llm_exporter_mapping_misses_total", metric=metric) == 2
     finally:
         await pipe.close()
@@ -144,7 +144,7 @@ async def test_auto_source_detects_and_delegates(routes, expected):
     pipe = Pipeline("auto", f"http://127.0.0.1:{srv.port}")
     try:
         await pipe.poll()
-        assert pipe.state.up, pipe.state.last_error
+        assert pipe.state.health.up, pipe.state.health.last_error
         assert pipe.value("llm_engine_detected_info", detected=expected) == 1
         assert pipe.value("llm_up", engine="auto") == 1
     finally:
@@ -158,7 +158,7 @@ async def test_auto_source_cannot_identify_garbage():
     pipe = Pipeline("auto", f"http://127.0.0.1:{srv.port}")
     try:
         await pipe.poll()
-        assert not pipe.state.up and "cannot identify" in pipe.state.last_error[1]
+        assert not pipe.state.health.up and "cannot identify" in pipe.state.health.last_error[1]
     finally:
         await pipe.close()
         await srv.stop()

@@ -14,7 +14,11 @@ from exporter.observation import Reason
 from exporter.poller import Poller
 from exporter.sources.base import SharedContext
 from exporter.sources.nvml import NvmlSource
+from exporter.collector import target_samples
+from exporter.join import process_owners
+from exporter.observation import ModelState, ModelStatus, Observation, Readiness
 from exporter.state import TargetState
+from tests.support.pipeline import target_config
 
 
 def err(code):
@@ -92,7 +96,7 @@ def make(shared=None, timeout="1s"):
     shared = shared or SharedContext()
     source = NvmlSource(target, shared)
     state = TargetState(target)
-    return source, state, Poller(source, state, None), shared
+    return source, state, Poller(source, state), shared
 
 
 def close(library):
@@ -102,11 +106,11 @@ def close(library):
 
 
 def values(state, key):
-    return {tuple(sorted(s.labels)): s.value for s in state.series if s.key == key}
+    return {tuple(sorted(s.labels)): s.value for s in state.report.series if s.key == key}
 
 
 def one(state, key, **labels):
-    hits = [s.value for s in state.series if s.key == key and all(dict(s.labels).get(k) == v for k, v in labels.items())]
+    hits = [s.value for s in state.report.series if s.key == key and all(dict(s.labels).get(k) == v for k, v in labels.items())]
     assert len(hits) == 1, (key, labels, hits)
     return hits[0]
 
@@ -115,10 +119,10 @@ async def test_no_driver_reports_down_once_and_backs_off(caplog):
     source, state, poller, shared = make()
     for _ in range(3):
         await poller.poll()
-    assert not state.up and state.last_error[0] is Reason.OTHER
-    assert "libnvidia-ml" in state.last_error[1] or "NVML" in state.last_error[1]
+    assert not state.health.up and state.health.last_error[0] is Reason.OTHER
+    assert "libnvidia-ml" in state.health.last_error[1] or "NVML" in state.health.last_error[1]
     assert len([r for r in caplog.records if "gpus" in r.getMessage()]) == 1
-    library = shared.resources["nvml"]
+    library = shared.nvml
     assert library.failures == 1  # second and third polls did not retry init within the backoff
     close(library)
 
@@ -127,7 +131,7 @@ async def test_reads_every_field_in_base_units(monkeypatch):
     fake = FakeGpus(monkeypatch)
     source, state, poller, shared = make()
     await poller.poll()
-    assert state.up, state.last_error
+    assert state.health.up, state.health.last_error
     assert one(state, "gpu_utilization_ratio", gpu="0") == 0.37
     assert one(state, "gpu_memory_utilization_ratio", gpu="1") == 0.12
     assert one(state, "gpu_memory_used_bytes", gpu="1", uuid="GPU-1") == 2 * 2**30
@@ -139,15 +143,15 @@ async def test_reads_every_field_in_base_units(monkeypatch):
     assert one(state, "gpu_temperature_celsius", gpu="0") == 41
     assert one(state, "gpu_sm_clock_hertz", gpu="0") == 1980e6
     assert one(state, "gpu_memory_clock_hertz", gpu="0") == 2619e6
-    reasons = {dict(s.labels)["reason"] for s in state.series if s.key == "gpu_clock_event_active"
+    reasons = {dict(s.labels)["reason"] for s in state.report.series if s.key == "gpu_clock_event_active"
                and dict(s.labels)["gpu"] == "0"}
     assert reasons == {"gpu_idle", "sw_power_cap"}
     assert one(state, "gpu_pcie_bytes_per_second", gpu="0", direction="tx") == 102400
     assert one(state, "gpu_ecc_errors", gpu="0", type="corrected") == 3
     assert one(state, "gpu_performance_state", gpu="0") == 0
-    assert state.info[0].labels == (("driver_version", "580.95.05"), ("cuda_version", "13.0"))
+    assert state.report.info[0].labels == (("driver_version", "580.95.05"), ("cuda_version", "13.0"))
     assert fake.calls["init"] == 1
-    close(shared.resources["nvml"])
+    close(shared.nvml)
 
 
 async def test_unsupported_field_skipped_for_that_gpu_only_and_not_asked_again(monkeypatch):
@@ -156,11 +160,11 @@ async def test_unsupported_field_skipped_for_that_gpu_only_and_not_asked_again(m
     source, state, poller, shared = make()
     await poller.poll()
     await poller.poll()
-    assert state.up
-    assert {dict(s.labels)["gpu"] for s in state.series if s.key == "gpu_power_watts"} == {"0"}
-    assert {dict(s.labels)["gpu"] for s in state.series if s.key == "gpu_ecc_errors"} == {"0"}
+    assert state.health.up
+    assert {dict(s.labels)["gpu"] for s in state.report.series if s.key == "gpu_power_watts"} == {"0"}
+    assert {dict(s.labels)["gpu"] for s in state.report.series if s.key == "gpu_ecc_errors"} == {"0"}
     assert fake.calls["power:1"] == 1
-    close(shared.resources["nvml"])
+    close(shared.nvml)
 
 
 async def test_lost_gpu_is_reported_and_nvml_reinitialised_with_backoff(monkeypatch, caplog):
@@ -169,18 +173,18 @@ async def test_lost_gpu_is_reported_and_nvml_reinitialised_with_backoff(monkeypa
     await poller.poll()
     fake.lost = {1}
     await poller.poll()
-    assert state.up
+    assert state.health.up
     assert one(state, "gpu_lost", gpu="1") == 1
     assert one(state, "gpu_temperature_celsius", gpu="0") == 41  # the healthy GPU is still reported
     assert fake.calls["shutdown"] == 1
     assert any("fell off the bus" in r.getMessage() for r in caplog.records)
     await poller.poll()  # within the backoff: no init storm
-    assert fake.calls["init"] == 1 and not state.up
-    library = shared.resources["nvml"]
+    assert fake.calls["init"] == 1 and not state.health.up
+    library = shared.nvml
     library.next_attempt = 0  # backoff elapsed
     fake.lost = set()
     await poller.poll()
-    assert state.up and fake.calls["init"] == 2
+    assert state.health.up and fake.calls["init"] == 2
     close(library)
 
 
@@ -198,23 +202,23 @@ async def test_hung_driver_times_out_without_blocking_the_loop(monkeypatch):
     started = time.monotonic()
     await asyncio.gather(poller.poll(), ticker())
     assert time.monotonic() - started < 0.8
-    assert state.last_error[0] is Reason.TIMEOUT
+    assert state.health.last_error[0] is Reason.TIMEOUT
     assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.1  # the event loop kept running
     await poller.poll()  # the call is still blocked: reported, nothing queued behind it
-    assert "blocked" in state.last_error[1]
+    assert "blocked" in state.health.last_error[1]
     await asyncio.sleep(1.3)
     fake.hang = 0
     await poller.poll()
-    assert state.up
-    close(shared.resources["nvml"])
+    assert state.health.up
+    close(shared.nvml)
 
 
 async def test_no_gpu(monkeypatch):
     FakeGpus(monkeypatch, count=0)
     source, state, poller, shared = make()
     await poller.poll()
-    assert not state.up and "no NVIDIA GPU" in state.last_error[1]
-    close(shared.resources["nvml"])
+    assert not state.health.up and "no NVIDIA GPU" in state.health.last_error[1]
+    close(shared.nvml)
 
 
 async def test_mig_instances_are_their_own_series(monkeypatch):
@@ -222,10 +226,10 @@ async def test_mig_instances_are_their_own_series(monkeypatch):
     fake.mig = True
     source, state, poller, shared = make()
     await poller.poll()
-    migs = {dict(s.labels).get("mig") for s in state.series if s.key == "gpu_memory_used_bytes"}
+    migs = {dict(s.labels).get("mig") for s in state.report.series if s.key == "gpu_memory_used_bytes"}
     assert migs == {None, "0", "1"}
     assert one(state, "gpu_memory_used_bytes", mig="1", uuid="MIG-0-1") == 2**30
-    close(shared.resources["nvml"])
+    close(shared.nvml)
 
 
 async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeypatch):
@@ -238,18 +242,24 @@ async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeyp
         fake.processes = {0: [SimpleNamespace(pid=child, usedGpuMemory=5 * 2**30),
                               SimpleNamespace(pid=999_999, usedGpuMemory=2**20),
                               SimpleNamespace(pid=4242, usedGpuMemory=None)]}
-        shared = SharedContext(pid_owners=lambda: {engine.pid: ("llama", "llamacpp", "tiny.gguf")})
-        source, state, poller, _ = make(shared)
+        source, state, poller, shared = make()
         await poller.poll()
-        owned = [s for s in state.series if s.key == "gpu_process_memory_used_bytes" and dict(s.labels)["pid"] == str(child)]
-        assert len(owned) == 1 and owned[0].value == 5 * 2**30
-        labels = dict(owned[0].labels)
+        # NVML reports pids only; the join stage labels them from the live engine target that owns one
+        engine_state = TargetState(target_config("llamacpp", "http://127.0.0.1:1", name="llama"))
+        engine_state.record_success(Observation(Readiness.READY, process_pid=engine.pid, lifecycle={
+            "": ModelStatus(ModelState.LOADED, model="tiny.gguf", pid=engine.pid)}), 1.0, 0.01)
+        exposed = [(labels, value) for key, _, labels, value in target_samples(state, process_owners([engine_state]))
+                   if key == "gpu_process_memory_used_bytes"]
+        owned = [(labels, value) for labels, value in exposed if labels["pid"] == str(child)]
+        assert len(owned) == 1 and owned[0][1] == 5 * 2**30
+        labels = owned[0][0]
         assert (labels["target"], labels["engine"], labels["model"], labels["gpu"]) == ("llama", "llamacpp", "tiny.gguf", "0")
-        stranger = [s for s in state.series if s.key == "gpu_process_memory_used_bytes" and dict(s.labels)["pid"] == "999999"]
-        assert "target" not in dict(stranger[0].labels)
+        stranger = [labels for labels, _ in exposed if labels["pid"] == "999999"]
+        assert stranger[0]["target"] == "gpus" and stranger[0]["engine"] == "nvml"  # stays with the nvml target
+        assert "model" not in stranger[0]
         # a process whose memory NVML cannot report is skipped, not exported as 0
-        assert not [s for s in state.series if dict(s.labels).get("pid") == "4242"]
-        close(shared.resources["nvml"])
+        assert not [labels for labels, _ in exposed if labels.get("pid") == "4242"]
+        close(shared.nvml)
     finally:
         engine.kill()
         engine.wait()
@@ -262,8 +272,8 @@ async def test_exporter_initialises_nvml_once_and_shuts_down_on_stop(monkeypatch
     exporter = Exporter(config, None)
     await exporter.start()
     await exporter.poll_all_once()
-    assert all(s.up for s in exporter.states.values())
-    library = exporter.shared.resources["nvml"]
+    assert all(s.health.up for s in exporter.states.values())
+    library = exporter.shared.nvml
     await exporter.stop()
     library.executor.shutdown(wait=True)  # the shutdown runs on the NVML thread
     assert fake.calls["init"] == 1 and fake.calls["shutdown"] == 1

@@ -26,25 +26,25 @@ async def poll_reason(url: str, **extra) -> tuple[Pipeline, Reason | None, float
     started = time.monotonic()
     await pipe.poll()
     elapsed = time.monotonic() - started
-    reason = pipe.state.last_error[0] if pipe.state.last_error else None
+    reason = pipe.state.health.last_error[0] if pipe.state.health.last_error else None
     await pipe.close()
     return pipe, reason, elapsed
 
 
 async def test_healthy_baseline(server):
     pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
-    assert reason is None and pipe.state.up
+    assert reason is None and pipe.state.health.up
 
 
 async def test_connection_refused():
     pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{free_port()}")
-    assert reason is Reason.CONNECT and pipe.state.readiness is Readiness.DOWN
-    assert "cannot connect" in pipe.state.last_error[1]
+    assert reason is Reason.CONNECT and pipe.state.health.readiness is Readiness.DOWN
+    assert "cannot connect" in pipe.state.health.last_error[1]
 
 
 async def test_dns_failure():
     pipe, reason, _ = await poll_reason("http://nonexistent-host.invalid:8000")
-    assert reason is Reason.CONNECT and "DNS" in pipe.state.last_error[1]
+    assert reason is Reason.CONNECT and "DNS" in pipe.state.health.last_error[1]
 
 
 async def test_tls_handshake_failure(server):
@@ -84,11 +84,11 @@ async def test_huge_body_is_cut_at_the_cap(server):
     server.set("/metrics", Reply(200, b"", {"Content-Type": "text/plain"}, fault="huge"))
     pipe, reason, elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", max_body_bytes="1MiB",
                                               timeout="3s")
-    assert reason is Reason.TOO_LARGE and "read cut" in pipe.state.last_error[1]
+    assert reason is Reason.TOO_LARGE and "read cut" in pipe.state.health.last_error[1]
     # the declared-length path is refused before reading
     server.set("/metrics", Reply(200, b"x" * (2 * 1024 * 1024)))
     pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}", max_body_bytes="1MiB")
-    assert reason is Reason.TOO_LARGE and "exceeds" in pipe.state.last_error[1]
+    assert reason is Reason.TOO_LARGE and "exceeds" in pipe.state.health.last_error[1]
 
 
 @pytest.mark.parametrize("body", [b"\xff\xfe\x00garbage\x80", bytes(range(256)) * 4])
@@ -114,7 +114,7 @@ async def test_connection_reset_is_retried_then_reported(server):
 async def test_transient_reset_recovers_within_one_poll(server):
     server.set("/metrics", Reply(200, IDLE.encode(), {"Content-Length": str(len(IDLE))}, fault="reset_once"))
     pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
-    assert reason is None and pipe.state.up
+    assert reason is None and pipe.state.health.up
     assert server.hits["/metrics"] == 2
 
 
@@ -127,7 +127,7 @@ async def test_error_reason_counters_and_recovery(server):
         server.set("/metrics", Reply.text(IDLE))
         await pipe.poll()
         assert pipe.value("llm_exporter_poll_errors_total", reason="http_status") == 2
-        assert pipe.value("llm_up") == 1 and pipe.state.last_error is None
+        assert pipe.value("llm_up") == 1 and pipe.state.health.last_error is None
         assert pipe.value("llm_exporter_last_success_timestamp_seconds") == pytest.approx(time.time(), abs=5)
     finally:
         await pipe.close()

@@ -38,12 +38,12 @@ async def pipe(server):
 async def replay(pipe, server, texts_and_times):
     for text, t in texts_and_times:
         server.set("/metrics", Reply.text(text))
-        obs = await pipe.source.collect(pipe.poller.fetcher, t)
+        obs = await pipe.source.collect()
         pipe.state.record_success(obs, t, 0.001)
 
 
 def model(pipe, name="tiny-llama"):
-    return pipe.state.models[name]
+    return pipe.state.report.models[name]
 
 
 async def test_every_capture_maps_the_headline_metrics(server, pipe):
@@ -51,7 +51,7 @@ async def test_every_capture_maps_the_headline_metrics(server, pipe):
     for name in CAPTURES:
         server.set("/metrics", Reply.text(capture(name)))
         await pipe.poll()
-        assert pipe.state.up and pipe.state.readiness is Readiness.READY
+        assert pipe.state.health.up and pipe.state.health.readiness is Readiness.READY
         running, waiting = expected[name]
         assert pipe.value("llm_requests_running", model="tiny-llama") == running
         assert pipe.value("llm_requests_waiting", model="tiny-llama") == waiting
@@ -77,7 +77,7 @@ async def test_windowed_queue_mean_and_hit_ratio_between_captures(server, pipe):
     # no prefix hits during load: ratio is 0 with queries moving
     assert derived[("kv_cache_hit_ratio", (("unit", "tokens"),))] == 0.0
     # Shared-prefix phase: a fresh window from after-load to after-prefix
-    pipe.state.models.clear()
+    pipe.state.report.models.clear()
     await replay(pipe, server, [(capture("after-load"), 2000.0), (capture("after-prefix"), 2010.0)])
     ratio = model(pipe).derived[("kv_cache_hit_ratio", (("unit", "tokens"),))]
     assert ratio == 1280 / (2524 - 531)  # exactly Δhits / Δqueries
@@ -100,7 +100,7 @@ async def test_load_time_from_created_when_met_ready(server, pipe):
     from exporter.sources.vllm import METRICS_PREFIXES
     created = min(v for n, s in payload.samples.items() if n.startswith(METRICS_PREFIXES) and n.endswith("_created")
                   for _, v in s)
-    load = pipe.state.lifecycles[""].last
+    load = pipe.state.life.lifecycles[""].last
     assert load.basis == BASIS_ENGINE_TIMESTAMPS
     assert load.seconds == pytest.approx(created - start)
     assert 60 < load.seconds < 70  # the warm-cache start took 68.8 s to the first 200 (SOURCES.md)
@@ -116,7 +116,7 @@ async def test_load_time_from_observed_refusal_then_ready():
     server = ReplayServer({"/health": Reply(200)})
     try:
         await pipe.poll()  # nothing listening on the port yet
-        assert pipe.state.readiness is Readiness.DOWN and not pipe.state.up
+        assert pipe.state.health.readiness is Readiness.DOWN and not pipe.state.health.up
         assert pipe.value("llm_exporter_poll_errors_total", reason="connect") == 1
         assert pipe.value("llm_model_load_seconds") is None
         started = time.time() - 5.0
@@ -126,7 +126,7 @@ async def test_load_time_from_observed_refusal_then_ready():
         await server.start(port)
         await pipe.poll()
         ready_at = time.time()
-        load = pipe.state.lifecycles[""].last
+        load = pipe.state.life.lifecycles[""].last
         assert load.basis == BASIS_PROCESS_START
         assert 5.0 <= load.seconds <= ready_at - started
         assert pipe.value("llm_model_load_seconds", basis="process_start") == load.seconds
@@ -139,7 +139,7 @@ async def test_dead_engine_health_503(server, pipe):
     server.set("/health", Reply(503))
     server.set("/metrics", Reply.text(capture("idle")))
     await pipe.poll()
-    assert pipe.state.readiness is Readiness.DOWN
+    assert pipe.state.health.readiness is Readiness.DOWN
     assert pipe.value("llm_ready") == 0
 
 
@@ -151,7 +151,7 @@ async def test_restart_detected_and_windows_reseeded(server, pipe):
     assert restarted != text
     await replay(pipe, server, [(capture("idle").replace("process_start_time_seconds 1.79532376826e+09",
                                                         "process_start_time_seconds 1.79532399999e+09"), 1100.0)])
-    assert pipe.state.restarts == 1
+    assert pipe.state.life.restarts == 1
     assert len(model(pipe).window) == 1
     assert model(pipe).derived == {}
 
@@ -161,9 +161,9 @@ async def test_counter_going_down_is_a_restart(server, pipe):
     # same process start (e.g. multiprocess mode hides it) but counters back to zero
     idle = capture("idle").replace("process_start_time_seconds", "ignored_process_start")
     after = capture("after-load").replace("process_start_time_seconds", "ignored_process_start")
-    pipe.state.instance_id = None
+    pipe.state.life.instance_id = None
     await replay(pipe, server, [(after, 1001.0), (idle, 1002.0)])
-    assert pipe.state.restarts == 1
+    assert pipe.state.life.restarts == 1
 
 
 # ---------------------------------------------------------------- V0 and other versions
@@ -281,7 +281,7 @@ vllm:time_in_queue_requests_count{model_name="m"} 1.0
 async def test_process_start_basis_from_payload(server, pipe):
     server.set("/metrics", Reply.text(capture("idle")))
     await pipe.poll()
-    assert pipe.state.process_start == (1.79532376826e+09, "payload")
+    assert pipe.state.life.process_start == (1.79532376826e+09, "payload")
     assert pipe.value("llm_engine_process_start_time_seconds", basis="payload") == 1.79532376826e+09
     assert BASIS_PROCESS_START == "process_start"
 
@@ -289,7 +289,7 @@ async def test_process_start_basis_from_payload(server, pipe):
 async def test_not_a_vllm_server_is_a_parse_error(server, pipe):
     server.set("/metrics", Reply.text("# TYPE other gauge\nother 1\n"))
     await pipe.poll()
-    assert not pipe.state.up and pipe.state.last_error[0].value == "parse"
+    assert not pipe.state.health.up and pipe.state.health.last_error[0].value == "parse"
 
 
 async def test_lora_adapters_from_the_newest_lora_requests_info(server, pipe):

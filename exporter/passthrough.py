@@ -1,6 +1,8 @@
 """Optional raw pass-through (`passthrough: true` on a target): the engine's own families re-exposed
 under the namespace with colons replaced (`vllm:num_requests_running` → `llm_vllm_num_requests_running`),
-with the target's labels added, for users who want one scrape per pod. Text format only.
+with the target's labels added, for users who want one scrape per pod. Sources keep the payload's text;
+the state turns it into families here; the collector's one sample stream exposes them (text format
+and OpenMetrics alike).
 
 Upstream labels that collide with the exporter's (`target`, `engine`, configured labels) are kept as
 `exported_<name>`, as Prometheus does with honor_labels: false.
@@ -11,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..promparse import PromParseError, family_of, parse
+from .promparse import PromParseError, family_of, parse
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 KINDS = {"counter", "gauge", "histogram", "summary", "untyped"}
