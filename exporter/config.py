@@ -37,7 +37,7 @@ class ConfigError(Exception):
 
     def __init__(self, message: str, *, source: str = "<config>", line: int | None = None,
                  key: str | None = None):
-        self.source, self.line, self.key, self.detail = source, line, key, message
+        self.source, self.line, self.key = source, line, key
         where = source + (f":{line}" if line else "")
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
 

@@ -83,9 +83,6 @@ class Histogram:
     def only_inf(total: float, count: float) -> "Histogram":
         return Histogram(((math.inf, count),), total, count)
 
-    def bounds(self) -> tuple[float, ...]:
-        return tuple(b for b, _ in self.buckets)
-
 
 @dataclass
 class ModelSample:

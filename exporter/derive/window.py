@@ -38,6 +38,3 @@ class SlidingWindow(Generic[T]):
 
     def last(self) -> tuple[float, T] | None:
         return self._items[-1] if self._items else None
-
-    def span(self) -> float:
-        return self._items[-1][0] - self._items[0][0] if len(self._items) >= 2 else 0.0

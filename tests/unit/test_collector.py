@@ -57,7 +57,10 @@ def test_vanished_models_vanish_from_exposition():
     c = ModelSample()
     c.set("requests_running", 3)
     state.record_success(Observation(Readiness.READY, models={"a": c}), 2.0, 0.01)
-    assert set(state.report.models) == {"a"}
+    from exporter.collector import target_samples
+    exposed = {labels["model"]: value for key, _, labels, value in target_samples(state, {})
+               if key == "requests_running"}
+    assert exposed == {"a": 3}
 
 
 def test_series_cap_drops_and_counts():
@@ -72,8 +75,9 @@ def test_series_cap_drops_and_counts():
         sample.set("requests_running", i)
         models[f"m{i:03d}"] = sample
     state.record_success(Observation(Readiness.READY, models=models), 1.0, 0.01)
-    assert 0 < len(state.report.models) < 100
-    assert state.report.series_dropped > 0
+    # each model costs its one value plus 8 series of overhead: 3 fit in 30, the other 97 are dropped
+    assert sorted(state.report.models) == ["m000", "m001", "m002"]
+    assert state.report.series_dropped == 97 * 9
 
 
 def test_catalogue_names_are_valid_and_unique():

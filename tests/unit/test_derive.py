@@ -17,10 +17,7 @@ from exporter.derive.lifecycle import (
 )
 from exporter.derive.maths import (
     counter_delta,
-    histogram_delta,
     histogram_is_valid,
-    histogram_mean,
-    histogram_quantile,
     rate,
     ratio_of_deltas,
 )
@@ -80,14 +77,16 @@ def test_window_deltas_never_negative_and_reseed_on_reset(values):
 @given(st.lists(st.floats(0, 100), min_size=1, max_size=50), st.floats(1, 20))
 def test_window_keeps_one_anchor_at_or_before_horizon(gaps, seconds):
     window: SlidingWindow[int] = SlidingWindow(seconds)
-    t = 0.0
+    t, times = 0.0, []
     for i, gap in enumerate(gaps):
         t += gap
+        times.append(t)
         window.add(t, i)
-        first_t = window.first()[0]
-        # history is trimmed to the window, but the anchor may sit before the horizon
+        # the anchor is the newest poll at or before the window's start (so first→last spans the whole
+        # window), or the oldest poll while history is shorter than the window
+        before = [x for x in times if x <= t - seconds]
+        assert window.first()[0] == (max(before) if before else times[0])
         assert len(window) == 1 or window._items[1][0] > t - seconds
-        assert first_t <= t
 
 
 def test_window_clock_going_back_starts_over():
@@ -103,79 +102,12 @@ def hist(buckets, total):
     return Histogram(tuple(buckets), total, buckets[-1][1])
 
 
-def test_histogram_delta_mean_and_quantile():
-    h0 = hist([(0.1, 1), (1, 2), (INF, 2)], 0.6)
-    h1 = hist([(0.1, 1), (1, 6), (INF, 8)], 9.6)
-    delta = histogram_delta(h0, h1)
-    assert delta.buckets == ((0.1, 0), (1, 4), (INF, 6))
-    assert histogram_mean(delta) == pytest.approx(9.0 / 6)
-    # rank 3 of 6 falls in (0.1, 1]: 0.1 + 0.9 * 3/4
-    assert histogram_quantile(0.5, delta) == pytest.approx(0.775)
-    # ranks in +Inf return the highest finite bound, like Prometheus
-    assert histogram_quantile(0.99, delta) == 1
-
-
-def test_histogram_delta_rejects_changed_bounds_and_resets():
-    h0 = hist([(0.1, 1), (INF, 2)], 1)
-    assert histogram_delta(h0, hist([(0.2, 1), (INF, 2)], 1)) is None
-    assert histogram_delta(hist([(0.1, 5), (INF, 9)], 9), h0) is None
-    assert histogram_mean(histogram_delta(h0, h0)) is None  # nothing observed: absent
-
-
 def test_histogram_validity():
     assert histogram_is_valid(hist([(0.1, 1), (INF, 2)], 1))
     assert not histogram_is_valid(hist([(0.1, 3), (INF, 2)], 1))       # not monotonic
     assert not histogram_is_valid(Histogram(((0.1, 1),), 1, 1))         # no +Inf
     assert not histogram_is_valid(hist([(1, 1), (0.5, 1), (INF, 2)], 1))  # bounds out of order
     assert not histogram_is_valid(Histogram(((INF, 1),), math.nan, 1))
-
-
-@st.composite
-def histogram_pair(draw):
-    bounds = sorted(set(draw(st.lists(st.floats(0.001, 100), min_size=1, max_size=8))))
-    bounds.append(INF)
-    first = [draw(st.integers(0, 100)) for _ in bounds]
-    more = [draw(st.integers(0, 100)) for _ in bounds]
-    c0 = list(_cumulative(first))
-    c1 = [a + b for a, b in zip(c0, _cumulative(more))]
-    s0 = draw(st.floats(0, 1e3))
-    s1 = s0 + draw(st.floats(0, 1e3))
-    return Histogram(tuple(zip(bounds, c0)), s0, c0[-1]), Histogram(tuple(zip(bounds, c1)), s1, c1[-1])
-
-
-def _cumulative(counts):
-    total = 0
-    for c in counts:
-        total += c
-        yield total
-
-
-@given(histogram_pair(), st.floats(0, 1))
-def test_histogram_window_properties(pair, q):
-    h0, h1 = pair
-    delta = histogram_delta(h0, h1)
-    assert delta is not None and histogram_is_valid(delta)
-    assert delta.count == h1.count - h0.count
-    quantile = histogram_quantile(q, delta)
-    if delta.count > 0:
-        mean = histogram_mean(delta)
-        assert mean is not None and mean >= 0
-        finite = [b for b, _ in delta.buckets if b != INF]
-        assert quantile is None or 0 <= quantile <= max(finite)
-    else:
-        assert histogram_mean(delta) is None
-    # a reset in the other direction is never a valid window
-    if h1.count > h0.count:
-        assert histogram_delta(h1, h0) is None
-
-
-@given(histogram_pair(), st.floats(0, 1), st.floats(0, 1))
-def test_quantile_is_monotonic_in_q(pair, a, b):
-    delta = histogram_delta(*pair)
-    lo, hi = sorted((a, b))
-    qa, qb = histogram_quantile(lo, delta), histogram_quantile(hi, delta)
-    if qa is not None and qb is not None:
-        assert qa <= qb + 1e-9
 
 
 # ---------------------------------------------------------------- model lifecycle and load time

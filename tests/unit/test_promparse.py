@@ -60,7 +60,7 @@ def test_prefix_filter_keeps_only_wanted_families():
     assert payload.samples and all(name.startswith("vllm:") for name in payload.samples)
     assert "python_gc_objects_collected_total" not in payload.samples
     assert payload.types["vllm:request_queue_time_seconds"] == "histogram"
-    assert "queued" in payload.helps.get("vllm:num_requests_waiting", "") or payload.helps
+    assert payload.helps["vllm:num_requests_waiting"] == "Number of requests waiting to be processed."
 
 
 def test_label_cache_reuses_parsed_labels():
