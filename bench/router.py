@@ -108,7 +108,8 @@ def main() -> int:
     ratio = router["cpu_ms_per_poll"] / max(single["cpu_ms_per_poll"], 1e-9)
     lines += ["", f"A router poll (GET /models + three /metrics?model=) costs **{ratio:.1f}×** a single-model poll "
               "(GET /metrics + /props); RSS grows by "
-              f"{router['hwm_mib'] - single['hwm_mib']:.1f} MiB for ten models' lifecycles and three models' windows.", ""]
+              f"{router['hwm_mib'] - single['hwm_mib']:.1f} MiB for ten models' lifecycles and three models' "
+              "windows.", ""]
     text = "\n".join(lines)
     print(text)
     print(json.dumps({"single": single, "router": router}), file=sys.stderr)

@@ -45,7 +45,7 @@ def machine() -> str:
     try:
         import cpuinfo
         cpu = cpuinfo.get_cpu_info().get("brand_raw", cpu)
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}")
@@ -93,7 +93,7 @@ def wait_http(url: str, timeout: float = 20) -> None:
         try:
             with urllib.request.urlopen(url, timeout=2):
                 return
-        except Exception:  # noqa: BLE001
+        except Exception:
             time.sleep(0.1)
     raise TimeoutError(url)
 
@@ -187,7 +187,7 @@ def bench_payload_growth(quick: bool) -> dict:
 
 def _slope(xs: list[float], ys: list[float]) -> float:
     mx, my = statistics.mean(xs), statistics.mean(ys)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
 
 
 # ---------------------------------------------------------------- 2-4. live runs
@@ -221,7 +221,8 @@ def live_run(tmp: Path, targets: int, interval: str, seconds: float, scrape_ever
         latencies.sort()
         renders.sort()
         return {"render_p99_ms": 1e3 * renders[min(len(renders) - 1, int(len(renders) * 0.99))] if renders else 0,
-                "body_mib": len(body) / 2**20,"targets": targets, "interval": interval, "seconds": elapsed, "cpu_s": cpu,
+                "body_mib": len(body) / 2**20, "targets": targets, "interval": interval, "seconds": elapsed,
+                "cpu_s": cpu,
                 "cpu_pct": 100 * cpu / elapsed, "polls": polls, "cpu_ms_per_poll": 1e3 * cpu / max(polls, 1),
                 "rss_mib": rss_peak / 2**20, "hwm_mib": proc_peak_rss_bytes(exporter.proc.pid) / 2**20,
                 "scrape_p50_ms": 1e3 * latencies[len(latencies) // 2],
@@ -240,7 +241,8 @@ def report(results: dict) -> str:
     lines = ["# Benchmarks", "", f"Machine: {results['machine']}.  ",
              f"Command: `.venv/bin/python bench/run.py --write` ({results['when']}, {results['wall_s']:.0f} s).", "",
              "## 1. Parser: real vLLM 0.32 payloads (tests/fixtures/vllm-real), same process", "",
-             "| payload | size | prometheus_client | ours (vLLM families, warm label cache) | ours (everything, cold) |",
+             "| payload | size | prometheus_client | ours (vLLM families, warm label cache) "
+             "| ours (everything, cold) |",
              "|---|---|---|---|---|"]
     for r in p["rows"]:
         lines.append(f"| {r['payload']} | {r['kb']:.0f} KiB | {r['theirs_ms']:.2f} ms | {r['ours_ms']:.3f} ms "
@@ -251,7 +253,7 @@ def report(results: dict) -> str:
     g = results["growth"]
     lines += ["## 5a. Parse cost growth with payload size", "",
               "| payload | series kept | parse time |", "|---|---|---|"]
-    for kb, n, us in zip(g["kb"], g["series"], g["us"]):
+    for kb, n, us in zip(g["kb"], g["series"], g["us"], strict=True):
         lines.append(f"| {kb:.0f} KiB | {n} | {us:.0f} µs |")
     lines += ["", f"Slope: **{g['us_per_kb']:.2f} µs per KiB** of payload, **{g['us_per_series']:.2f} µs per "
                   f"kept series** (linear).", ""]

@@ -72,7 +72,7 @@ def main() -> int:
             while time.monotonic() - started < args.minutes * 60:
                 _, body = scrape(url)
                 payload = parse(body, ("llm_exporter_asyncio_tasks", "process_open_fds", "llm_exporter_polls_total"))
-                polls = {l["target"]: v for l, v in payload.get("llm_exporter_polls_total")}
+                polls = {lab["target"]: v for lab, v in payload.get("llm_exporter_polls_total")}
                 samples.append({"t": time.monotonic() - started, "rss": proc_rss_bytes(exporter.pid),
                                 "cpu": proc_cpu_seconds(exporter.pid),
                                 "tasks": payload.get("llm_exporter_asyncio_tasks")[0][1],
@@ -105,7 +105,8 @@ def main() -> int:
     ]
     cpu = (last["cpu"] - first["cpu"]) / (last["t"] - first["t"])
     out = ["# Soak", "", f"Machine: {machine()}.  ",
-           f"Command: `.venv/bin/python bench/soak.py --minutes {args.minutes:g} --write` ({time.strftime('%Y-%m-%d')}).",
+           f"Command: `.venv/bin/python bench/soak.py --minutes {args.minutes:g} --write` "
+           f"({time.strftime('%Y-%m-%d')}).",
            "", f"{args.targets} replayed vLLM 0.32 targets at {args.interval}; one in five misbehaves "
            f"({', '.join(KINDS)} in turn). Warm-up {warmup:.0f} s, then {last['t'] - first['t']:.0f} s measured. "
            f"Exporter CPU {100 * cpu:.1f} % of a core; {len(log_lines)} log lines in all.", "",

@@ -89,7 +89,9 @@ class Exporter:
 
     async def poll_all_once(self) -> None:
         """--once: poll every target once (twice a short interval apart is not needed)."""
-        await asyncio.gather(*(p.poll() for p in self.pollers.values()), self._host_task)
+        await asyncio.gather(*(p.poll() for p in self.pollers.values()))
+        if self._host_task is not None:
+            await self._host_task
 
     # ------------------------------------------------------------------ pollers
 

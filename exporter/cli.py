@@ -14,7 +14,7 @@ from aiohttp import web
 
 from . import __version__
 from .app import Exporter
-from .config import ConfigError, load_config, parse_listen
+from .config import Config, ConfigError, load_config, parse_listen
 from .logsetup import setup_logging
 from .server import build_app, render_metrics
 from .webconfig import WebConfig, load_web_config
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-async def _once(config, config_path: str | None) -> int:  # type: ignore[no-untyped-def]
+async def _once(config: Config, config_path: str | None) -> int:
     exporter = Exporter(config, config_path)
     await exporter.start()
     try:
@@ -97,7 +97,7 @@ async def _once(config, config_path: str | None) -> int:  # type: ignore[no-unty
     return 0
 
 
-async def _serve(config, config_path: str | None, max_requests: int,  # type: ignore[no-untyped-def]
+async def _serve(config: Config, config_path: str | None, max_requests: int,
                  web_config: WebConfig | None = None) -> int:
     loop = asyncio.get_running_loop()
     exporter = Exporter(config, config_path)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
@@ -26,8 +26,8 @@ from prometheus_client.utils import floatToGoString
 from . import __version__
 from .catalogue import ALL_METRICS, BY_KEY, MetricSpec
 from .derive.lifecycle import KIND_LOAD, KIND_START, ModelLifecycle
-from .observation import ModelState, Readiness
 from .join import Owners, owner_of, process_owners
+from .observation import ModelState, Readiness
 from .passthrough import RawFamily
 from .state import TargetState
 
@@ -280,6 +280,6 @@ class TextRenderer:
                 name += "_total" if kind == "counter" else ""
                 help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
             # a pass-through family keeps the engine's name and HELP (still escaped as on the wire)
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode("utf-8"))
+            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode())
             out.extend([chunk for chunk in [lines.get(key) for lines in per_target] if chunk is not None])
         return b"".join(out)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import yaml
@@ -150,7 +151,7 @@ def validate_url(value: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
     try:
-        parts.port
+        _ = parts.port  # urlsplit checks the port only when asked
     except ValueError as exc:
         raise ValueError(f"bad port in URL {value!r}: {exc}") from None
     if parts.username or parts.password:
@@ -158,7 +159,7 @@ def validate_url(value: str) -> str:
     return value.rstrip("/")
 
 
-def expand_env(text: str, environ: dict[str, str] | os._Environ) -> str:
+def expand_env(text: str, environ: dict[str, str] | os._Environ[str]) -> str:
     def repl(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in environ:
@@ -178,7 +179,7 @@ MAX_NODES, MAX_DEPTH = 100_000, 64  # YAML aliases can expand exponentially ("bi
 class _Doc:
     """A YAML document converted to plain Python, remembering each key path's line."""
 
-    def __init__(self, text: str, source: str, environ: dict[str, str] | os._Environ):
+    def __init__(self, text: str, source: str, environ: dict[str, str] | os._Environ[str]):
         self.source = source
         self.lines: dict[tuple[Any, ...], int] = {}
         self.environ = environ
@@ -212,7 +213,8 @@ class _Doc:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self._convert(item, path + (i,)) for i, item in enumerate(node.value)]
-        if node.tag == "tag:yaml.org,2002:str" or node.style in ("'", '"', "|", ">"):
+        style = node.style if isinstance(node, yaml.ScalarNode) else None
+        if node.tag == "tag:yaml.org,2002:str" or style in ("'", '"', "|", ">"):
             return self._expand(node.value, path)
         if "${" in node.value:
             return self._expand(node.value, path)
@@ -284,7 +286,7 @@ class _Validator:
             raise self.doc.error(str(exc), path + (key,)) from None
 
 
-def _close_match(word: str, choices: tuple[str, ...], cutoff: float) -> list[str]:
+def _close_match(word: str, choices: Sequence[str], cutoff: float) -> list[str]:
     import difflib  # only on the error path: keeps the sidecar's resident memory down
 
     return difflib.get_close_matches(word, choices, n=1, cutoff=cutoff)
@@ -464,17 +466,17 @@ def build_config(data: Any, doc: _Doc, engines: Mapping[str, bool] | None = None
                   source=doc.source)
 
 
-def LABEL_VALUE_OK(value: str) -> bool:  # noqa: N802 - reads as a predicate constant
+def LABEL_VALUE_OK(value: str) -> bool:
     return 0 < len(value) <= 128 and value.isprintable()
 
 
 def load_config_text(text: str, source: str = "<config>",
-                     environ: dict[str, str] | os._Environ | None = None) -> Config:
+                     environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
     doc = _Doc(text, source, os.environ if environ is None else environ)
     return build_config(doc.data, doc)
 
 
-def load_config(path: str | None, environ: dict[str, str] | os._Environ | None = None) -> Config:
+def load_config(path: str | None, environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
     """Load FILE, or the embedded default config when path is None."""
     if path is None:
         text = resources.files("exporter").joinpath("default_config.yaml").read_text(encoding="utf-8")

@@ -22,7 +22,7 @@ from .catalogue import (
     MetricSpec,
     exposed_names,
 )
-from .sources import REGISTRY
+from .sources.base import REGISTRY
 from .sources.mapping import Feed
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"

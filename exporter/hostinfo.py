@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 log = logging.getLogger("llm_exporter.host")
 
@@ -13,14 +14,14 @@ def _cache_bytes(value: object) -> str:
     return ""
 
 
-def cpu_info_labels(info: dict | None = None) -> tuple[tuple[str, str], ...]:
+def cpu_info_labels(info: dict[str, Any] | None = None) -> tuple[tuple[str, str], ...]:
     """Labels of llm_host_cpu_info. `info` is py-cpuinfo's dict (read here when None)."""
     if info is None:
         try:
             import cpuinfo
 
             info = cpuinfo.get_cpu_info()
-        except Exception as exc:  # noqa: BLE001 - an odd CPU must not stop the exporter
+        except Exception as exc:
             log.warning("py-cpuinfo failed, llm_host_cpu_info will be sparse: %s", exc)
             info = {}
     flags = set(info.get("flags") or [])

@@ -8,7 +8,7 @@ target's `target`, `engine` and `model` labels: the GPU <-> model join. This is 
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from .observation import LabelPairs, SeriesSample
 from .state import TargetState

@@ -19,7 +19,7 @@ class Readiness(enum.Enum):
     READY = "ready"
 
 
-class ModelState(str, enum.Enum):
+class ModelState(enum.StrEnum):
     """A model's lifecycle state, as the engine reports it (`llm_model_state{state}`)."""
 
     LOADED = "loaded"
@@ -51,7 +51,7 @@ class ModelStatus:
     pid: int | None = None
 
 
-class Reason(str, enum.Enum):
+class Reason(enum.StrEnum):
     """Why a poll failed: a fixed set, so `poll_errors_total{reason}` stays small."""
 
     CONNECT = "connect"
@@ -80,7 +80,7 @@ class Histogram:
     count: float
 
     @staticmethod
-    def only_inf(total: float, count: float) -> "Histogram":
+    def only_inf(total: float, count: float) -> Histogram:
         return Histogram(((math.inf, count),), total, count)
 
 

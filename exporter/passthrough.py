@@ -49,8 +49,8 @@ def families(text: str, reserved: frozenset[str], max_series: int) -> tuple[list
             pairs = tuple((f"exported_{k}" if k in reserved else k, v) for k, v in labels.items())
             grouped.setdefault(family, []).append((sanitise(name), pairs, value))
     out = []
-    for family, samples in grouped.items():
+    for family, kept in grouped.items():
         kind = payload.types.get(family, "untyped")
         out.append(RawFamily(sanitise(family), kind if kind in KINDS else "untyped",
-                             payload.helps.get(family, ""), tuple(samples)))
+                             payload.helps.get(family, ""), tuple(kept)))
     return out, dropped

@@ -9,17 +9,21 @@ to the target's state; logs say what changed, once, not every poll.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_attempt,
+    stop_any,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 from .observation import Observation, PollError, Reason
 from .sources.base import Source, TransientPollError
@@ -55,26 +59,33 @@ class ChangeLog:
         log.log(level, message, *args)
 
 
-async def poll_once(source: Source, timeout: float) -> Observation:
-    """Collect one observation within `timeout` seconds, retrying transient failures."""
-    deadline = time.monotonic() + timeout
+class _BudgetSpent(stop_base):
+    """Stop retrying when less than 100 ms of the poll's budget is left."""
 
-    def budget_left(retry_state: RetryCallState) -> bool:
-        return time.monotonic() + 0.1 >= deadline
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + 0.1 >= self.deadline
+
+
+async def poll_once(source: Source, budget_s: float) -> Observation:
+    """Collect one observation within `budget_s` seconds, retrying transient failures."""
+    deadline = time.monotonic() + budget_s
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(TransientPollError),
-        stop=stop_after_attempt(3) | budget_left,
+        stop=stop_any(stop_after_attempt(3), _BudgetSpent(deadline)),
         wait=wait_exponential(multiplier=0.05, max=0.5),
         reraise=True,
     )
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(budget_s):
             async for attempt in retrying:
                 with attempt:
                     return await source.collect()
     except TimeoutError:
-        raise PollError(Reason.TIMEOUT, f"poll did not finish within {timeout:g}s") from None
+        raise PollError(Reason.TIMEOUT, f"poll did not finish within {budget_s:g}s") from None
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -96,10 +107,8 @@ class Poller:
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self.task
-            except asyncio.CancelledError:
-                pass
             self.task = None
         await self.source.close()
 

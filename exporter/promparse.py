@@ -16,9 +16,9 @@ poll); and the common case is handled with C-level string methods.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
 
 Labels = Mapping[str, str]
 EMPTY_LABELS: Labels = MappingProxyType({})

@@ -24,7 +24,7 @@ SUPPORT = ROOT / "tests" / "support"
 sys.path.insert(0, str(ROOT))
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+def pytest_collection_modifyitems(config, items):
     slow_marks = ("real_engine", "prometheus")
     items.sort(key=lambda item: any(item.get_closest_marker(m) for m in slow_marks))
 

@@ -65,7 +65,7 @@ class DurationHistogram:
         self.count += 1
 
     def buckets(self) -> tuple[tuple[float, float], ...]:
-        return tuple(zip(LOAD_BUCKETS, self.counts))
+        return tuple(zip(LOAD_BUCKETS, self.counts, strict=True))
 
 
 @dataclass(frozen=True)

@@ -7,15 +7,11 @@ import math
 from ..observation import Histogram
 
 
-def is_finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(value)
-
-
 def counter_delta(first: float | None, last: float | None) -> float | None:
     """Increase between two counter readings; None when unknown or the counter went down (reset)."""
-    if not (is_finite(first) and is_finite(last)):
+    if first is None or last is None or not (math.isfinite(first) and math.isfinite(last)):
         return None
-    delta = last - first  # type: ignore[operator]
+    delta = last - first
     return delta if delta >= 0 else None
 
 

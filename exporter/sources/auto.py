@@ -9,8 +9,9 @@ reloads.
 
 from __future__ import annotations
 
+from ..config import TargetConfig
 from ..observation import InfoSample, Observation, PollError, Reason
-from .base import REGISTRY, HttpFetcher, HttpSource, Source
+from .base import REGISTRY, HttpFetcher, HttpSource, SharedContext, Source
 
 
 def detect_from_metrics(text: str) -> str | None:
@@ -50,7 +51,7 @@ class AutoSource(HttpSource):
     engine = "auto"
     title = "any of the above (auto-detected)"
 
-    def __init__(self, target, shared=None):  # noqa: ANN001 - the same signature as every source
+    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
         self.delegate: Source | None = None
         self.detected: str | None = None

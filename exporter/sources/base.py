@@ -7,11 +7,11 @@ exposition logic and no derivation: only fetch + parse + map to unified keys.
 from __future__ import annotations
 
 import abc
-import asyncio
 import json
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import aiohttp
 
@@ -97,7 +97,7 @@ class HttpFetcher:
                 return Response(resp.status, resp.headers, bytes(body))
         except PollError:
             raise
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PollError(Reason.TIMEOUT, f"GET {path}: timed out") from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise PollError(Reason.TLS, f"GET {path}: TLS certificate rejected: {exc.certificate_error}") from None
@@ -212,7 +212,7 @@ class Source(abc.ABC):
     async def collect(self) -> Observation:
         """Poll the target once. Raise PollError for a failed poll."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing to release
         """Release resources held for this target."""
 
 

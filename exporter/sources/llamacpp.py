@@ -255,7 +255,7 @@ class LlamaCppSource(HttpSource):
         results = await asyncio.gather(*(self._router_model(http, model) for model in loaded))
         notices: list[str] = []
         misses: set[str] = set()
-        for model, result in zip(loaded, results):
+        for model, result in zip(loaded, results, strict=True):
             if result is None:
                 continue  # unloaded between /models and its /metrics: state only this poll
             metrics, slots = result

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..observation import Histogram, ModelSample
 from ..promparse import Labels, Payload
@@ -124,7 +124,7 @@ def apply(payload: Payload, table: tuple[Feed, ...], model_label: str,
         unit = unit_from_help(payload, chosen.name) if chosen.unit == "help" else chosen.unit
         if "{unit}" in feed.key and not unit:
             continue
-        key = feed.key.replace("{unit}", unit)
+        key = feed.key.replace("{unit}", unit or "")
         if feed.kind == "histogram":
             for model, hist in histograms(payload, chosen.name, model_label).items():
                 models[model].histograms[key] = hist

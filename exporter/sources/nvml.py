@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..observation import (
     InfoSample,
@@ -92,7 +94,7 @@ class NvmlLibrary:
             self.nvml.nvmlInit()
         except PollError:
             raise
-        except Exception as exc:  # noqa: BLE001 - NVMLError, ImportError, OSError: all mean "no NVML"
+        except Exception as exc:
             self.failures += 1
             self.next_attempt = now + min(MAX_BACKOFF, 2.0 ** min(self.failures, 10))
             self.last_init_error = _describe_init_error(exc)
@@ -110,10 +112,8 @@ class NvmlLibrary:
 
     def shutdown_now(self) -> None:
         if self.initialised and self.nvml is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self.nvml.nvmlShutdown()
-            except Exception:  # noqa: BLE001 - best effort on the way out
-                pass
         self.initialised = False
 
     def read(self) -> NvmlReading:
@@ -265,20 +265,20 @@ class NvmlLibrary:
 
     # ---------------------------------------------------------------- from the event loop
 
-    async def read_async(self, timeout: float) -> NvmlReading:
+    async def read_async(self, budget_s: float) -> NvmlReading:
         """Read all GPUs on the NVML thread. Concurrent callers share one in-flight read; a read
         still blocked from an earlier poll is reported instead of queueing another behind it."""
         now = time.monotonic()
         if self.inflight is None or self.inflight.done():
             self.inflight_started = now
             self.inflight = asyncio.get_running_loop().run_in_executor(self.executor, self.read)
-        elif now - self.inflight_started > timeout:
+        elif now - self.inflight_started > budget_s:
             raise PollError(Reason.TIMEOUT, f"an NVML call has been blocked for {now - self.inflight_started:.1f}s "
                                             "(hung driver?)")
         try:
-            return await asyncio.wait_for(asyncio.shield(self.inflight), timeout)
-        except asyncio.TimeoutError:
-            raise PollError(Reason.TIMEOUT, f"NVML did not answer within {timeout:g}s") from None
+            return await asyncio.wait_for(asyncio.shield(self.inflight), budget_s)
+        except TimeoutError:
+            raise PollError(Reason.TIMEOUT, f"NVML did not answer within {budget_s:g}s") from None
 
     def close(self) -> None:
         """Shut NVML down on its own thread (never blocks the caller on a hung driver)."""

@@ -10,6 +10,7 @@ refused while loading); /health 200 = ready, 500/503 = engine dead.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from ..config import TargetConfig
@@ -162,7 +163,5 @@ def lora_adapters(payload: Payload, models: dict[str, ModelSample]) -> None:
                 sample.set(key, 1.0, adapter=name)
             if key == "lora_adapter_running":
                 sample.set("lora_adapters_running", float(len(names)))
-        try:
+        with contextlib.suppress(ValueError):
             sample.set("lora_adapters_max", float(labels.get("max_lora", "")))
-        except ValueError:
-            pass

@@ -55,14 +55,14 @@ def value(body: str, name: str, **labels):
 @pytest.fixture
 def exporter(tmp_path, replay):
     port = free_port()
-    config = write_config(tmp_path / "config.yaml", port, replay, extra_targets="""
+    config = write_config(tmp_path / "config.yaml", port, replay, extra_targets=f"""
   - name: hanging
     engine: vllm
-    url: http://127.0.0.1:{}/hang
+    url: http://127.0.0.1:{replay}/hang
   - name: absent
     engine: llamacpp
-    url: http://127.0.0.1:{}
-""".format(replay, free_port()))
+    url: http://127.0.0.1:{free_port()}
+""")
     proc = ExporterProcess(config, port)
     yield proc
     proc.stop()
@@ -102,11 +102,11 @@ def test_sighup_reload_good_then_bad_config(exporter, tmp_path, replay):
     wait_until(lambda: value(exporter.metrics(), "llm_up", target="good") == 1, 10)
     before = value(exporter.metrics(), "llm_exporter_config_last_reload_success_timestamp_seconds")
     # good: drop two targets, add one; "good" keeps its state (same name and engine)
-    write_config(exporter.config_path, exporter.port, replay, extra_targets="""
+    write_config(exporter.config_path, exporter.port, replay, extra_targets=f"""
   - name: second
     engine: vllm
-    url: http://127.0.0.1:{}
-""".format(replay))
+    url: http://127.0.0.1:{replay}
+""")
     restarts_before = value(exporter.metrics(), "llm_exporter_poll_errors_total", target="good", reason="connect")
     exporter.signal(signal.SIGHUP)
     body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="second") == 1 else None)(exporter.metrics()),
@@ -167,7 +167,7 @@ targets:
     try:
         time.sleep(1.0)
         body = proc.metrics()
-        status, page = proc.get("/")
+        _status, page = proc.get("/")
     finally:
         proc.stop()
     logs = proc.logs()

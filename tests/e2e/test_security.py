@@ -159,7 +159,8 @@ async def test_bearer_token_file_sent_and_never_exposed(tmp_path):
         wrong = tmp_path / "wrong"
         wrong.write_text("nope")
         refused = await poll(f"http://127.0.0.1:{srv.port}", bearer_token_file=str(wrong))
-        assert not refused.health.up and refused.health.last_error[0].value == "http_status" and "nope" not in refused.health.last_error[1]
+        error = refused.health.last_error
+        assert not refused.health.up and error[0].value == "http_status" and "nope" not in error[1]
     finally:
         await srv.stop()
 

@@ -202,7 +202,8 @@ def test_sleeping_server_is_never_woken_and_wakes_are_counted(llama_server_bin, 
     server.start()
     exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port), exporter_port)
     try:
-        wait_until(lambda: server.first("server is entering sleeping state") is not None, 20, what="the server to sleep")
+        wait_until(lambda: server.first("server is entering sleeping state") is not None, 20,
+                   what="the server to sleep")
         asleep = time.time()
         body = wait_until(lambda: (lambda b: b if _states(b, "llama") == {"tiny-llama.gguf": "sleeping"} else None)(
             exporter.metrics()), 5, what="exporter: sleeping")

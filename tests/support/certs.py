@@ -25,7 +25,7 @@ def _write(path: Path, cert, key) -> tuple[Path, Path]:
 
 
 def make_pki(directory: Path) -> dict[str, Path]:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = _key()
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llm-exporter test CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())

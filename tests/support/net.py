@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -9,8 +10,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,10 +43,11 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
             value = predicate()
             if value:
                 return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
+        except Exception as exc:
             last_error = exc
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error})" if last_error else ""))
+    detail = f" (last error: {last_error})" if last_error else ""
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}{detail}")
 
 
 class ExporterProcess:
@@ -65,7 +67,7 @@ class ExporterProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"exporter exited early: {self.logs()}")
 
-    def get(self, path: str, **kw) -> tuple[int, str]:  # noqa: ANN003
+    def get(self, path: str, **kw) -> tuple[int, str]:
         return http_get(f"http://127.0.0.1:{self.port}{path}", **kw)
 
     def metrics(self) -> str:
@@ -102,10 +104,8 @@ def kill_tree(proc: subprocess.Popen) -> None:
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
 
 

@@ -37,11 +37,11 @@ class Reply:
 
     @staticmethod
     def text(body: str, status: int = 200, content_type: str = "text/plain; version=0.0.4",
-             **headers: str) -> "Reply":
+             **headers: str) -> Reply:
         return Reply(status, body.encode("utf-8"), {"Content-Type": content_type, **headers})
 
     @staticmethod
-    def json(obj: object, status: int = 200, **headers: str) -> "Reply":
+    def json(obj: object, status: int = 200, **headers: str) -> Reply:
         return Reply(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **headers})
 
 
@@ -63,7 +63,7 @@ class ReplayServer:
     def remove(self, path: str) -> None:
         self.routes.pop(path, None)
 
-    async def start(self, port: int = 0, host: str = "127.0.0.1", ssl_context=None) -> int:  # noqa: ANN001
+    async def start(self, port: int = 0, host: str = "127.0.0.1", ssl_context=None) -> int:
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context)

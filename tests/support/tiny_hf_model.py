@@ -19,9 +19,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def corpus(lines: int = 3000) -> list[str]:
     rng = random.Random(0)
-    words = ("the model serves tokens from a cache while requests wait in a queue for a batch slot "
-             "monitoring latency throughput prefix memory gpu engine metric exporter story sea ocean "
-             "forest river mountain question answer system assistant helpful project document").split()
+    words = ["the", "model", "serves", "tokens", "from", "a", "cache", "while", "requests", "wait", "in", "a",
+             "queue", "for", "a", "batch", "slot", "monitoring", "latency", "throughput", "prefix", "memory", "gpu",
+             "engine", "metric", "exporter", "story", "sea", "ocean", "forest", "river", "mountain", "question",
+             "answer", "system", "assistant", "helpful", "project", "document"]
     return [" ".join(rng.choice(words) for _ in range(rng.randint(5, 30))) for _ in range(lines)]
 
 

@@ -134,7 +134,7 @@ def documents():
 def test_core_manifests_validate_against_kubernetes_schemas():
     import kubernetes_validate
     checked = 0
-    for path, doc in documents():
+    for _path, doc in documents():
         if doc["apiVersion"].startswith("monitoring.coreos.com"):
             continue
         kubernetes_validate.validate(doc, "1.30.0", strict=True)

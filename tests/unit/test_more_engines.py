@@ -114,7 +114,8 @@ async def test_mapping_miss_counter_fires_when_a_family_disappears(engine, text,
         await srv.stop()
 
 
-EXPECTED = {"llamacpp": "llamacpp", "vllm": "vllm", "vllm-real": "vllm", "sglang-real": "sglang", "sglang": "sglang", "tgi": "tgi"}
+EXPECTED = {"llamacpp": "llamacpp", "vllm": "vllm", "vllm-real": "vllm", "sglang-real": "sglang", "sglang": "sglang",
+            "tgi": "tgi"}
 
 
 @pytest.mark.parametrize("path", sorted(FIXTURES.rglob("*.prom")) + [FIXTURES / "nvml" / "nvml-metrics.prom"],

@@ -1,6 +1,7 @@
 """NVML source with pynvml's functions monkeypatched; errors are the real NVMLError subclasses."""
 
 import asyncio
+import itertools
 import subprocess
 import time
 from types import SimpleNamespace
@@ -9,14 +10,13 @@ import pynvml
 import pytest
 
 from exporter.app import Exporter
+from exporter.collector import target_samples
 from exporter.config import load_config_text
-from exporter.observation import Reason
+from exporter.join import process_owners
+from exporter.observation import ModelState, ModelStatus, Observation, Readiness, Reason
 from exporter.poller import Poller
 from exporter.sources.base import SharedContext
 from exporter.sources.nvml import NvmlSource
-from exporter.collector import target_samples
-from exporter.join import process_owners
-from exporter.observation import ModelState, ModelStatus, Observation, Readiness
 from exporter.state import TargetState
 from tests.support.pipeline import target_config
 
@@ -110,13 +110,14 @@ def values(state, key):
 
 
 def one(state, key, **labels):
-    hits = [s.value for s in state.report.series if s.key == key and all(dict(s.labels).get(k) == v for k, v in labels.items())]
+    hits = [s.value for s in state.report.series
+            if s.key == key and all(dict(s.labels).get(k) == v for k, v in labels.items())]
     assert len(hits) == 1, (key, labels, hits)
     return hits[0]
 
 
 async def test_no_driver_reports_down_once_and_backs_off(caplog):
-    source, state, poller, shared = make()
+    _source, state, poller, shared = make()
     for _ in range(3):
         await poller.poll()
     assert not state.health.up and state.health.last_error[0] is Reason.OTHER
@@ -129,7 +130,7 @@ async def test_no_driver_reports_down_once_and_backs_off(caplog):
 
 async def test_reads_every_field_in_base_units(monkeypatch):
     fake = FakeGpus(monkeypatch)
-    source, state, poller, shared = make()
+    _source, state, poller, shared = make()
     await poller.poll()
     assert state.health.up, state.health.last_error
     assert one(state, "gpu_utilization_ratio", gpu="0") == 0.37
@@ -157,7 +158,7 @@ async def test_reads_every_field_in_base_units(monkeypatch):
 async def test_unsupported_field_skipped_for_that_gpu_only_and_not_asked_again(monkeypatch):
     fake = FakeGpus(monkeypatch)
     fake.unsupported = {(1, "power"), (1, "ecc")}
-    source, state, poller, shared = make()
+    _source, state, poller, shared = make()
     await poller.poll()
     await poller.poll()
     assert state.health.up
@@ -169,7 +170,7 @@ async def test_unsupported_field_skipped_for_that_gpu_only_and_not_asked_again(m
 
 async def test_lost_gpu_is_reported_and_nvml_reinitialised_with_backoff(monkeypatch, caplog):
     fake = FakeGpus(monkeypatch)
-    source, state, poller, shared = make()
+    _source, state, poller, shared = make()
     await poller.poll()
     fake.lost = {1}
     await poller.poll()
@@ -191,7 +192,7 @@ async def test_lost_gpu_is_reported_and_nvml_reinitialised_with_backoff(monkeypa
 async def test_hung_driver_times_out_without_blocking_the_loop(monkeypatch):
     fake = FakeGpus(monkeypatch)
     fake.hang = 1.5
-    source, state, poller, shared = make(timeout="300ms")
+    _source, state, poller, shared = make(timeout="300ms")
     ticks = []
 
     async def ticker():
@@ -203,7 +204,7 @@ async def test_hung_driver_times_out_without_blocking_the_loop(monkeypatch):
     await asyncio.gather(poller.poll(), ticker())
     assert time.monotonic() - started < 0.8
     assert state.health.last_error[0] is Reason.TIMEOUT
-    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.1  # the event loop kept running
+    assert max(b - a for a, b in itertools.pairwise(ticks)) < 0.1  # the event loop kept running
     await poller.poll()  # the call is still blocked: reported, nothing queued behind it
     assert "blocked" in state.health.last_error[1]
     await asyncio.sleep(1.3)
@@ -215,7 +216,7 @@ async def test_hung_driver_times_out_without_blocking_the_loop(monkeypatch):
 
 async def test_no_gpu(monkeypatch):
     FakeGpus(monkeypatch, count=0)
-    source, state, poller, shared = make()
+    _source, state, poller, shared = make()
     await poller.poll()
     assert not state.health.up and "no NVIDIA GPU" in state.health.last_error[1]
     close(shared.nvml)
@@ -224,7 +225,7 @@ async def test_no_gpu(monkeypatch):
 async def test_mig_instances_are_their_own_series(monkeypatch):
     fake = FakeGpus(monkeypatch, count=1)
     fake.mig = True
-    source, state, poller, shared = make()
+    _source, state, poller, shared = make()
     await poller.poll()
     migs = {dict(s.labels).get("mig") for s in state.report.series if s.key == "gpu_memory_used_bytes"}
     assert migs == {None, "0", "1"}
@@ -242,7 +243,7 @@ async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeyp
         fake.processes = {0: [SimpleNamespace(pid=child, usedGpuMemory=5 * 2**30),
                               SimpleNamespace(pid=999_999, usedGpuMemory=2**20),
                               SimpleNamespace(pid=4242, usedGpuMemory=None)]}
-        source, state, poller, shared = make()
+        _source, state, poller, shared = make()
         await poller.poll()
         # NVML reports pids only; the join stage labels them from the live engine target that owns one
         engine_state = TargetState(target_config("llamacpp", "http://127.0.0.1:1", name="llama"))
@@ -253,7 +254,8 @@ async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeyp
         owned = [(labels, value) for labels, value in exposed if labels["pid"] == str(child)]
         assert len(owned) == 1 and owned[0][1] == 5 * 2**30
         labels = owned[0][0]
-        assert (labels["target"], labels["engine"], labels["model"], labels["gpu"]) == ("llama", "llamacpp", "tiny.gguf", "0")
+        assert (labels["target"], labels["engine"], labels["model"], labels["gpu"]) == (
+            "llama", "llamacpp", "tiny.gguf", "0")
         stranger = [labels for labels, _ in exposed if labels["pid"] == "999999"]
         assert stranger[0]["target"] == "gpus" and stranger[0]["engine"] == "nvml"  # stays with the nvml target
         assert "model" not in stranger[0]

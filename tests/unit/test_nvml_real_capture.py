@@ -26,7 +26,7 @@ def exported():
     payload = parse((NV / "nvml-metrics.prom").read_text())
 
     def get(name, **labels):
-        hits = [v for l, v in payload.get(name) if all(l.get(k) == x for k, x in labels.items())]
+        hits = [v for lab, v in payload.get(name) if all(lab.get(k) == x for k, x in labels.items())]
         assert len(hits) == 1, (name, labels, hits)
         return hits[0]
 
@@ -97,10 +97,10 @@ def test_gpu_memory_of_llama_server_joined_to_its_target_and_model():
     assert len(rows) == 1
     pid, name, used, uuid = (cell.strip() for cell in rows[0])
     assert name.endswith("llama-server")
-    joined = [(l, v) for l, v in payload.get("llm_gpu_process_memory_used_bytes") if l["pid"] == pid]
+    joined = [(lab, v) for lab, v in payload.get("llm_gpu_process_memory_used_bytes") if lab["pid"] == pid]
     assert len(joined) == 1
     labels, value = joined[0]
     assert (labels["target"], labels["engine"], labels["model"], labels["uuid"]) == \
         ("llama", "llamacpp", "tiny.gguf", uuid)
     assert abs(value / MIB - number(used)) <= 1.0
-    assert [v for l, v in payload.get("llm_up") if l["target"] == "llama"] == [1.0]
+    assert [v for lab, v in payload.get("llm_up") if lab["target"] == "llama"] == [1.0]

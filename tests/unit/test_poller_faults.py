@@ -49,14 +49,14 @@ async def test_dns_failure():
 
 async def test_tls_handshake_failure(server):
     # https against a plain-HTTP server: the handshake fails
-    pipe, reason, _ = await poll_reason(f"https://127.0.0.1:{server.port}")
+    _pipe, reason, _ = await poll_reason(f"https://127.0.0.1:{server.port}")
     assert reason is Reason.TLS
 
 
 @pytest.mark.parametrize("fault", ["hang", "trickle"])
 async def test_slow_targets_time_out_within_budget(server, fault):
     server.set("/metrics", Reply(200, IDLE.encode()[:50], fault=fault))
-    pipe, reason, elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", interval="1s", timeout="500ms")
+    _pipe, reason, elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", interval="1s", timeout="500ms")
     assert reason is Reason.TIMEOUT
     assert elapsed < 1.0
 
@@ -70,7 +70,7 @@ async def test_http_status(server, status):
 
 async def test_redirects_are_not_followed(server):
     server.set("/metrics", Reply(302, b"", {"Location": "http://169.254.169.254/latest"}))
-    pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
+    _pipe, reason, _ = await poll_reason(f"http://127.0.0.1:{server.port}")
     assert reason is Reason.HTTP_STATUS and server.hits.get("/latest") is None
 
 
@@ -82,7 +82,7 @@ async def test_truncated_body(server):
 
 async def test_huge_body_is_cut_at_the_cap(server):
     server.set("/metrics", Reply(200, b"", {"Content-Type": "text/plain"}, fault="huge"))
-    pipe, reason, elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", max_body_bytes="1MiB",
+    pipe, reason, _elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", max_body_bytes="1MiB",
                                               timeout="3s")
     assert reason is Reason.TOO_LARGE and "read cut" in pipe.state.health.last_error[1]
     # the declared-length path is refused before reading
