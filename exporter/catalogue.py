@@ -20,6 +20,11 @@ class MetricSpec:
     never_negative: bool = False   # a gauge no engine can report below 0 (counters and ratios always are)
 
     @property
+    def suffix(self) -> str:
+        """What the sample name adds to the family name: counters end in _total."""
+        return "_total" if self.type == "counter" else ""
+
+    @property
     def non_negative(self) -> bool:
         """Values below 0 are hostile or broken: they are dropped (state.py)."""
         return self.never_negative or self.type == "counter" or self.name.endswith("_ratio")
@@ -225,7 +230,7 @@ def exposed_names(namespace: str, spec: MetricSpec) -> tuple[str, ...]:
     """The sample names a spec produces on the wire."""
     base = f"{namespace}_{spec.name}"
     if spec.type == "counter":
-        return (base + "_total",)
+        return (base + spec.suffix,)
     if spec.type == "histogram":
         return (base + "_bucket", base + "_sum", base + "_count")
     return (base,)

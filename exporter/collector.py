@@ -24,8 +24,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.utils import floatToGoString
 
 from . import __version__
-from .catalogue import ALL_METRICS, BY_KEY, MetricSpec
-from .derive.lifecycle import KIND_LOAD, KIND_START, ModelLifecycle
+from .catalogue import ALL_METRICS, BY_KEY
+from .derive.lifecycle import ModelLifecycle
 from .join import Owners, owner_of, process_owners
 from .observation import ModelState, Readiness
 from .passthrough import RawFamily
@@ -46,10 +46,6 @@ class ExporterStatus:
         self.host_cpu: tuple[tuple[str, str], ...] | None = None
         self.tasks: Callable[[], int] | None = None
         self.render_seconds: float | None = None
-
-
-def _suffix(spec: MetricSpec) -> str:
-    return "_total" if spec.type == "counter" else ""
 
 
 def exporter_samples(status: ExporterStatus) -> list[Sample]:
@@ -75,7 +71,7 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
 
     def put(key: str, labels: dict[str, str], value: float | None) -> None:
         if value is not None and not math.isnan(value) and key in BY_KEY:
-            out.append((key, _suffix(BY_KEY[key]), labels, value))
+            out.append((key, BY_KEY[key].suffix, labels, value))
 
     put("up", base, 1.0 if health.up else 0.0)
     put("ready", base, 1.0 if health.readiness is Readiness.READY else 0.0)
@@ -146,7 +142,7 @@ def lifecycle_samples(lifecycle: ModelLifecycle, labels: dict[str, str], states:
     if up and lifecycle.state is not None:
         for state in states or (lifecycle.state,):
             out.append(("model_state", "", {**labels, "state": state.value}, 1.0 if state is lifecycle.state else 0.0))
-    for kind in sorted({KIND_START if lifecycle.fresh_kind == KIND_START else KIND_LOAD, *lifecycle.loads}):
+    for kind in sorted({lifecycle.fresh_kind, *lifecycle.loads}):  # the kind it starts with is always shown
         out.append(("model_loads", "_total", {**labels, "kind": kind}, float(lifecycle.loads.get(kind, 0))))
     for kind, hist in sorted(lifecycle.durations.items()):
         with_kind = {**labels, "kind": kind}
@@ -183,20 +179,28 @@ class ExporterCollector:
         states = list(self.states())
         owners = process_owners(states)
         raw = passthrough_families(states)
-        families: dict[str, Metric] = {}
+        families: dict[str, tuple[Metric, str] | None] = {}
         samples = exporter_samples(self.status)
         for state in states:
             samples.extend(target_samples(state, owners))
         for key, suffix, labels, value in samples:
-            metric = families.get(key)
-            if metric is None:
+            if key not in families:
                 header = family_header(self.namespace, key, raw)
-                if header is None:
-                    continue
-                metric = families[key] = Metric(header[0], header[2], header[1])
-            metric.add_sample(metric.name + suffix, labels, value)
+                families[key] = _metric(*header) if header else None
+            entry = families[key]
+            if entry is not None:
+                entry[0].add_sample(entry[1] + suffix, labels, value)
         for key in sorted(families, key=_order):
-            yield families[key]
+            entry = families[key]
+            if entry is not None:
+                yield entry[0]
+
+
+def _metric(name: str, kind: str, help_text: str) -> tuple[Metric, str]:
+    """A family for prometheus_client, and the prefix of its sample names. An engine's counter family may
+    be declared with its _total (text format 0.0.4 allows both); OpenMetrics names the family without it."""
+    family = name[:-6] if kind == "counter" and name.endswith("_total") else name
+    return Metric(family, help_text, kind), name
 
 
 def _order(key: str) -> tuple[int, str]:
@@ -277,7 +281,7 @@ class TextRenderer:
                 continue
             name, kind, help_text = header
             if key in BY_KEY:  # the exporter's own: counters named with _total, HELP escaped
-                name += "_total" if kind == "counter" else ""
+                name += BY_KEY[key].suffix
                 help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
             # a pass-through family keeps the engine's name and HELP (still escaped as on the wire)
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode())

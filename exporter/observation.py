@@ -160,6 +160,7 @@ class Observation:
     series: list[SeriesSample] = field(default_factory=list)
     # The engine's own /metrics text, when the target asks for pass-through (exporter/passthrough.py).
     passthrough_text: str | None = None
+    passthrough_prefix: str = ""  # only families named with it are passed through (the engine's own)
     # Unified metrics for which the target answered without any known upstream family.
     mapping_misses: tuple[str, ...] = ()
     # Series that the source dropped because of the per-target cardinality cap.

@@ -31,15 +31,20 @@ def sanitise(name: str) -> str:
     return _INVALID.sub("_", name)
 
 
-def families(text: str, reserved: frozenset[str], max_series: int) -> tuple[list[RawFamily], int]:
-    """The payload's families, ready to re-expose; and how many series were dropped by the cap."""
+def families(text: str, prefix: str, reserved: frozenset[str], max_series: int) -> tuple[list[RawFamily], int]:
+    """The engine's own families in a payload (those named with its `prefix`: `vllm:`, not the process_*,
+    python_gc_* or http_* families of the client library it uses), ready to re-expose; and how many series
+    were dropped by the cap. `*_created` samples (when a counter or histogram was created) are left out:
+    re-exposed they would be gauge families of their own, which OpenMetrics forbids beside their parent."""
     try:
-        payload = parse(text)
+        payload = parse(text, (prefix,) if prefix else None)
     except PromParseError:
         return [], 0
     grouped: dict[str, list[tuple[str, tuple[tuple[str, str], ...], float]]] = {}
     budget, dropped = max_series, 0
     for name, samples in payload.samples.items():
+        if name.endswith("_created"):
+            continue
         family = family_of(name, payload.types)
         for labels, value in samples:
             if budget <= 0:

@@ -217,7 +217,7 @@ class TargetState:
         if obs.passthrough_text is None:
             return []
         reserved = frozenset({"target", "engine", "model", *dict(self.target.labels)})
-        kept, dropped = families(obs.passthrough_text, reserved, self.target.max_series)
+        kept, dropped = families(obs.passthrough_text, obs.passthrough_prefix, reserved, self.target.max_series)
         self.report.series_dropped += dropped
         return kept
 

@@ -17,6 +17,7 @@ import aiohttp
 
 from ..config import TargetConfig
 from ..observation import Observation, PollError, Reason
+from ..procinfo import ProcessFinder
 from ..promparse import LabelCache, Payload, PromParseError, parse
 from .mapping import Feed
 
@@ -207,6 +208,18 @@ class Source(abc.ABC):
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         self.target = target
         self.shared = shared or SharedContext()
+        self.finder = ProcessFinder(target.process) if target.process else None
+
+    def locate_process(self, observation: Observation) -> None:
+        """The engine process the target's `process:` names (same host, or a shared PID namespace): its
+        PID, and its start time from /proc unless the engine already reported one."""
+        info = self.finder.find() if self.finder is not None else None
+        if info is None:
+            return
+        observation.process_pid = info.pid
+        if observation.process_start_time is None:
+            observation.process_start_time = info.start_time
+            observation.process_start_basis = "proc"
 
     @abc.abstractmethod
     async def collect(self) -> Observation:
@@ -249,6 +262,7 @@ class HttpSource(Source):
         re-exposes it)."""
         if self.target.passthrough:
             observation.passthrough_text = text
+            observation.passthrough_prefix = self.metrics_prefix
 
 
 def parse_metrics(text: str, prefixes: tuple[str, ...] | None, labels: LabelCache | None) -> Payload:

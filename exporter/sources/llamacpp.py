@@ -45,7 +45,7 @@ from ..observation import (
     Readiness,
     Reason,
 )
-from ..procinfo import ProcessFinder, ProcessInfo, find_by_argv, process_start
+from ..procinfo import ProcessInfo, find_by_argv, process_start
 from .base import HttpFetcher, HttpSource, Response, SharedContext, expect_status, parse_metrics
 from .mapping import Feed, Upstream, apply
 
@@ -146,7 +146,6 @@ class LlamaCppSource(HttpSource):
         self.polls_since_props = PROPS_REFRESH_POLLS
         self.instance: str | None = None
         self.same_host = is_loopback_url(target.url) or target.process is not None
-        self.finder = ProcessFinder(target.process) if target.process else None
         # router model → ((argv, state) when looked up, its child process or None when not visible)
         self.children: dict[str, tuple[tuple[tuple[str, ...], ModelState], ProcessInfo | None]] = {}
 
@@ -443,9 +442,4 @@ class LlamaCppSource(HttpSource):
             if ready is not None:
                 observation.engine_ready_time = ready
                 observation.engine_ready_exact = True
-        if self.finder is not None:
-            info = self.finder.find()
-            if info is not None:
-                observation.process_start_time = info.start_time
-                observation.process_start_basis = "proc"
-                observation.process_pid = info.pid
+        self.locate_process(observation)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import math
 
-from ..config import TargetConfig
 from ..observation import (
     InfoSample,
     ModelSample,
@@ -22,9 +21,8 @@ from ..observation import (
     Observation,
     Readiness,
 )
-from ..procinfo import ProcessFinder
 from ..promparse import Payload
-from .base import HttpSource, SharedContext, expect_status
+from .base import HttpSource, expect_status
 from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, model_of, prefixes
 
 U = Upstream
@@ -84,10 +82,6 @@ class VllmSource(HttpSource):
     detect_probe = ("/version", "version")
     docs = DOCS
 
-    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
-        super().__init__(target, shared)
-        self.finder = ProcessFinder(target.process) if target.process else None
-
     async def collect(self) -> Observation:
         health = await self.http.get("/health")
         if health.status in (500, 503):
@@ -117,16 +111,11 @@ class VllmSource(HttpSource):
         return []
 
     def _timing(self, payload: Payload, observation: Observation) -> None:
-        info = self.finder.find() if self.finder is not None else None
-        if info is not None:
-            observation.process_pid = info.pid
         start = payload.get("process_start_time_seconds")
         if start and math.isfinite(start[0][1]) and start[0][1] > 0:
             observation.process_start_time = start[0][1]
             observation.process_start_basis = "payload"
-        elif info is not None:
-            observation.process_start_time = info.start_time
-            observation.process_start_basis = "proc"
+        self.locate_process(observation)
         created = [value for name, samples in payload.samples.items() if name.endswith("_created")
                    for _, value in samples if math.isfinite(value) and value > 0]
         if created:

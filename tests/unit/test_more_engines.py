@@ -230,3 +230,35 @@ def test_router_children_join_gpu_processes_to_their_model():
     state.record_success(Observation(Readiness.READY, lifecycle={
         "small": ModelStatus(ModelState.UNLOADED, model="small")}), 2.0, 0.01)
     assert state.model_pids() == {}  # unloaded: its process is gone, nothing to join
+
+
+async def test_passthrough_in_both_renderers_from_one_sample_stream():
+    """Pass-through goes through the same sample stream as the unified metrics: the text renderer and the
+    prometheus_client Collector (OpenMetrics) show the same engine families with the target's labels."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
+    text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})
+    await srv.start()
+    pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", passthrough="true", labels="{pod: p1}")
+    try:
+        await pipe.poll()
+        body = TextRenderer("llm", lambda: [pipe.state], ExporterStatus()).render().decode()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ExporterCollector("llm", lambda: [pipe.state], ExporterStatus()))
+        om = openmetrics(registry).decode()
+    finally:
+        await pipe.close()
+        await srv.stop()
+    want = {"exported_engine": "0", "model_name": "tiny-llama", "target": "t", "engine": "vllm", "pod": "p1"}
+    assert dict(parse(body).get("llm_vllm_num_requests_running")[0][0]) == want
+    families = {f.name: f for f in text_string_to_metric_families(om)}  # valid OpenMetrics
+    running = families["llm_vllm_num_requests_running"]
+    assert running.type == "gauge" and running.samples[0].labels == want
+    queue = families["llm_vllm_request_queue_time_seconds"]
+    assert queue.type == "histogram"
+    assert [s.value for s in queue.samples if s.name.endswith("_count")] == [8]
+    assert families["llm_requests_running"].samples  # the unified metrics are still there
