@@ -12,7 +12,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,68 +41,6 @@ class ConfigError(Exception):
         self.source, self.line, self.key = source, line, key
         where = source + (f":{line}" if line else "")
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
-
-
-@dataclass(frozen=True)
-class ProcessMatch:
-    """How to find a target's engine process on this host (or a shared PID namespace)."""
-
-    pid_file: str | None = None
-    name: str | None = None          # exact /proc/<pid>/comm
-    cmdline: str | None = None       # regular expression searched in the command line
-
-
-@dataclass(frozen=True)
-class TargetTLS:
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    insecure_skip_verify: bool = False
-
-
-@dataclass(frozen=True)
-class Defaults:
-    interval: float = 5.0
-    timeout: float = 3.0
-    window: float = 60.0
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_series: int = 10_000
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    name: str
-    engine: str
-    url: str
-    interval: float
-    timeout: float
-    window: float
-    max_body_bytes: int
-    max_series: int
-    labels: tuple[tuple[str, str], ...] = ()
-    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
-    process: ProcessMatch | None = None
-    tls: TargetTLS | None = None
-    bearer_token_file: str | None = None
-    passthrough: bool = False
-
-    @property
-    def identity(self) -> tuple[str, str]:
-        """State survives a reload when this does not change."""
-        return (self.name, self.engine)
-
-
-@dataclass(frozen=True)
-class Config:
-    listen: str = DEFAULT_LISTEN
-    namespace: str = "llm"
-    defaults: Defaults = Defaults()
-    targets: tuple[TargetConfig, ...] = ()
-    source: str = "<config>"
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        return parse_listen(self.listen)
 
 
 # --------------------------------------------------------------------------- parsing helpers
@@ -176,7 +114,7 @@ def expand_env(text: str, environ: dict[str, str] | os._Environ[str]) -> str:
 MAX_NODES, MAX_DEPTH = 100_000, 64  # YAML aliases can expand exponentially ("billion laughs")
 
 
-class _Doc:
+class Document:
     """A YAML document converted to plain Python, remembering each key path's line."""
 
     def __init__(self, text: str, source: str, environ: dict[str, str] | os._Environ[str]):
@@ -250,16 +188,10 @@ def _dotted(path: tuple[Any, ...]) -> str:
 
 # --------------------------------------------------------------------------- schema
 
-_TOP_KEYS = ("listen", "namespace", "defaults", "targets")
-_DEFAULT_KEYS = ("interval", "timeout", "window", "max_body_bytes", "max_series")
-_TARGET_KEYS = ("name", "engine", "url", "interval", "timeout", "window", "max_body_bytes",
-                "max_series", "labels", "headers", "process", "tls", "bearer_token_file", "passthrough")
-_TLS_KEYS = ("ca_file", "cert_file", "key_file", "insecure_skip_verify")
-_PROCESS_KEYS = ("pid_file", "name", "cmdline")
 
 
-class _Validator:
-    def __init__(self, doc: _Doc):
+class Validator:
+    def __init__(self, doc: Document):
         self.doc = doc
 
     def mapping(self, value: Any, path: tuple[Any, ...], allowed: tuple[str, ...]) -> dict[str, Any]:
@@ -284,6 +216,23 @@ class _Validator:
             return convert(mapping[key])
         except (ValueError, TypeError) as exc:
             raise self.doc.error(str(exc), path + (key,)) from None
+
+    def values(self, cls: type, mapping: dict[str, Any], path: tuple[Any, ...], inherited: Any = None
+               ) -> dict[str, Any]:
+        """The values of a section's plain keys, parsed as its fields say; a missing key takes its default,
+        or the `defaults:` entry it inherits (from `inherited`)."""
+        out: dict[str, Any] = {}
+        for spec in fields(cls):
+            meta = spec.metadata
+            if meta.get("parse") is None:
+                continue
+            default = getattr(inherited, meta["inherit"]) if meta.get("inherit") and inherited else spec.default
+            out[spec.name] = self.field(mapping, spec.name, path, meta["parse"], default, meta["required"])
+        return out
+
+    def section(self, cls: type, raw: Any, path: tuple[Any, ...]) -> dict[str, Any]:
+        """A nested section (process:, tls:): only its own keys, each parsed as its field says."""
+        return self.values(cls, self.mapping(raw, path, config_keys(cls)), path)
 
 
 def _close_match(word: str, choices: Sequence[str], cutoff: float) -> list[str]:
@@ -382,97 +331,169 @@ def _regex(value: Any) -> str:
     return text
 
 
-def build_config(data: Any, doc: _Doc, engines: Mapping[str, bool] | None = None) -> Config:
+# --------------------------------------------------------------------------- schema
+# Each key is stated once: a dataclass field whose metadata says how its YAML value is parsed. The
+# allowed keys, their defaults, their parsing and the "did you mean" suggestions all come from here
+# (`Validator.values`); docs/config's example is checked against the same fields (tests/unit/test_config.py).
+
+
+def key(parse: Callable[[Any], Any] | None, default: Any = None, *, required: bool = False,
+        inherit: str = "", repr: bool = True) -> Any:
+    """A config key: `parse` turns its YAML value into the field's value (None: a nested section or a
+    rule of build_config); `inherit` names the `defaults:` entry that is its default."""
+    return field(default=default, repr=repr,
+                 metadata={"parse": parse, "required": required, "inherit": inherit})
+
+
+def _labels(value: Any) -> tuple[tuple[str, str], ...]:
+    return _str_map(value, "labels", LABEL_NAME_RE, RESERVED_LABELS)
+
+
+def _headers(value: Any) -> tuple[tuple[str, str], ...]:
+    return _str_map(value, "headers", HEADER_NAME_RE)
+
+
+def _url(value: Any) -> str:
+    return validate_url(_string(value))
+
+
+def _target_name(value: Any) -> str:
+    name = _string(value)
+    if not 0 < len(name) <= 128 or not name.isprintable():
+        raise ValueError("target name must be 1-128 printable characters")
+    return name
+
+
+@dataclass(frozen=True)
+class ProcessMatch:
+    """How to find a target's engine process on this host (or a shared PID namespace)."""
+
+    pid_file: str | None = key(_string)
+    name: str | None = key(_string)      # exact /proc/<pid>/comm
+    cmdline: str | None = key(_regex)    # regular expression searched in the command line
+
+
+@dataclass(frozen=True)
+class TargetTLS:
+    ca_file: str | None = key(_string)
+    cert_file: str | None = key(_string)
+    key_file: str | None = key(_string)
+    insecure_skip_verify: bool = key(_bool, False)
+
+
+@dataclass(frozen=True)
+class Defaults:
+    interval: float = key(parse_duration, 5.0)
+    timeout: float = key(parse_duration, 3.0)
+    window: float = key(parse_duration, 60.0)
+    max_body_bytes: int = key(parse_size, 8 * 1024 * 1024)
+    max_series: int = key(_int, 10_000)
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str = key(_target_name, "", required=True)
+    engine: str = key(None, "", required=True)  # checked against the registered sources
+    url: str = key(_url, "")                     # required unless the engine polls no HTTP endpoint
+    interval: float = key(parse_duration, 0.0, inherit="interval")
+    timeout: float = key(parse_duration, 0.0, inherit="timeout")  # also at most the interval
+    window: float = key(parse_duration, 0.0, inherit="window")
+    max_body_bytes: int = key(parse_size, 0, inherit="max_body_bytes")
+    max_series: int = key(_int, 0, inherit="max_series")
+    labels: tuple[tuple[str, str], ...] = key(_labels, ())
+    headers: tuple[tuple[str, str], ...] = key(_headers, (), repr=False)
+    process: ProcessMatch | None = key(None)
+    tls: TargetTLS | None = key(None)
+    bearer_token_file: str | None = key(_string)
+    passthrough: bool = key(_bool, False)
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        """State survives a reload when this does not change."""
+        return (self.name, self.engine)
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = key(_listen, DEFAULT_LISTEN)
+    namespace: str = key(_namespace, "llm")
+    defaults: Defaults = key(None, Defaults())
+    targets: tuple[TargetConfig, ...] = key(None, ())
+    source: str = field(default="<config>", metadata={})  # where it was read from; not a key
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        return parse_listen(self.listen)
+
+
+def config_keys(cls: type) -> tuple[str, ...]:
+    """The YAML keys of a config section, in their documented order."""
+    return tuple(f.name for f in fields(cls) if "parse" in f.metadata)
+
+
+def build_config(data: Any, doc: Document, engines: Mapping[str, bool] | None = None) -> Config:
     """`engines`: engine name → whether it needs a url (default: the registered sources)."""
     engines = registered_engines() if engines is None else engines
-    v = _Validator(doc)
-    top = v.mapping(data, (), _TOP_KEYS)
-    listen = v.field(top, "listen", (), _listen, DEFAULT_LISTEN)
-    namespace = v.field(top, "namespace", (), _namespace, "llm")
-    d = v.mapping(top.get("defaults"), ("defaults",), _DEFAULT_KEYS)
-    base = Defaults()
-    defaults = Defaults(
-        interval=v.field(d, "interval", ("defaults",), parse_duration, base.interval),
-        timeout=v.field(d, "timeout", ("defaults",), parse_duration, base.timeout),
-        window=v.field(d, "window", ("defaults",), parse_duration, base.window),
-        max_body_bytes=v.field(d, "max_body_bytes", ("defaults",), parse_size, base.max_body_bytes),
-        max_series=v.field(d, "max_series", ("defaults",), _int, base.max_series),
-    )
+    v = Validator(doc)
+    top = v.mapping(data, (), config_keys(Config))
+    values = v.values(Config, top, ())
+    defaults = Defaults(**v.values(Defaults, v.mapping(top.get("defaults"), ("defaults",), config_keys(Defaults)),
+                                   ("defaults",)))
     raw_targets = top.get("targets") or []
     if not isinstance(raw_targets, list):
         raise doc.error(f"expected a list of targets, got {_kind(raw_targets)}", ("targets",))
     targets: list[TargetConfig] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_targets):
-        path = ("targets", index)
-        t = v.mapping(raw, path, _TARGET_KEYS)
-        if not t:
-            raise doc.error("a target needs at least name and engine", path)
-        name = v.field(t, "name", path, _string, required=True)
-        if not LABEL_VALUE_OK(name):
-            raise doc.error("target name must be 1-128 printable characters", path + ("name",))
-        if name in seen:
-            raise doc.error(f"duplicate target name {name!r} (first at targets[{seen[name]}])", path + ("name",))
-        seen[name] = index
-        engine = v.field(t, "engine", path, lambda x: _engine(x, engines), required=True)
-        if not engines[engine] and t.get("url") is not None:
-            raise doc.error(f"url is not used by engine {engine} (it polls no HTTP endpoint): remove it",
-                            path + ("url",))
-        url = v.field(t, "url", path, lambda x: validate_url(_string(x)), required=engines[engine])
-        interval = v.field(t, "interval", path, parse_duration, defaults.interval)
-        timeout = v.field(t, "timeout", path, parse_duration, min(defaults.timeout, interval))
-        if timeout > interval:
-            raise doc.error(f"timeout ({timeout:g}s) must not exceed interval ({interval:g}s): "
-                            "polls of one target never overlap", path + ("timeout",))
-        window = v.field(t, "window", path, parse_duration, defaults.window)
-        if window < 2 * interval:
-            raise doc.error(f"window ({window:g}s) must cover at least two polls (interval {interval:g}s)",
-                            path + ("window",))
-        labels = v.field(t, "labels", path,
-                         lambda x: _str_map(x, "labels", LABEL_NAME_RE, RESERVED_LABELS), ())
-        headers = v.field(t, "headers", path, lambda x: _str_map(x, "headers", HEADER_NAME_RE), ())
-        process = None
-        if t.get("process") is not None:
-            p = v.mapping(t["process"], path + ("process",), _PROCESS_KEYS)
-            process = ProcessMatch(
-                pid_file=v.field(p, "pid_file", path + ("process",), _string),
-                name=v.field(p, "name", path + ("process",), _string),
-                cmdline=v.field(p, "cmdline", path + ("process",), _regex),
-            )
-            if not (process.pid_file or process.name or process.cmdline):
-                raise doc.error("process needs one of pid_file, name, cmdline", path + ("process",))
-        tls = None
-        if t.get("tls") is not None:
-            tp = path + ("tls",)
-            raw_tls = v.mapping(t["tls"], tp, _TLS_KEYS)
-            tls = TargetTLS(ca_file=v.field(raw_tls, "ca_file", tp, _string),
-                            cert_file=v.field(raw_tls, "cert_file", tp, _string),
-                            key_file=v.field(raw_tls, "key_file", tp, _string),
-                            insecure_skip_verify=v.field(raw_tls, "insecure_skip_verify", tp, _bool, False))
-            if bool(tls.cert_file) != bool(tls.key_file):
-                raise doc.error("cert_file and key_file go together", tp)
-        token_file = v.field(t, "bearer_token_file", path, _string)
-        if token_file and any(k.lower() == "authorization" for k, _ in headers):
-            raise doc.error("give either bearer_token_file or an Authorization header, not both",
-                            path + ("bearer_token_file",))
-        targets.append(TargetConfig(
-            name=name, engine=engine, url=url or "", interval=interval, timeout=timeout, window=window,
-            max_body_bytes=v.field(t, "max_body_bytes", path, parse_size, defaults.max_body_bytes),
-            max_series=v.field(t, "max_series", path, _int, defaults.max_series),
-            labels=labels, headers=headers, process=process, tls=tls, bearer_token_file=token_file,
-            passthrough=v.field(t, "passthrough", path, _bool, False),
-        ))
-    return Config(listen=listen, namespace=namespace, defaults=defaults, targets=tuple(targets),
-                  source=doc.source)
+        targets.append(_target(v, raw, ("targets", index), defaults, engines, seen))
+    return Config(**values, defaults=defaults, targets=tuple(targets), source=doc.source)
 
 
-def LABEL_VALUE_OK(value: str) -> bool:
-    return 0 < len(value) <= 128 and value.isprintable()
+def _target(v: Validator, raw: Any, path: tuple[Any, ...], defaults: Defaults, engines: Mapping[str, bool],
+            seen: dict[str, int]) -> TargetConfig:
+    """One target: its keys from the schema, then the rules that tie keys together."""
+    doc = v.doc
+    t = v.mapping(raw, path, config_keys(TargetConfig))
+    if not t:
+        raise doc.error("a target needs at least name and engine", path)
+    values = v.values(TargetConfig, t, path, inherited=defaults)
+    name = values["name"]
+    if name in seen:
+        raise doc.error(f"duplicate target name {name!r} (first at targets[{seen[name]}])", path + ("name",))
+    seen[name] = int(path[-1])
+    engine = values["engine"] = v.field(t, "engine", path, lambda x: _engine(x, engines), required=True)
+    if not engines[engine] and t.get("url") is not None:
+        raise doc.error(f"url is not used by engine {engine} (it polls no HTTP endpoint): remove it", path + ("url",))
+    if engines[engine] and not values["url"]:
+        raise doc.error("missing required key 'url'", path)
+    interval = values["interval"]
+    if t.get("timeout") is None:
+        values["timeout"] = min(defaults.timeout, interval)  # the default timeout never exceeds the interval
+    if values["timeout"] > interval:
+        raise doc.error(f"timeout ({values['timeout']:g}s) must not exceed interval ({interval:g}s): "
+                        "polls of one target never overlap", path + ("timeout",))
+    if values["window"] < 2 * interval:
+        raise doc.error(f"window ({values['window']:g}s) must cover at least two polls (interval {interval:g}s)",
+                        path + ("window",))
+    if t.get("process") is not None:
+        process = ProcessMatch(**v.section(ProcessMatch, t["process"], path + ("process",)))
+        if not (process.pid_file or process.name or process.cmdline):
+            raise doc.error("process needs one of pid_file, name, cmdline", path + ("process",))
+        values["process"] = process
+    if t.get("tls") is not None:
+        tls = TargetTLS(**v.section(TargetTLS, t["tls"], path + ("tls",)))
+        if bool(tls.cert_file) != bool(tls.key_file):
+            raise doc.error("cert_file and key_file go together", path + ("tls",))
+        values["tls"] = tls
+    if values["bearer_token_file"] and any(k.lower() == "authorization" for k, _ in values["headers"]):
+        raise doc.error("give either bearer_token_file or an Authorization header, not both",
+                        path + ("bearer_token_file",))
+    return TargetConfig(**values)
 
 
 def load_config_text(text: str, source: str = "<config>",
                      environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
-    doc = _Doc(text, source, os.environ if environ is None else environ)
+    doc = Document(text, source, os.environ if environ is None else environ)
     return build_config(doc.data, doc)
 
 

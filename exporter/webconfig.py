@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import HEADER_NAME_RE, ConfigError, _Doc, _Validator
+from .config import HEADER_NAME_RE, ConfigError, Document, Validator
 
 CLIENT_AUTH = {
     "NoClientCert": ssl.CERT_NONE,
@@ -56,8 +56,8 @@ def load_web_config(path: str) -> WebConfig:
             text = handle.read(256 * 1024)
     except OSError as exc:
         raise ConfigError(f"cannot read web config: {exc.strerror or exc}", source=path) from None
-    doc = _Doc(text, path, {})
-    v = _Validator(doc)
+    doc = Document(text, path, {})
+    v = Validator(doc)
     top = v.mapping(doc.data, (), ("tls_server_config", "http_server_config", "basic_auth_users"))
     config = WebConfig()
     tls = v.mapping(top.get("tls_server_config"), ("tls_server_config",),
@@ -81,7 +81,7 @@ def load_web_config(path: str) -> WebConfig:
     return config
 
 
-def _ssl_context(tls: dict[str, Any], doc: _Doc) -> ssl.SSLContext:
+def _ssl_context(tls: dict[str, Any], doc: Document) -> ssl.SSLContext:
     path = ("tls_server_config",)
     for key in ("cert_file", "key_file"):
         if not tls.get(key):

@@ -209,3 +209,14 @@ def test_check_config_cli_exit_codes(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "exporter", "--check-config", "--config",
                               str(tmp_path / "nope.yaml")], capture_output=True, text=True)
     assert missing.returncode == 2 and "cannot read config" in missing.stderr
+
+
+def test_example_config_documents_every_key_of_the_schema():
+    """config/example.yaml shows every key the schema (config.py's dataclass fields) accepts."""
+    import re
+
+    from exporter.config import Config, Defaults, ProcessMatch, TargetConfig, TargetTLS, config_keys
+    example = (Path(__file__).resolve().parents[2] / "config" / "example.yaml").read_text()
+    missing = [f"{cls.__name__}.{name}" for cls in (Config, Defaults, TargetConfig, ProcessMatch, TargetTLS)
+               for name in config_keys(cls) if not re.search(rf"(^|[\s{{,-]){name}:", example, re.M)]
+    assert not missing, missing
