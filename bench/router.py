@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import free_port, polls_total, proc_cpu_seconds, proc_peak_rss_bytes, scrape, wait_http
+from run import free_port, polls_total, proc_cpu_seconds, proc_peak_rss_bytes, scrape, wait_http  # noqa: E402
 
 LC = ROOT / "tests" / "fixtures" / "llamacpp"
 FAKE_ROUTER = '''

@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.promparse import LabelCache, parse
-from exporter.sources.vllm import METRICS_PREFIXES
+from exporter.promparse import LabelCache, parse  # noqa: E402
+from exporter.sources.vllm import METRICS_PREFIXES  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "vllm-real"
 PAYLOADS = sorted(FIXTURES.glob("v0.32.0-metrics-*.prom"))

@@ -21,9 +21,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import free_port, machine, proc_cpu_seconds, proc_rss_bytes, scrape, wait_http
+from run import free_port, machine, proc_cpu_seconds, proc_rss_bytes, scrape, wait_http  # noqa: E402
 
-from exporter.promparse import parse
+from exporter.promparse import parse  # noqa: E402
 
 PAYLOAD = ROOT / "tests" / "fixtures" / "vllm-real" / "v0.32.0-metrics-after-load.prom"
 KINDS = ("flap", "hang", "garbage", "err")  # one in five targets is one of these

@@ -225,7 +225,7 @@ class Source(abc.ABC):
     async def collect(self) -> Observation:
         """Poll the target once. Raise PollError for a failed poll."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing to release
         """Release resources held for this target."""
 
 
