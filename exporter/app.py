@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import aiohttp
-from prometheus_client import CollectorRegistry, ProcessCollector
 
 from . import __version__
 from .collector import ExporterCollector, ExporterStatus, TextRenderer
 from .config import Config, ConfigError, TargetConfig, load_config
-from .hostinfo import cpu_info_labels
+from .hostinfo import read_host_cpu
 from .poller import Poller
 from .sources import source_for
 from .sources.base import SharedContext
 from .state import TargetState
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("llm_exporter")
 
@@ -48,19 +51,27 @@ class Exporter:
         self.states: dict[str, TargetState] = {}
         self.pollers: dict[str, Poller] = {}
         self.session: aiohttp.ClientSession | None = None
-        self.registry = CollectorRegistry(auto_describe=False)
+        # The text format (what Prometheus asks for by default) goes through the caching renderer;
+        # OpenMetrics through prometheus_client, imported on the first such scrape (`registry`).
         self.collector = ExporterCollector(config.namespace, lambda: list(self.states.values()), self.status)
-        self.registry.register(self.collector)
-        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, process_open_fds, ...
-        # The text format (what Prometheus asks for by default) goes through the caching renderer.
         self.renderer = TextRenderer(config.namespace, lambda: list(self.states.values()), self.status)
-        self.process_registry = CollectorRegistry(auto_describe=False)
-        ProcessCollector(registry=self.process_registry)
+        self._registry: CollectorRegistry | None = None
         self.shared = SharedContext()
         self._host_task: asyncio.Task[None] | None = None
         self.running = False
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """prometheus_client's registry (OpenMetrics scrapes): the collector and process_* metrics."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry, ProcessCollector
+
+            self._registry = CollectorRegistry(auto_describe=False)
+            self._registry.register(self.collector)
+            ProcessCollector(registry=self._registry)
+        return self._registry
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -74,7 +85,7 @@ class Exporter:
         self.status.tasks = lambda: len(asyncio.all_tasks())
 
     async def _read_host_info(self) -> None:
-        self.status.host_cpu = await asyncio.get_running_loop().run_in_executor(None, cpu_info_labels)
+        self.status.host_cpu = await read_host_cpu()
 
     async def stop(self) -> None:
         self.running = False

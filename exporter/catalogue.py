@@ -213,7 +213,8 @@ INFO_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("gpu_driver_info", "gpu_driver_info", "info", "NVIDIA driver and CUDA driver versions (NVML).",
                ("driver_version", "cuda_version")),
     MetricSpec("host_cpu_info", "host_cpu_info", "info",
-               "Host CPU from py-cpuinfo: brand, architecture, logical cores, L2/L3 cache, AVX-512 and AMX.",
+               "Host CPU from py-cpuinfo: brand, architecture, logical cores, AVX-512 and AMX; L2 (per core) "
+               "and L3 cache sizes as the kernel reports them for cpu0 (sysfs).",
                ("brand", "arch", "logical_cores", "l2_cache_bytes", "l3_cache_bytes", "avx512", "amx")),
     MetricSpec("kv_cache_config_info", "kv_cache_config_info", "info",
                "KV-cache configuration read from vllm:cache_config_info, by key.",

@@ -16,12 +16,12 @@ produced any more.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-
-from prometheus_client.metrics_core import Metric
-from prometheus_client.utils import floatToGoString
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .catalogue import ALL_METRICS, BY_KEY
@@ -29,7 +29,11 @@ from .derive.lifecycle import ModelLifecycle
 from .join import Owners, owner_of, process_owners
 from .observation import ModelState, Readiness
 from .passthrough import RawFamily
+from .procinfo import own_process
 from .state import TargetState
+
+if TYPE_CHECKING:  # prometheus_client is imported only when an OpenMetrics scrape comes (resident memory)
+    from prometheus_client.metrics_core import Metric
 
 Sample = tuple[str, str, dict[str, str], float]  # (family key, sample suffix, labels, value)
 PASSTHROUGH = "passthrough:"  # family keys of an engine's own families re-exposed (passthrough: true)
@@ -105,7 +109,7 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
             put(key, {**labels, **dict(extra)}, value)
         for key, hist in sample.histograms.items():
             for bound, cumulative in hist.buckets:
-                out.append((key, "_bucket", {**labels, "le": floatToGoString(bound)}, cumulative))
+                out.append((key, "_bucket", {**labels, "le": _go_float(bound)}, cumulative))
             out.append((key, "_count", labels, hist.count))
             out.append((key, "_sum", labels, hist.sum))
         for (key, extra), value in model.derived.items():
@@ -147,7 +151,7 @@ def lifecycle_samples(lifecycle: ModelLifecycle, labels: dict[str, str], states:
     for kind, hist in sorted(lifecycle.durations.items()):
         with_kind = {**labels, "kind": kind}
         for bound, cumulative in hist.buckets():
-            out.append(("model_load_duration", "_bucket", {**with_kind, "le": floatToGoString(bound)}, cumulative))
+            out.append(("model_load_duration", "_bucket", {**with_kind, "le": _go_float(bound)}, cumulative))
         out.append(("model_load_duration", "_count", with_kind, hist.count))
         out.append(("model_load_duration", "_sum", with_kind, hist.sum))
     last = lifecycle.last
@@ -199,6 +203,8 @@ class ExporterCollector:
 def _metric(name: str, kind: str, help_text: str) -> tuple[Metric, str]:
     """A family for prometheus_client, and the prefix of its sample names. An engine's counter family may
     be declared with its _total (text format 0.0.4 allows both); OpenMetrics names the family without it."""
+    from prometheus_client.metrics_core import Metric
+
     family = name[:-6] if kind == "counter" and name.endswith("_total") else name
     return Metric(family, help_text, kind), name
 
@@ -208,14 +214,59 @@ def _order(key: str) -> tuple[int, str]:
 
 
 def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
+
+
+def _prefix(name: str, labels: dict[str, str]) -> str:
+    """`name{labels} ` as the text format writes it (labels sorted, values escaped)."""
+    if labels:
+        block = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
+        return f"{name}{{{block}}} "
+    return name + " "
+
+
+@functools.lru_cache(maxsize=8192)
+def _go_float(value: float) -> str:
+    """A number as prometheus_client's floatToGoString writes it (Go's format: +Inf, NaN, 1e+06), memoised:
+    counters and bucket counts repeat poll after poll. The differential test pins the two together."""
+    if value == math.inf:
+        return "+Inf"
+    if value == -math.inf:
+        return "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    text = repr(float(value))
+    dot = text.find(".")
+    if value > 0 and dot > 6:  # Go switches to an exponent sooner than Python
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return text
 
 
 def _line(name: str, labels: dict[str, str], value: float) -> str:
-    if labels:
-        block = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items()))
-        return f"{name}{{{block}}} {floatToGoString(value)}\n"
-    return f"{name} {floatToGoString(value)}\n"
+    return _prefix(name, labels) + _go_float(value) + "\n"
+
+
+class ScrapeClock:
+    """When the next text-format scrape is expected, from the gaps between the last few (the shortest gap:
+    with several Prometheus replicas the scrapes interleave)."""
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque(maxlen=8)
+
+    def scraped(self, t: float) -> None:
+        self.times.append(t)
+
+    def due_by(self, t: float) -> bool:
+        """True when a scrape is expected at or before time `t` (so a render made now would be read)."""
+        if not self.times:
+            return False  # nobody scrapes yet: render at the first scrape
+        if len(self.times) == 1:
+            return True   # the scrape interval is not known yet
+        gap = min(b - a for a, b in itertools.pairwise(self.times))
+        return self.times[-1] + gap <= t
 
 
 class TextRenderer:
@@ -228,10 +279,18 @@ class TextRenderer:
         self.status = status
         # target → (version, namespace, owners used or None, lines per family key)
         self._cache: dict[str, tuple[int, str, Owners | None, dict[str, bytes]]] = {}
+        # target → (sample name, label items) → `name{labels} `: label sets repeat poll after poll, so a
+        # re-render formats only the numbers. Rebuilt from the entries each render uses (no growth).
+        self._prefixes: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], str]] = {}
+        self.clock = ScrapeClock()
 
     def refresh(self, state: TargetState) -> None:
-        """Render a target's lines now (called right after its poll), so scrapes only join bytes."""
-        self._target_lines(state, lambda: process_owners(self.states()))
+        """Called right after a target's poll: render its lines now when a scrape is due before its next
+        poll, so that scrape only joins bytes; else leave it (a later poll renders, or the scrape does).
+        Polls more frequent than scrapes (a sidecar at 20 Hz, a fleet at 5 s scraped every 15 s) thus
+        render only what a scrape reads."""
+        if self.clock.due_by(time.monotonic() + state.target.interval * 1.1):
+            self._target_lines(state, lambda: process_owners(self.states()))
 
     def _target_lines(self, state: TargetState, owners_of: Callable[[], Owners]) -> dict[str, bytes]:
         joins = any(series.join_pids for series in state.report.series)
@@ -243,19 +302,27 @@ class TextRenderer:
         raw = {PASSTHROUGH + f.name: f for f in state.report.passthrough}
         lines: dict[str, list[str]] = {}
         names: dict[str, str | None] = {}
+        known = self._prefixes.get(state.target.name, {})
+        used: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         for key, suffix, labels, value in target_samples(state, owners):
             if key not in names:
                 header = family_header(self.namespace, key, raw)
                 names[key] = header[0] if header is not None else None
             name = names[key]
-            if name is not None:
-                lines.setdefault(key, []).append(_line(name + suffix, labels, value))
+            if name is None:
+                continue
+            memo = (name + suffix, tuple(labels.items()))
+            prefix = known.get(memo) or used.get(memo) or _prefix(memo[0], labels)
+            used[memo] = prefix
+            lines.setdefault(key, []).append(prefix + _go_float(value) + "\n")
         joined = {key: "".join(parts).encode("utf-8") for key, parts in lines.items()}
         self._cache[state.target.name] = (state.version, self.namespace, owners if joins else None, joined)
+        self._prefixes[state.target.name] = used
         return joined
 
     def render(self) -> bytes:
         started = time.perf_counter()
+        self.clock.scraped(time.monotonic())
         body = self._render()
         self.status.render_seconds = time.perf_counter() - started
         return body
@@ -272,6 +339,7 @@ class TextRenderer:
         live = {state.target.name for state in states}
         for name in [n for n in self._cache if n not in live]:
             del self._cache[name]  # targets removed by a reload
+            self._prefixes.pop(name, None)
         keys: set[str] = set()
         keys.update(*per_target)
         out: list[bytes] = []
@@ -287,3 +355,26 @@ class TextRenderer:
             out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode())
             out.extend([chunk for chunk in [lines.get(key) for lines in per_target] if chunk is not None])
         return b"".join(out)
+
+
+# The exporter's own process_* families, as prometheus_client's ProcessCollector writes them (names,
+# HELP, types), for the text format without importing prometheus_client at all.
+_PROCESS_FAMILIES = (
+    ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
+    ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
+    ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
+    ("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds."),
+    ("process_open_fds", "gauge", "Number of open file descriptors."),
+    ("process_max_fds", "gauge", "Maximum number of open file descriptors."),
+)
+
+
+def process_exposition() -> bytes:
+    """process_* in text format, read from /proc/self (nothing where /proc is not there)."""
+    facts = own_process()
+    if facts is None:
+        return b""
+    out = []
+    for (name, kind, help_text), value in zip(_PROCESS_FAMILIES, facts, strict=True):
+        out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name} {_go_float(value)}\n")
+    return "".join(out).encode("utf-8")

@@ -13,7 +13,6 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -500,6 +499,8 @@ def load_config_text(text: str, source: str = "<config>",
 def load_config(path: str | None, environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
     """Load FILE, or the embedded default config when path is None."""
     if path is None:
+        from importlib import resources  # only for the embedded default
+
         text = resources.files("exporter").joinpath("default_config.yaml").read_text(encoding="utf-8")
         return load_config_text(text, "<embedded default config>", environ)
     try:

@@ -2,8 +2,10 @@
 
 A poll is `source.collect()` under the target's timeout. Transient failures
 (connection reset, keep-alive closed by the server) are retried with
-exponential backoff by tenacity while the poll's time budget lasts. Results go
-to the target's state; logs say what changed, once, not every poll.
+exponential backoff by tenacity while the poll's time budget lasts; tenacity is
+brought in only when a first attempt fails that way (most polls never need it,
+and a sidecar never pays its import). Results go to the target's state; logs
+say what changed, once, not every poll.
 """
 
 from __future__ import annotations
@@ -14,16 +16,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_any,
-    wait_exponential,
-)
-from tenacity.stop import stop_base
 
 from .observation import Observation, PollError, Reason
 from .sources.base import Source, TransientPollError
@@ -59,34 +51,42 @@ class ChangeLog:
         log.log(level, message, *args)
 
 
-class _BudgetSpent(stop_base):
-    """Stop retrying when less than 100 ms of the poll's budget is left."""
-
-    def __init__(self, deadline: float):
-        self.deadline = deadline
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return time.monotonic() + 0.1 >= self.deadline
+RETRIES = 2  # a transient failure gets at most two more attempts, while the poll's budget lasts
 
 
 async def poll_once(source: Source, budget_s: float) -> Observation:
     """Collect one observation within `budget_s` seconds, retrying transient failures."""
     deadline = time.monotonic() + budget_s
-
-    retrying = AsyncRetrying(
-        retry=retry_if_exception_type(TransientPollError),
-        stop=stop_any(stop_after_attempt(3), _BudgetSpent(deadline)),
-        wait=wait_exponential(multiplier=0.05, max=0.5),
-        reraise=True,
-    )
     try:
         async with asyncio.timeout(budget_s):
-            async for attempt in retrying:
-                with attempt:
-                    return await source.collect()
+            try:
+                return await source.collect()
+            except TransientPollError:
+                if time.monotonic() + 0.1 >= deadline:
+                    raise
+                return await _retry(source, deadline)
     except TimeoutError:
         raise PollError(Reason.TIMEOUT, f"poll did not finish within {budget_s:g}s") from None
-    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _retry(source: Source, deadline: float) -> Observation:
+    """Further attempts after a transient failure: exponential backoff (50 ms, then 100 ms, at most
+    500 ms), stopping at RETRIES or when less than 100 ms of the budget is left."""
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_any, wait_exponential
+    from tenacity.stop import stop_base
+
+    class BudgetSpent(stop_base):
+        def __call__(self, retry_state: object) -> bool:
+            return time.monotonic() + 0.1 >= deadline
+
+    retrying = AsyncRetrying(retry=retry_if_exception_type(TransientPollError),
+                             stop=stop_any(stop_after_attempt(RETRIES), BudgetSpent()),
+                             wait=wait_exponential(multiplier=0.1, max=0.5), reraise=True)
+    await asyncio.sleep(0.05)  # the first backoff, before tenacity's own
+    async for attempt in retrying:
+        with attempt:
+            return await source.collect()
+    raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or reraises
 
 
 class Poller:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from .config import ProcessMatch
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_PAGESIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @dataclass(frozen=True)
@@ -158,3 +159,36 @@ def find_by_argv(argv: tuple[str, ...], proc_root: str = "/proc") -> ProcessInfo
         if info is not None and (found is None or info.start_since_boot > found.start_since_boot):
             found = info
     return found
+
+
+def own_process() -> tuple[float, float, float, float, float, float] | None:
+    """This process: virtual and resident memory (bytes), start time (Unix seconds), CPU seconds, open
+    and maximum file descriptors, read as prometheus_client's ProcessCollector reads them."""
+    import resource
+
+    fields = _stat_fields(os.getpid())
+    stat = _read("/proc/stat", 65536)
+    if fields is None or stat is None:
+        return None
+    try:
+        btime = next(float(line.split()[1]) for line in stat.splitlines() if line.startswith(b"btime "))
+        fds = float(len(os.listdir("/proc/self/fd")))
+        return (float(fields[20]), float(fields[21]) * _PAGESIZE, float(fields[19]) / _CLK_TCK + btime,
+                (float(fields[11]) + float(fields[12])) / _CLK_TCK, fds,
+                float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+    except (StopIteration, ValueError, IndexError, OSError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand memory that malloc keeps after start-up (or after NVML's initialisation) back to the OS
+    (glibc's malloc_trim; nothing elsewhere). Resident memory is what a sidecar's limit counts."""
+    import ctypes
+
+    try:
+        process = ctypes.CDLL(None)  # this program and the libraries it loaded: libc among them
+    except OSError:
+        return
+    trim = getattr(process, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

@@ -6,10 +6,10 @@ import html
 import time
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
 from .app import Exporter
+from .collector import process_exposition
 from .webconfig import WebConfig
 from .webconfig import install as install_web_config
 
@@ -23,6 +23,7 @@ class ScrapeLimit:
         self.in_flight = 0
 
 
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what prometheus_client answers too
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
 SCRAPES_KEY = web.AppKey("scrapes", ScrapeLimit)
 
@@ -38,7 +39,7 @@ def render_metrics(exporter: Exporter, accept: str) -> tuple[bytes, str]:
         )
 
         return openmetrics.generate_latest(exporter.registry), openmetrics.CONTENT_TYPE_LATEST
-    return exporter.renderer.render() + generate_latest(exporter.process_registry), CONTENT_TYPE_LATEST
+    return exporter.renderer.render() + process_exposition(), TEXT_CONTENT_TYPE
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:

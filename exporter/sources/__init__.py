@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import os
 
 from .base import REGISTRY, Source
 
-for _module in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_module.name}")
+for _file in sorted(os.listdir(os.path.dirname(__file__))):
+    if _file.endswith(".py") and not _file.startswith("_"):
+        importlib.import_module(f"{__name__}.{_file[:-3]}")
 
 
 def source_for(engine: str) -> type[Source]:

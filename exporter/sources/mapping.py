@@ -10,6 +10,7 @@ upstream removal visible (`llm_exporter_mapping_misses_total`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import defaultdict
 from collections.abc import Iterable
@@ -75,25 +76,37 @@ def histograms(payload: Payload, family: str, model_label: str) -> dict[str, His
     """One histogram family summed over non-model labels, per model. Models whose series disagree on
     bucket bounds, or lack +Inf or a count, are left out."""
     buckets: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
-    shapes: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = defaultdict(list)
+    series_per_bound: dict[str, dict[float, int]] = defaultdict(lambda: defaultdict(int))
     for labels, value in unique(payload.get(family + "_bucket")):
-        try:
-            bound = float(labels["le"])
-        except (KeyError, ValueError):
+        bound = _bound(labels.get("le"))
+        if bound is None:
             continue
         model = model_of(labels, model_label)
         buckets[model][bound] += value
-        shapes[(model, tuple(sorted((k, v) for k, v in labels.items() if k != "le")))].append(bound)
-    per_model_shapes: dict[str, set[tuple[float, ...]]] = defaultdict(set)
-    for (model, _), bounds in shapes.items():
-        per_model_shapes[model].add(tuple(sorted(bounds)))
+        series_per_bound[model][bound] += 1
+    series: dict[str, int] = defaultdict(int)  # a model's series: one _count each
+    counts: dict[str, float] = defaultdict(float)
+    for labels, value in unique(payload.get(family + "_count")):
+        model = model_of(labels, model_label)
+        series[model] += 1
+        counts[model] += value
     sums = {m: v for (m, _), v in combine(payload.get(family + "_sum"), model_label, "sum").items()}
-    counts = {m: v for (m, _), v in combine(payload.get(family + "_count"), model_label, "sum").items()}
     out = {}
     for model, per_bound in buckets.items():
-        if len(per_model_shapes[model]) == 1 and math.inf in per_bound and model in counts:
+        # Every series of the model has every bound exactly when each bound was seen once per series.
+        same_bounds = all(n == series[model] for n in series_per_bound[model].values())
+        if same_bounds and math.inf in per_bound and model in counts:
             out[model] = Histogram(tuple(sorted(per_bound.items())), sums.get(model, 0.0), counts[model])
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _bound(le: str | None) -> float | None:
+    """A bucket's `le` as a number (a payload repeats the same few bounds)."""
+    try:
+        return float(le) if le is not None else None
+    except ValueError:
+        return None
 
 
 def unit_from_help(payload: Payload, name: str) -> str | None:

@@ -115,3 +115,32 @@ async def test_cached_text_renderer_equals_prometheus_client_output(pipe):
     await p.poll()
     mine, reference = same(renderer.render())
     assert mine == reference and mine != first
+
+
+def test_own_process_metrics_match_prometheus_client_process_collector():
+    """The text format's process_* come from /proc without prometheus_client: same names, HELP, types,
+    and values (the CPU counter may tick between the two reads)."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+
+    from exporter.collector import process_exposition
+    from exporter.promparse import parse
+    registry = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=registry)
+    reference = generate_latest(registry).decode()
+    ours = process_exposition().decode()
+    heads = [line for line in ours.splitlines() if line.startswith("#")]
+    assert heads == [line for line in reference.splitlines() if line.startswith("#")]
+    mine, theirs = parse(ours), parse(reference)
+    for name in ("process_start_time_seconds", "process_max_fds", "process_virtual_memory_bytes"):
+        assert mine.get(name)[0][1] == pytest.approx(theirs.get(name)[0][1], rel=0.01), name
+    assert abs(mine.get("process_cpu_seconds_total")[0][1] - theirs.get("process_cpu_seconds_total")[0][1]) < 0.5
+    assert abs(mine.get("process_open_fds")[0][1] - theirs.get("process_open_fds")[0][1]) <= 2
+
+
+def test_go_float_matches_prometheus_client():
+    from prometheus_client.utils import floatToGoString
+
+    from exporter.collector import _go_float
+    for value in (0.0, 1.0, -1.0, 0.25, 1e6, 123456789.0, 1.5e-7, 2.0**53, 1e300, float("inf"), -float("inf"),
+                  float("nan"), 7.5, 1234567.125, 0.1 + 0.2):
+        assert _go_float(value) == floatToGoString(value), value
