@@ -12,15 +12,16 @@ RUN python -m venv /opt/llm-exporter \
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="llm-exporter" \
-      org.opencontainers.image.description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, NVIDIA GPUs)" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.source="https://example.invalid/llm-exporter"
+      org.opencontainers.image.description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, SGLang, TGI, NVIDIA GPUs)" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build /opt/llm-exporter /opt/llm-exporter
 ENV PATH="/opt/llm-exporter/bin:$PATH" \
     PYTHONUNBUFFERED=1 \
     LLM_EXPORTER_CONFIG=/etc/llm-exporter/config.yaml
 USER 65532:65532
 EXPOSE 9787
+# The health check reads the same config, $LLM_EXPORTER_LISTEN and $LLM_EXPORTER_WEB_CONFIG as the exporter,
+# so it follows a changed port or TLS (set the port with the config's listen or $LLM_EXPORTER_LISTEN).
 HEALTHCHECK --interval=30s --timeout=3s --start-period=5s --retries=3 \
-  CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9787/healthz', timeout=2).status == 200 else 1)"]
+  CMD ["llm-exporter", "--healthcheck"]
 ENTRYPOINT ["llm-exporter"]

@@ -43,8 +43,10 @@ STAGES = (("fetch (HTTP, bodies read)", "sources/base.py", "get"),
           ("text rendering", "collector.py", "_target_lines"))
 
 
-async def _floor(url: str, targets: int, seconds: float) -> dict[str, float]:
-    """The floor process: per target, once a second, GET /health and /metrics, read, parse."""
+async def _floor(url: str, targets: int, seconds: float, paced: bool = True) -> dict[str, float]:
+    """The floor process: per target, once a second (paced) or back to back (not paced: the issue's
+    "bare client" floor, without the cost of waking up on a schedule), GET /health and /metrics, read,
+    parse."""
     import aiohttp
 
     from exporter.promparse import LabelCache, parse
@@ -58,14 +60,15 @@ async def _floor(url: str, targets: int, seconds: float) -> dict[str, float]:
         nonlocal polls
         next_at = time.monotonic() + i / targets
         while next_at < end:
-            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+            if paced:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
             async with session.get(f"{url}/t/{i}/health") as resp:
                 await resp.read()
             async with session.get(f"{url}/t/{i}/metrics") as resp:
                 body = await resp.read()
             parse(body.decode("utf-8"), METRICS_PREFIXES, cache)
             polls += 1
-            next_at += 1.0
+            next_at += 1.0 if paced else seconds / 1000
 
     usage0 = resource.getrusage(resource.RUSAGE_SELF)
     async with aiohttp.ClientSession() as session:
@@ -75,9 +78,10 @@ async def _floor(url: str, targets: int, seconds: float) -> dict[str, float]:
     return {"cpu_s": cpu, "polls": polls}
 
 
-def floor_run(replay: Replay, targets: int, seconds: float) -> dict[str, float]:
+def floor_run(replay: Replay, targets: int, seconds: float, paced: bool = True) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--floor-child", f"http://127.0.0.1:{replay.port}",
-                          str(targets), str(seconds)], capture_output=True, text=True, cwd=ROOT, check=True)
+                          str(targets), str(seconds), "paced" if paced else "tight"],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     result["ms_per_poll"] = 1e3 * result["cpu_s"] / max(result["polls"], 1)
     return result
@@ -139,11 +143,11 @@ def main() -> int:
     parser.add_argument("--targets", type=int, default=20)
     parser.add_argument("--tree", type=Path, default=ROOT)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--floor-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--floor-child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.floor_child:
-        url, targets, seconds = args.floor_child
-        print(json.dumps(asyncio.run(_floor(url, int(targets), float(seconds)))))
+        url, targets, seconds, mode = args.floor_child
+        print(json.dumps(asyncio.run(_floor(url, int(targets), float(seconds), mode == "paced"))))
         return 0
     print(json.dumps(measure(args.tree, args.targets, args.seconds, args.profile), indent=1))
     return 0
@@ -154,9 +158,12 @@ def measure(tree: Path, targets: int, seconds: float, profile: bool) -> dict[str
         replay = Replay(PAYLOAD, Path(tmp))
         try:
             floor = floor_run(replay, targets, seconds)
+            tight = floor_run(replay, 1, seconds / 4, paced=False)
             exporter = exporter_run(tree, replay, targets, seconds, False, Path(tmp))
-            result: dict[str, object] = {"floor": floor, "exporter": exporter,
-                                         "ratio": exporter["ms_per_poll"] / floor["ms_per_poll"]}  # type: ignore[operator]
+            per_poll = float(exporter["ms_per_poll"])  # type: ignore[arg-type]
+            result: dict[str, object] = {"floor": floor, "floor_back_to_back": tight, "exporter": exporter,
+                                         "ratio": per_poll / floor["ms_per_poll"],
+                                         "ratio_back_to_back": per_poll / tight["ms_per_poll"]}
             if profile:
                 result["profile"] = exporter_run(tree, replay, targets, seconds, True, Path(tmp))["stages"]
         finally:

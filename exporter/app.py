@@ -8,6 +8,7 @@ for targets whose name and engine did not change.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -42,9 +43,10 @@ def make_session(max_connections: int = 256) -> aiohttp.ClientSession:
 
 
 class Exporter:
-    def __init__(self, config: Config, config_path: str | None):
+    def __init__(self, config: Config, config_path: str | None, listen_override: str | None = None):
         self.config = config
         self.config_path = config_path
+        self.listen_override = listen_override  # --listen: wins over the file's listen, on reloads too
         self.status = ExporterStatus()
         self.status.config_reload_ok = True
         self.status.config_reload_time = time.time()
@@ -58,6 +60,7 @@ class Exporter:
         self._registry: CollectorRegistry | None = None
         self.shared = SharedContext()
         self._host_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self.running = False
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
@@ -75,22 +78,33 @@ class Exporter:
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, poll: bool = True) -> None:
+        """Start polling (`poll=False`: set everything up but leave the polling to the caller: --once)."""
         self.session = self.shared.session = make_session()
         self._apply(self.config)
-        for poller in self.pollers.values():
-            poller.start()
-        self.running = True
+        if poll:
+            for poller in self.pollers.values():
+                poller.start()
+        self.running = poll
         self._host_task = asyncio.create_task(self._read_host_info())
+        self._lag_task = asyncio.create_task(self._watch_loop_lag())
         self.status.tasks = lambda: len(asyncio.all_tasks())
+
+    async def _watch_loop_lag(self, period: float = 0.5) -> None:
+        """Ask the loop for a timer every `period`; how much later it fires is the loop's lag."""
+        while True:
+            asked = time.monotonic() + period
+            await asyncio.sleep(period)
+            self.status.loop_lag.add(max(0.0, time.monotonic() - asked))
 
     async def _read_host_info(self) -> None:
         self.status.host_cpu = await read_host_cpu()
 
     async def stop(self) -> None:
         self.running = False
-        if self._host_task is not None:
-            self._host_task.cancel()
+        for task in (self._host_task, self._lag_task):
+            if task is not None:
+                task.cancel()
         await asyncio.gather(*(p.stop() for p in self.pollers.values()), return_exceptions=True)
         self.pollers.clear()
         self.shared.close()
@@ -99,7 +113,7 @@ class Exporter:
             self.session = self.shared.session = None
 
     async def poll_all_once(self) -> None:
-        """--once: poll every target once (twice a short interval apart is not needed)."""
+        """--once: poll every target exactly once (windowed values, which need two polls, stay absent)."""
         await asyncio.gather(*(p.poll() for p in self.pollers.values()))
         if self._host_task is not None:
             await self._host_task
@@ -108,7 +122,7 @@ class Exporter:
 
     def _make_poller(self, target: TargetConfig, state: TargetState) -> Poller:
         source = source_for(target.engine)(target, self.shared)
-        return Poller(source, state, on_update=self.renderer.refresh)
+        return Poller(source, state, on_update=self.renderer.refresh, delays=self.status.poll_delay)
 
     def _apply(self, config: Config) -> None:
         states: dict[str, TargetState] = {}
@@ -146,6 +160,8 @@ class Exporter:
             self.status.config_reload_ok = False
             log.error("config reload rejected, keeping the running config: %s", exc)
             return False
+        if self.listen_override is not None:
+            new = dataclasses.replace(new, listen=self.listen_override)
         if new.listen != self.config.listen:
             log.warning("config reload: listen changed to %s; restart the exporter to apply it", new.listen)
         old_pollers = self.pollers

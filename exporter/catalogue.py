@@ -42,6 +42,9 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                "Fraction of the KV cache in use (0-1)."),
     MetricSpec("kv_cache_hit_tokens", "kv_cache_hit_tokens", "counter",
                "Prompt tokens served from the prefix/prompt cache."),
+    MetricSpec("kv_cache_hit_tokens_by_tier", "kv_cache_hit_tokens_by_tier", "counter",
+               "Prompt tokens served from the prefix cache, by the cache tier that held them (device, host, "
+               "disk/storage, ...), where the engine tells (SGLang 0.5.23+, vLLM 0.32+).", ("tier",)),
     MetricSpec("kv_cache_query_tokens", "kv_cache_query_tokens", "counter",
                "Prompt tokens looked up in the prefix/prompt cache (hits + misses)."),
     MetricSpec("kv_cache_hit_blocks", "kv_cache_hit_blocks", "counter",
@@ -196,6 +199,11 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
                ("version",)),
     MetricSpec("render_duration", "exporter_scrape_render_seconds", "gauge",
                "Time the previous /metrics response (text format) took to build."),
+    MetricSpec("event_loop_lag", "exporter_event_loop_lag_seconds", "histogram",
+               "How much later than asked the event loop woke a 0.5 s timer: an overloaded exporter shows "
+               "here before its data goes stale."),
+    MetricSpec("poll_delay", "exporter_poll_delay_seconds", "histogram",
+               "How far behind its schedule each poll started (all targets)."),
     MetricSpec("tasks", "exporter_asyncio_tasks", "gauge",
                "asyncio tasks alive in the exporter (pollers, HTTP handlers): flat in a healthy process."),
     MetricSpec("config_reload_ok", "exporter_config_last_reload_successful", "gauge",

@@ -24,23 +24,49 @@ EXIT_CONFIG = 2
 SHUTDOWN_BUDGET = 1.5  # seconds; SIGTERM must end the process within 2 s
 
 
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (0 would refuse every scrape), got {number}")
+    return number
+
+
+def _config_error(what: str, exc: Exception, as_json: bool) -> int:
+    """A config problem: one JSON log line under --log-format json, else plain text on stderr."""
+    if as_json:
+        log.error("%s: %s", what, exc)
+    else:
+        print(f"llm-exporter: {what}: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-exporter",
-        description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, NVIDIA GPUs).")
+        description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, SGLang, TGI, "
+                    "NVIDIA GPUs): model load time, token queue latency, KV-cache hit ratio.")
     parser.add_argument("--config", metavar="FILE",
                         help="YAML config (default: $LLM_EXPORTER_CONFIG when that file exists, "
                              "else the embedded default config)")
-    parser.add_argument("--listen", metavar="HOST:PORT", help="address to serve /metrics on (overrides config)")
+    parser.add_argument("--listen", metavar="HOST:PORT", default=os.environ.get("LLM_EXPORTER_LISTEN") or None,
+                        help="address to serve /metrics on (overrides the config; default: $LLM_EXPORTER_LISTEN)")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--healthcheck", action="store_true",
+                        help="exit 0 when the exporter that this config (and --listen) describes answers /healthz "
+                             "on this host, else 1 (a container HEALTHCHECK)")
     parser.add_argument("--once", action="store_true",
                         help="poll every target once, print the exposition to stdout and exit")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", default="text", choices=("text", "json"))
-    parser.add_argument("--web.max-requests", dest="max_requests", type=int, default=40, metavar="N",
+    parser.add_argument("--web.max-requests", dest="max_requests", type=_positive, default=40, metavar="N",
                         help="maximum concurrent /metrics scrapes; more get HTTP 503 (default 40)")
     parser.add_argument("--web.config.file", dest="web_config", metavar="FILE",
-                        help="TLS and basic auth for this endpoint (Prometheus exporter-toolkit format)")
+                        default=os.environ.get("LLM_EXPORTER_WEB_CONFIG") or None,
+                        help="TLS and basic auth for this endpoint (Prometheus exporter-toolkit format; "
+                             "default: $LLM_EXPORTER_WEB_CONFIG)")
     parser.add_argument("--version", action="version", version=f"llm-exporter {__version__}")
     return parser
 
@@ -62,32 +88,48 @@ def main(argv: list[str] | None = None) -> int:
             parse_listen(args.listen)
             config = dataclasses.replace(config, listen=args.listen)
     except ConfigError as exc:
-        print(f"llm-exporter: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_error("config error", exc, args.log_format == "json")
     except ValueError as exc:
-        print(f"llm-exporter: --listen: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return _config_error("--listen", exc, args.log_format == "json")
     web_config = None
     if args.web_config:
         try:
             web_config = load_web_config(args.web_config)
         except ConfigError as exc:
-            print(f"llm-exporter: web config error: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+            return _config_error("web config error", exc, args.log_format == "json")
     if args.check_config:
         print(f"{config.source}: OK ({len(config.targets)} targets)")
         return 0
+    if args.healthcheck:
+        return _healthcheck(config, web_config)
     if args.once:
         return asyncio.run(_once(config, args.config))
     try:
-        return asyncio.run(_serve(config, args.config, args.max_requests, web_config))
+        return asyncio.run(_serve(config, args.config, args.max_requests, web_config, args.listen))
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled in the loop
         return 0
 
 
+def _healthcheck(config: Config, web_config: WebConfig | None) -> int:
+    import ssl
+    import urllib.request
+
+    host, port = config.host_port
+    host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
+    context = ssl._create_unverified_context() if scheme == "https" else None  # liveness of this host only
+    url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:
+            return 0 if resp.status == 200 else 1
+    except OSError as exc:
+        print(f"llm-exporter: {url}: {exc}", file=sys.stderr)
+        return 1
+
+
 async def _once(config: Config, config_path: str | None) -> int:
     exporter = Exporter(config, config_path)
-    await exporter.start()
+    await exporter.start(poll=False)
     try:
         await exporter.poll_all_once()
         body, _ = render_metrics(exporter, "")
@@ -98,9 +140,9 @@ async def _once(config: Config, config_path: str | None) -> int:
 
 
 async def _serve(config: Config, config_path: str | None, max_requests: int,
-                 web_config: WebConfig | None = None) -> int:
+                 web_config: WebConfig | None = None, listen_override: str | None = None) -> int:
     loop = asyncio.get_running_loop()
-    exporter = Exporter(config, config_path)
+    exporter = Exporter(config, config_path, listen_override)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from . import __version__
 from .catalogue import ALL_METRICS, BY_KEY
 from .derive.lifecycle import ModelLifecycle
+from .derive.maths import CumulativeHistogram
 from .join import Owners, owner_of, process_owners
 from .observation import ModelState, Readiness
 from .passthrough import RawFamily
@@ -41,10 +42,16 @@ ORDER = {spec.key: index for index, spec in enumerate(ALL_METRICS)}
 INFO_KEYS = frozenset(spec.key for spec in ALL_METRICS if spec.type == "info")
 
 
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
 class ExporterStatus:
-    """Process-wide facts the renderers show (config reload outcome, host CPU, tasks)."""
+    """Process-wide facts the renderers show (config reload outcome, host CPU, tasks, how late the event
+    loop and the polls run)."""
 
     def __init__(self) -> None:
+        self.loop_lag = CumulativeHistogram(LAG_BUCKETS)    # event-loop wake-ups later than asked
+        self.poll_delay = CumulativeHistogram(LAG_BUCKETS)  # polls started later than their schedule
         self.config_reload_ok = False
         self.config_reload_time: float | None = None
         self.host_cpu: tuple[tuple[str, str], ...] | None = None
@@ -61,6 +68,11 @@ def exporter_samples(status: ExporterStatus) -> list[Sample]:
         out.append(("tasks", "", {}, float(status.tasks())))
     if status.render_seconds is not None:
         out.append(("render_duration", "", {}, status.render_seconds))
+    for key, hist in (("event_loop_lag", status.loop_lag), ("poll_delay", status.poll_delay)):
+        for bound, cumulative in hist.buckets():
+            out.append((key, "_bucket", {"le": _go_float(bound)}, cumulative))
+        out.append((key, "_count", {}, hist.count))
+        out.append((key, "_sum", {}, hist.sum))
     if status.host_cpu is not None:
         out.append(("host_cpu_info", "", dict(status.host_cpu), 1.0))
     return out
@@ -70,7 +82,7 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
     """Everything one target exposes now, pass-through included. Pure: reads the state, changes nothing.
     `owners` (join.py) labels joinable series (GPU processes) with the engine target and model owning them."""
     target, health, life, report = state.target, state.health, state.life, state.report
-    base = {"target": target.name, "engine": target.engine, **dict(target.labels)}
+    base = {"target": target.name, "engine": state.engine, **dict(target.labels)}
     out: list[Sample] = []
 
     def put(key: str, labels: dict[str, str], value: float | None) -> None:
@@ -98,8 +110,8 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
     for endpoint, enabled in sorted(life.endpoints.items()):
         put("endpoint_enabled", {**base, "endpoint": endpoint}, 1.0 if enabled else 0.0)
     for info in report.info:
-        if info.name in INFO_KEYS:
-            put(info.name, {**base, **dict(info.labels)}, 1.0)
+        if info.name in INFO_KEYS:  # a fact the engine does not give is left out, never an empty label
+            put(info.name, {**base, **{k: v for k, v in info.labels if v}}, 1.0)
     for series in report.series:
         put(series.key, {**base, **dict(series.labels), **dict(owner_of(series, owners))}, series.value)
     for model_name, model in report.models.items():

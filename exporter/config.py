@@ -42,6 +42,16 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
 
 
+class ConfigErrors(ConfigError):
+    """Every problem found in one config, in file order (reported together, not one per try)."""
+
+    def __init__(self, errors: list[ConfigError]):
+        self.errors = errors
+        first = errors[0]
+        self.source, self.line, self.key = first.source, first.line, first.key
+        Exception.__init__(self, f"{len(errors)} errors:\n" + "\n".join(f"  {e}" for e in errors))
+
+
 # --------------------------------------------------------------------------- parsing helpers
 
 def parse_duration(value: Any) -> float:
@@ -83,6 +93,10 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+ENGINE_ENDPOINTS = ("/metrics", "/health", "/healthz", "/props", "/slots", "/models", "/v1", "/info",
+                    "/version", "/get_server_info")
+
+
 def validate_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -93,6 +107,15 @@ def validate_url(value: str) -> str:
         raise ValueError(f"bad port in URL {value!r}: {exc}") from None
     if parts.username or parts.password:
         raise ValueError("credentials in the URL are not allowed; use headers with ${ENV} instead")
+    if parts.query or parts.fragment:
+        raise ValueError(f"the URL must not carry a query or fragment ({value!r}): give the server's base URL, "
+                         "the exporter adds each endpoint's path")
+    path = parts.path.rstrip("/")
+    endpoint = next((e for e in ENGINE_ENDPOINTS if path == e or path.endswith(e)), None)
+    if endpoint is not None:
+        base = value[: value.rstrip("/").rfind(endpoint)]
+        raise ValueError(f"the URL ends in the endpoint {endpoint} ({value!r}): give the server's base URL "
+                         f"({base or value!r}), the exporter adds each endpoint's path")
     return value.rstrip("/")
 
 
@@ -430,8 +453,11 @@ def config_keys(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if "parse" in f.metadata)
 
 
-def build_config(data: Any, doc: Document, engines: Mapping[str, bool] | None = None) -> Config:
-    """`engines`: engine name → whether it needs a url (default: the registered sources)."""
+def build_config(data: Any, doc: Document, engines: Mapping[str, bool] | None = None, check_files: bool = True
+                 ) -> Config:
+    """`engines`: engine name → whether it needs a url (default: the registered sources); `check_files`:
+    whether the files a target names (TLS, bearer token) must be readable here (False only to check a
+    config meant for another host, like the shipped examples)."""
     engines = registered_engines() if engines is None else engines
     v = Validator(doc)
     top = v.mapping(data, (), config_keys(Config))
@@ -441,15 +467,26 @@ def build_config(data: Any, doc: Document, engines: Mapping[str, bool] | None = 
     raw_targets = top.get("targets") or []
     if not isinstance(raw_targets, list):
         raise doc.error(f"expected a list of targets, got {_kind(raw_targets)}", ("targets",))
+    if not raw_targets:
+        raise doc.error("the config defines no targets (an empty file, or one with comments only?): "
+                        "the exporter would monitor nothing", ("targets",))
     targets: list[TargetConfig] = []
     seen: dict[str, int] = {}
+    errors: list[ConfigError] = []
     for index, raw in enumerate(raw_targets):
-        targets.append(_target(v, raw, ("targets", index), defaults, engines, seen))
+        try:
+            targets.append(_target(v, raw, ("targets", index), defaults, engines, seen, check_files))
+        except ConfigError as exc:  # keep going: every broken target is reported at once
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise ConfigErrors(errors)
     return Config(**values, defaults=defaults, targets=tuple(targets), source=doc.source)
 
 
 def _target(v: Validator, raw: Any, path: tuple[Any, ...], defaults: Defaults, engines: Mapping[str, bool],
-            seen: dict[str, int]) -> TargetConfig:
+            seen: dict[str, int], check_files: bool) -> TargetConfig:
     """One target: its keys from the schema, then the rules that tie keys together."""
     doc = v.doc
     t = v.mapping(raw, path, config_keys(TargetConfig))
@@ -487,16 +524,37 @@ def _target(v: Validator, raw: Any, path: tuple[Any, ...], defaults: Defaults, e
     if values["bearer_token_file"] and any(k.lower() == "authorization" for k, _ in values["headers"]):
         raise doc.error("give either bearer_token_file or an Authorization header, not both",
                         path + ("bearer_token_file",))
+    files: list[tuple[tuple[str, ...], str | None]] = [(("bearer_token_file",), values["bearer_token_file"])]
+    if values.get("tls") is not None:
+        files += [(("tls", key), getattr(values["tls"], key)) for key in ("ca_file", "cert_file", "key_file")]
+    for where, file in files if check_files else ():
+        problem = _unreadable(file) if file else None
+        if problem:
+            raise doc.error(f"cannot read {file}: {problem}", path + where)
     return TargetConfig(**values)
 
 
+def _unreadable(path: str) -> str | None:
+    """Why a file the config names cannot be read (None when it can): checked at load and on every reload,
+    so --check-config catches it, and a running exporter keeps its old config."""
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except IsADirectoryError:
+        return "it is a directory"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 def load_config_text(text: str, source: str = "<config>",
-                     environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
+                     environ: dict[str, str] | os._Environ[str] | None = None, check_files: bool = True) -> Config:
     doc = Document(text, source, os.environ if environ is None else environ)
-    return build_config(doc.data, doc)
+    return build_config(doc.data, doc, check_files=check_files)
 
 
-def load_config(path: str | None, environ: dict[str, str] | os._Environ[str] | None = None) -> Config:
+def load_config(path: str | None, environ: dict[str, str] | os._Environ[str] | None = None,
+                check_files: bool = True) -> Config:
     """Load FILE, or the embedded default config when path is None."""
     if path is None:
         from importlib import resources  # only for the embedded default
@@ -512,7 +570,7 @@ def load_config(path: str | None, environ: dict[str, str] | os._Environ[str] | N
         raise ConfigError("config is not valid UTF-8", source=path) from None
     if len(text) > 1024 * 1024:
         raise ConfigError("config is larger than 1 MiB", source=path)
-    return load_config_text(text, path, environ)
+    return load_config_text(text, path, environ, check_files)
 
 
 def is_loopback_url(url: str) -> bool:

@@ -22,7 +22,7 @@ def process_owners(states: Iterable[TargetState]) -> Owners:
         if not state.health.up and state.life.process_pid is None and not state.life.lifecycles:
             continue
         for pid, model in state.model_pids().items():
-            owners[pid] = (("target", state.target.name), ("engine", state.target.engine), ("model", model))
+            owners[pid] = (("target", state.target.name), ("engine", state.engine), ("model", model))
     return owners
 
 

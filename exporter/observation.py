@@ -167,5 +167,9 @@ class Observation:
     dropped_series: int = 0
     # Lifecycle per model slot ("" for the one model of a single-model engine, else the model id).
     lifecycle: dict[str, ModelStatus] = field(default_factory=dict)
+    # Unified key → the upstream family that fed it this poll (the debug view).
+    fed_by: dict[str, str] = field(default_factory=dict)
+    # `engine: auto`: the engine the target was identified as (its series carry it as `engine`).
+    detected_engine: str | None = None
     # The lifecycle states this engine can report (one llm_model_state series each).
     model_states: tuple[ModelState, ...] = ()

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable
 
+from .derive.maths import CumulativeHistogram
 from .observation import Observation, PollError, Reason
 from .sources.base import Source, TransientPollError
 from .state import PollEvents, TargetState
@@ -90,9 +91,11 @@ async def _retry(source: Source, deadline: float) -> Observation:
 
 
 class Poller:
-    def __init__(self, source: Source, state: TargetState, on_update: Callable[[TargetState], None] | None = None):
+    def __init__(self, source: Source, state: TargetState, on_update: Callable[[TargetState], None] | None = None,
+                 delays: CumulativeHistogram | None = None):
         self.source = source
         self.state = state
+        self.delays = delays  # how late each poll starts (llm_exporter_poll_delay_seconds)
         self.on_update = on_update  # e.g. pre-render the target's exposition
         self.changes = ChangeLog()
         self.task: asyncio.Task[None] | None = None
@@ -123,8 +126,12 @@ class Poller:
             next_at += interval * (1 + random.uniform(-JITTER, JITTER))
             now = time.monotonic()
             if next_at < now:  # overran: skip missed ticks rather than burst
+                if self.delays is not None:
+                    self.delays.add(now - next_at)  # the poll itself ran past the next tick
                 next_at = now + interval * random.uniform(0, JITTER)
             await asyncio.sleep(next_at - now)
+            if self.delays is not None:
+                self.delays.add(max(0.0, time.monotonic() - next_at))  # a busy loop woke this poll late
 
     async def poll(self) -> None:
         try:
@@ -150,6 +157,7 @@ class Poller:
             if self.state.record_failure(wrapped, time.time(), time.monotonic() - started).went_down:
                 log.exception("target %s (%s): unexpected error while polling", target.name, target.engine)
         else:
+            observation.fed_by = dict(self.source.fed_by)
             events = self.state.record_success(observation, time.time(), time.monotonic() - started)
             self._log(events)
 

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import html
+import json
 import time
+from urllib.parse import quote
 
 from aiohttp import web
 
 from . import __version__
 from .app import Exporter
 from .collector import process_exposition
+from .debugview import target_debug
 from .webconfig import WebConfig
 from .webconfig import install as install_web_config
 
@@ -85,21 +88,32 @@ async def landing(request: web.Request) -> web.Response:
     for state in exporter.states.values():
         target = state.target
         health = state.health
-        status = ("up" if health.up else "down") + (f", {health.readiness.value}" if health.readiness else "")
+        # "up, ready" / "up, loading" while polls work; "down" (the reason is in the error column) else
+        status = f"up, {health.readiness.value}" if health.up and health.readiness else "up" if health.up else "down"
         error = f"{health.last_error[0].value}: {health.last_error[1]}" if health.last_error else ""
+        debug = f'<a href="/debug/targets/{quote(target.name, safe="")}">debug</a>'
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
-            target.name, target.engine, target.url or "local", status, _age(health.last_success), error)) + "</tr>")
+            target.name, state.engine, target.url or "local", status, _age(health.last_success), error))
+            + f"<td>{debug}</td></tr>")
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>llm-exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
 <body><h1>llm-exporter {html.escape(__version__)}</h1>
 <p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
-<table><tr><th>target</th><th>engine</th><th>url</th><th>state</th><th>last success</th><th>last error</th></tr>
+<table><tr><th>target</th><th>engine</th><th>url</th><th>state</th><th>last success</th><th>last error</th>
+<th>what it saw</th></tr>
 {''.join(rows)}
 </table></body></html>
 """
     return web.Response(text=page, content_type="text/html")
+
+
+async def debug_target(request: web.Request) -> web.Response:
+    state = request.app[EXPORTER_KEY].states.get(request.match_info["name"])
+    if state is None:
+        return web.json_response({"error": "no such target"}, status=404)
+    return web.json_response(target_debug(state), dumps=lambda value: json.dumps(value, indent=1, default=str))
 
 
 def build_app(exporter: Exporter, max_requests: int = 40, web_config: WebConfig | None = None) -> web.Application:
@@ -112,4 +126,5 @@ def build_app(exporter: Exporter, max_requests: int = 40, web_config: WebConfig 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", landing)
+    app.router.add_get("/debug/targets/{name}", debug_target)
     return app

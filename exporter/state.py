@@ -13,6 +13,7 @@ are dropped, the series cap holds). `record_success`/`record_failure` return wha
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 from .catalogue import BY_KEY
@@ -71,6 +72,7 @@ class EngineLife:
     lifecycles: dict[str, ModelLifecycle] = field(default_factory=dict)
     model_states: tuple[ModelState, ...] = ()        # the states the engine can report
     last_refused: float | None = None                # the last poll that found nothing listening
+    detected_engine: str | None = None               # `engine: auto`: what the target was identified as
 
     def model_pids(self, models: dict[str, ModelValues]) -> dict[int, str]:
         """Engine processes the exporter found: pid → the model it serves."""
@@ -127,6 +129,9 @@ def went_backwards(previous: ModelSample, current: ModelSample) -> bool:
     return False
 
 
+EVENTS_KEPT = 50
+
+
 class TargetState:
     def __init__(self, target: TargetConfig):
         self.target = target
@@ -134,6 +139,10 @@ class TargetState:
         self.health = PollHealth()
         self.life = EngineLife()
         self.report = EngineReport()
+        # For the debug view (/debug/targets/<name>): the last observation as the source returned it, and
+        # the last events (errors, state changes, loads, notices) with their Unix times.
+        self.last_observation: tuple[float, Observation] | None = None
+        self.events: deque[tuple[float, str]] = deque(maxlen=EVENTS_KEPT)
 
     def retarget(self, target: TargetConfig) -> None:
         """Config reload with the same name and engine: keep history, take new settings."""
@@ -143,6 +152,12 @@ class TargetState:
 
     def model_pids(self) -> dict[int, str]:
         return self.life.model_pids(self.report.models)
+
+    @property
+    def engine(self) -> str:
+        """The `engine` label: the configured engine, or for `engine: auto` the one it was identified as
+        (`auto` until then)."""
+        return self.life.detected_engine or self.target.engine
 
     # ------------------------------------------------------------------ writes
 
@@ -157,6 +172,8 @@ class TargetState:
         health.last_poll_duration = duration
         health.last_error = (error.reason, str(error))
         health.errors[error.reason] += 1
+        if events.went_down:
+            self.events.append((now, f"poll failed: {error.reason.value}: {error}"))
         if error.reason is Reason.CONNECT:
             # Nothing listening: the engine is down or not started yet (vLLM while loading).
             events.readiness_changed = health.readiness is not Readiness.DOWN
@@ -168,6 +185,19 @@ class TargetState:
 
     def record_success(self, obs: Observation, now: float, duration: float) -> PollEvents:
         """Apply one observation; returns what changed."""
+        self.last_observation = (now, obs)
+        events = self._record_success(obs, now, duration)
+        if events.came_up:
+            self.events.append((now, f"up ({obs.readiness.value})"))
+        elif events.readiness_changed:
+            self.events.append((now, f"readiness: {obs.readiness.value}"))
+        self.events.extend((now, f"notice: {notice}") for notice in events.notices)
+        self.events.extend((now, f"model {model or '?'} ready ({load.kind})"
+                            + (f" after {load.seconds:.3f}s (basis {load.basis})" if load.seconds is not None else ""))
+                           for model, load in events.loads)
+        return events
+
+    def _record_success(self, obs: Observation, now: float, duration: float) -> PollEvents:
         health, life, report = self.health, self.life, self.report
         events = PollEvents(came_up=not health.up, readiness_changed=health.readiness is not obs.readiness)
         health.polls += 1
@@ -183,6 +213,8 @@ class TargetState:
         if obs.process_start_time is not None:
             life.process_start = (obs.process_start_time, obs.process_start_basis or "unknown")
         life.process_pid = obs.process_pid
+        if obs.detected_engine is not None:
+            life.detected_engine = obs.detected_engine
 
         if self._detect_restart(obs):
             events.restarted = True

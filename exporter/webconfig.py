@@ -13,7 +13,7 @@ Prometheus exporter-toolkit, so operators reuse what they have for node_exporter
       prometheus: $2y$10$...                          # bcrypt hashes (htpasswd -nBC 10 "" | tr -d ':\\n')
 
 bcrypt is slow on purpose (~50 ms a check), so successful checks are cached (a bounded set of
-SHA-256 digests of user:password, never the password). /healthz stays open for liveness probes.
+SHA-256 digests of user:password, never the password). /healthz and /readyz stay open for probes.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ CLIENT_AUTH = {
 }
 TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
                 "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
-OPEN_PATHS = frozenset({"/healthz"})
+# Open without a password: the kubelet's (and systemd's) liveness and readiness probes send none, and
+# these answer only "ok" / "ready". TLS (with client certificates, if configured) still applies.
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 AUTH_CACHE_SIZE = 256
 
 

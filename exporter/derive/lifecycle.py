@@ -20,9 +20,10 @@ load time from ever being wrong:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..observation import ModelState, ModelStatus
+from .maths import CumulativeHistogram
 
 KIND_START = "start"  # process start to ready
 KIND_LOAD = "load"    # a router or on-demand load of a model into a new child process
@@ -49,25 +50,6 @@ class LoadRecord:
     finished_at: float
 
 
-@dataclass
-class DurationHistogram:
-    """Cumulative counts per bucket of LOAD_BUCKETS, with sum and count."""
-
-    counts: list[float] = field(default_factory=lambda: [0.0] * len(LOAD_BUCKETS))
-    sum: float = 0.0
-    count: float = 0.0
-
-    def add(self, seconds: float) -> None:
-        for index, bound in enumerate(LOAD_BUCKETS):
-            if seconds <= bound:
-                self.counts[index] += 1
-        self.sum += seconds
-        self.count += 1
-
-    def buckets(self) -> tuple[tuple[float, float], ...]:
-        return tuple(zip(LOAD_BUCKETS, self.counts, strict=True))
-
-
 @dataclass(frozen=True)
 class _Pending:
     kind: str
@@ -84,7 +66,7 @@ class ModelLifecycle:
         self.state: ModelState | None = None
         self.model = ""  # the model name to show (a single-model engine learns it once ready)
         self.loads: dict[str, int] = {}
-        self.durations: dict[str, DurationHistogram] = {}
+        self.durations: dict[str, CumulativeHistogram] = {}
         self.failures = 0
         self.last: LoadRecord | None = None
         self.loaded_at: float | None = None
@@ -189,7 +171,7 @@ class ModelLifecycle:
         if not met_loaded:
             self.loads[kind] = self.loads.get(kind, 0) + 1
             if seconds is not None:
-                self.durations.setdefault(kind, DurationHistogram()).add(seconds)
+                self.durations.setdefault(kind, CumulativeHistogram(LOAD_BUCKETS)).add(seconds)
         if seconds is not None or not met_loaded:
             self.last = record
         return record

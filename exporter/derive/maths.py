@@ -41,3 +41,24 @@ def histogram_is_valid(hist: Histogram) -> bool:
             return False
         previous_bound, previous_count = bound, count
     return math.isfinite(hist.sum) and math.isfinite(hist.count) and hist.count >= 0
+
+
+class CumulativeHistogram:
+    """Observations counted into fixed buckets (cumulative, ending at +Inf), with their sum and count:
+    what the exporter measures itself (load durations, event-loop lag, poll delays)."""
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds if bounds and bounds[-1] == math.inf else (*bounds, math.inf)
+        self.counts = [0.0] * len(self.bounds)
+        self.sum = 0.0
+        self.count = 0.0
+
+    def add(self, value: float) -> None:
+        for index, bound in enumerate(self.bounds):
+            if value <= bound:
+                self.counts[index] += 1
+        self.sum += value
+        self.count += 1
+
+    def buckets(self) -> tuple[tuple[float, float], ...]:
+        return tuple(zip(self.bounds, self.counts, strict=True))

@@ -12,6 +12,7 @@ import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -30,6 +31,7 @@ class Response:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    path: str = ""  # the path requested, with the URL's own prefix (for error messages)
 
     def text(self) -> str:
         try:
@@ -58,6 +60,7 @@ class HttpFetcher:
     def __init__(self, session: aiohttp.ClientSession, target: TargetConfig):
         self.session = session
         self.base_url = target.url
+        self.base_path = urlsplit(target.url).path.rstrip("/")  # a reverse proxy's prefix: shown in errors
         self.headers = dict(target.headers)
         self.max_body = target.max_body_bytes
         self.setup_error: str | None = None  # reported by every poll, never a crash
@@ -66,7 +69,8 @@ class HttpFetcher:
             try:
                 self.ssl = _client_ssl(target)
             except (OSError, ssl.SSLError) as exc:
-                self.setup_error = f"cannot load the target's TLS files: {type(exc).__name__}: {exc}"
+                files = ", ".join(f for f in (target.tls.ca_file, target.tls.cert_file, target.tls.key_file) if f)
+                self.setup_error = f"cannot load the target's TLS files ({files}): {type(exc).__name__}: {exc}"
         if target.bearer_token_file:
             # Read when the poller is built: at start and on every reload (SIGHUP), as documented.
             try:
@@ -83,6 +87,7 @@ class HttpFetcher:
         if self.setup_error is not None:
             raise PollError(Reason.OTHER, self.setup_error)
         url = self.base_url + path
+        path = self.base_path + path  # errors name the path really requested
         try:
             async with self.session.get(url, headers=self.headers, allow_redirects=False, ssl=self.ssl) as resp:
                 declared = resp.content_length
@@ -95,7 +100,7 @@ class HttpFetcher:
                     if len(body) > self.max_body:
                         raise PollError(Reason.TOO_LARGE,
                                         f"GET {path}: body exceeds max_body_bytes ({self.max_body}); read cut")
-                return Response(resp.status, resp.headers, bytes(body))
+                return Response(resp.status, resp.headers, bytes(body), path)
         except PollError:
             raise
         except TimeoutError:
@@ -155,7 +160,7 @@ def _short(exc: BaseException | None) -> str:
 
 def expect_status(response: Response, path: str, *ok: int) -> None:
     if response.status not in (ok or (200,)):
-        raise PollError(Reason.HTTP_STATUS, f"GET {path}: HTTP {response.status}")
+        raise PollError(Reason.HTTP_STATUS, f"GET {response.path or path}: HTTP {response.status}")
 
 
 @dataclass
@@ -209,6 +214,7 @@ class Source(abc.ABC):
         self.target = target
         self.shared = shared or SharedContext()
         self.finder = ProcessFinder(target.process) if target.process else None
+        self.fed_by: dict[str, str] = {}  # unified key → the upstream family that fed it last (debug view)
 
     def locate_process(self, observation: Observation) -> None:
         """The engine process the target's `process:` names (same host, or a shared PID namespace): its

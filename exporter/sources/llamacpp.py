@@ -330,7 +330,7 @@ class LlamaCppSource(HttpSource):
         payload = parse_metrics(text, METRICS_PREFIXES, self.labels)
         if not payload.samples:
             raise PollError(Reason.PARSE, "/metrics has no llamacpp: series (not a llama.cpp server?)")
-        mapped, misses = apply(payload, MAPPING, "")
+        mapped, misses = apply(payload, MAPPING, "", chosen_by_key=self.fed_by)
         sample = mapped.get("", ModelSample())
         cached, processed = sample.get("kv_cache_hit_tokens"), sample.get("prompt_tokens")
         if cached is not None and processed is not None:

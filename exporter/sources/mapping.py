@@ -124,8 +124,10 @@ def present(payload: Payload, upstream: Upstream, kind: str) -> bool:
 
 
 def apply(payload: Payload, table: tuple[Feed, ...], model_label: str,
-          models: dict[str, ModelSample] | None = None) -> tuple[dict[str, ModelSample], list[str]]:
-    """Map a payload with a table. Returns per-model samples and the unified keys that missed."""
+          models: dict[str, ModelSample] | None = None, chosen_by_key: dict[str, str] | None = None
+          ) -> tuple[dict[str, ModelSample], list[str]]:
+    """Map a payload with a table. Returns per-model samples and the unified keys that missed; fills
+    `chosen_by_key` (unified key → the upstream family that fed it) when given (the debug view)."""
     models = models if models is not None else defaultdict(ModelSample)
     misses = []
     for feed in table:
@@ -138,6 +140,8 @@ def apply(payload: Payload, table: tuple[Feed, ...], model_label: str,
         if "{unit}" in feed.key and not unit:
             continue
         key = feed.key.replace("{unit}", unit or "")
+        if chosen_by_key is not None:
+            chosen_by_key[key] = chosen.name
         if feed.kind == "histogram":
             for model, hist in histograms(payload, chosen.name, model_label).items():
                 models[model].histograms[key] = hist

@@ -19,13 +19,16 @@ MAPPING: tuple[Feed, ...] = (
     Feed("requests_waiting", "gauge", (U("sglang:num_queue_reqs", "0.3-0.5"),)),
     Feed("kv_cache_usage_ratio", "gauge", (U("sglang:token_usage", "0.3-0.5", combine="mean"),)),
     Feed("kv_cache_hit_tokens", "counter", (U("sglang:cached_tokens_total", "0.4-0.5"),)),
+    Feed("kv_cache_hit_tokens_by_tier", "counter", (U("sglang:cached_tokens_total", "0.5.23+ (cache_source)"),),
+         required=False, label="cache_source", label_as="tier"),
     Feed("kv_cache_query_tokens", "counter", (U("sglang:prompt_tokens_total", "0.3-0.5"),)),
     Feed("prompt_tokens", "counter", (U("sglang:prompt_tokens_total", "0.3-0.5"),)),
     Feed("generation_tokens", "counter", (U("sglang:generation_tokens_total", "0.3-0.5"),)),
     Feed("token_queue_latency", "histogram", (U("sglang:queue_time_seconds", "0.5.x"),
                                               U("sglang:queue_time_s", "0.5 early"))),
     Feed("time_to_first_token", "histogram", (U("sglang:time_to_first_token_seconds", "0.3-0.5"),)),
-    Feed("inter_token_latency", "histogram", (U("sglang:inter_token_latency_seconds", "0.4-0.5"),
+    Feed("inter_token_latency", "histogram", (U("sglang:inter_token_latency_seconds", "0.4-0.5.22"),
+                                              U("sglang:request_time_per_output_token_seconds", "0.5.23+"),
                                               U("sglang:time_per_output_token_seconds", "0.3"))),
     Feed("request_latency", "histogram", (U("sglang:e2e_request_latency_seconds", "0.3-0.5"),)),
     Feed("startup_phase_seconds", "gauge", (U("sglang:startup_time_seconds", "0.5.18+"),), required=False,
@@ -63,7 +66,7 @@ class SglangSource(HttpSource):
             return observation
         payload, text = await self.read_metrics(METRICS_PREFIXES, "sglang:",
                                                 "started without --enable-metrics?")
-        models, misses = apply(payload, MAPPING, MODEL_LABEL)
+        models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
         observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
                                   model_states=MODEL_STATES)
         self.add_passthrough(observation, text)

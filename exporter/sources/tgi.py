@@ -62,7 +62,7 @@ class TgiSource(HttpSource):
         if self.model is None:
             self.model = await self._model()
         payload, text = await self.read_metrics(METRICS_PREFIXES, "tgi_", "not a TGI server?")
-        models, misses = apply(payload, MAPPING, MODEL_LABEL)
+        models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
         sample = models.pop("", None)
         if sample is not None:
             models[self.model or ""] = sample

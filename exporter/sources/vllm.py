@@ -40,6 +40,8 @@ MAPPING: tuple[Feed, ...] = (
                                             U("vllm:gpu_prefix_cache_hits_total", "0.7.3-0.11", unit="help"))),
     Feed("kv_cache_query_{unit}", "counter", (U("vllm:prefix_cache_queries_total", "0.9.2-0.33", unit="tokens"),
                                               U("vllm:gpu_prefix_cache_queries_total", "0.7.3-0.11", unit="help"))),
+    Feed("kv_cache_hit_tokens_by_tier", "counter", (U("vllm:prompt_tokens_cached_by_source_total", "0.32+"),),
+         required=False, label="source", label_as="tier"),
     Feed("kv_cache_lifetime_hit_ratio", "gauge", (U("vllm:gpu_prefix_cache_hit_rate", "V0 0.5-0.10",
                                                     combine="mean", minimum=0.0),), required=False),
     Feed("prompt_tokens", "counter", (U("vllm:prompt_tokens_total", "0.4-0.33"),)),
@@ -88,7 +90,7 @@ class VllmSource(HttpSource):
             return Observation(Readiness.DOWN, notices=(f"/health answered {health.status}: engine is dead",))
         expect_status(health, "/health")
         payload, text = await self.read_metrics(METRICS_PREFIXES, "vllm:", "not a vLLM server?")
-        models, misses = apply(payload, MAPPING, MODEL_LABEL)
+        models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
         observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
         observation.info = self.cache_config_info(payload)
         self.add_passthrough(observation, text)

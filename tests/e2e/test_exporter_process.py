@@ -10,9 +10,8 @@ import urllib.request
 
 import pytest
 
-from exporter.promparse import parse
-from tests.conftest import FIXTURES
-from tests.support.net import ExporterProcess, free_port, http_get, wait_until
+from tests.conftest import FIXTURES, ROOT
+from tests.support.net import ExporterProcess, free_port, http_get, value, wait_until
 
 VLLM_IDLE = FIXTURES / "vllm-real" / "v0.32.0-metrics-after-prefix.prom"
 
@@ -45,13 +44,6 @@ targets:
     return path
 
 
-def value(body: str, name: str, **labels):
-    for sample_labels, v in parse(body).get(name):
-        if all(sample_labels.get(k) == want for k, want in labels.items()):
-            return v
-    return None
-
-
 @pytest.fixture
 def exporter(tmp_path, replay):
     port = free_port()
@@ -81,6 +73,7 @@ def test_serves_unified_metrics_with_sick_targets_alongside(exporter):
     assert value(body, "llm_exporter_config_last_reload_successful") == 1
     status, page = exporter.get("/")
     assert status == 200 and "hanging" in page and "timeout" in page
+    assert "down, down" not in page and "<td>down</td>" in page and "<td>up, ready</td>" in page
     assert exporter.get("/healthz")[0] == 200
     assert exporter.get("/readyz")[0] == 200
 
@@ -193,3 +186,68 @@ def test_bad_config_exits_2_and_default_config_starts(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(5) == 0
+
+
+def test_once_polls_each_target_exactly_once_and_shows_no_windowed_values(tmp_path):
+    """--once: one poll per target; rates and ratios need two polls, so they are absent (never 0.0)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    spec = tmp_path / "replay.json"
+    spec.write_text('{"/health": {"status": 200}, "/metrics": {"file": "tests/fixtures/vllm-real/'
+                    'v0.32.0-metrics-after-load.prom"}}')
+    replay = subprocess.Popen([sys.executable, "tests/support/replay.py", "--port", str(port), "--spec", str(spec)],
+                              cwd=ROOT)
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200, 10, what="replay")
+        config = tmp_path / "once.yaml"
+        config.write_text(f"targets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:{port}'}}\n")
+        out = subprocess.run([sys.executable, "-m", "exporter", "--once", "--config", str(config)],
+                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert value(out.stdout, "llm_exporter_polls_total", target="v") == 1
+        assert value(out.stdout, "llm_up", target="v") == 1
+        assert value(out.stdout, "llm_generation_tokens_per_second") is None
+        assert value(out.stdout, "llm_kv_cache_hit_ratio") is None
+        assert value(out.stdout, "llm_requests_running", model="tiny-llama") is not None
+    finally:
+        replay.kill()
+        replay.wait()
+
+
+def test_healthcheck_follows_the_listen_address(tmp_path):
+    import os
+    import subprocess
+    import sys
+    port = free_port()
+    config = tmp_path / "h.yaml"
+    config.write_text("targets:\n  - {name: v, engine: vllm, url: 'http://127.0.0.1:9'}\n")
+    env = {**os.environ, "LLM_EXPORTER_LISTEN": f"127.0.0.1:{port}"}
+    check = [sys.executable, "-m", "exporter", "--config", str(config), "--healthcheck"]
+    assert subprocess.run(check, env=env, capture_output=True, cwd=ROOT, timeout=30).returncode == 1  # not up
+    proc = ExporterProcess(config, port, env=env)  # $LLM_EXPORTER_LISTEN chose the port
+    try:
+        assert subprocess.run(check, env=env, capture_output=True, cwd=ROOT, timeout=30).returncode == 0
+    finally:
+        proc.stop()
+
+
+def test_cli_rejects_zero_scrapes_and_reports_config_errors_as_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+    config = tmp_path / "c.yaml"
+    config.write_text("targets:\n  - {name: v, engine: vllm, url: 'http://127.0.0.1:9'}\n")
+    out = subprocess.run([sys.executable, "-m", "exporter", "--config", str(config), "--web.max-requests", "0"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 2 and "must be at least 1" in out.stderr
+    config.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://h:1', intervl: 1s}\n"
+                      "  - {name: b, engine: vlm, url: 'http://h:1'}\n")
+    out = subprocess.run([sys.executable, "-m", "exporter", "--config", str(config), "--log-format", "json"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert out.returncode == 2
+    [line] = out.stderr.strip().splitlines()
+    record = json.loads(line)  # one JSON log line, not plain text
+    assert record["level"] == "error" and "2 errors" in record["msg"]
+    assert "did you mean 'interval'" in record["msg"] and "did you mean 'vllm'" in record["msg"]

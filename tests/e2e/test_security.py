@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import FIXTURES
 from tests.support.certs import make_pki
+from exporter.sources.base import HttpFetcher
 from tests.support.net import ExporterProcess, free_port, wait_until
 from tests.support.pipeline import Pipeline
 from tests.support.replay import ReplayServer, Reply
@@ -86,6 +87,8 @@ def test_tls_client_certs_and_basic_auth(secured_exporter, pki):
     assert get(base + "/metrics", client_context(pki))[0] == 401
     assert get(base + "/metrics", client_context(pki), "nobody", PASSWORD)[0] == 401
     assert get(base + "/healthz", client_context(pki))[0] == 200  # liveness probes need no password
+    assert get(base + "/readyz", client_context(pki))[0] in (200, 503)  # nor readiness probes
+    assert get(base + "/", client_context(pki))[0] == 401  # the landing page shows targets: password
     # the bcrypt check is cached: repeated scrapes do not pay ~50 ms each
     started = time.perf_counter()
     for _ in range(10):
@@ -154,8 +157,16 @@ async def test_bearer_token_file_sent_and_never_exposed(tmp_path):
         assert pipe.state.health.up
         assert token not in pipe.exposition() and token not in repr(pipe.target)
         await pipe.close()
-        missing = await poll(f"http://127.0.0.1:{srv.port}", bearer_token_file=str(tmp_path / "absent"))
-        assert not missing.health.up and "bearer_token_file" in missing.health.last_error[1]
+        # a token file that disappears after the config was loaded: the target goes down, saying why
+        gone = tmp_path / "gone"
+        gone.write_text(token)
+        pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", bearer_token_file=str(gone))
+        gone.unlink()
+        pipe.source.http = HttpFetcher(pipe.session, pipe.target)  # re-read, as on a reload
+        await pipe.poll()
+        await pipe.close()
+        assert not pipe.state.health.up and "bearer_token_file" in pipe.state.health.last_error[1]
+        assert token not in pipe.state.health.last_error[1]
         wrong = tmp_path / "wrong"
         wrong.write_text("nope")
         refused = await poll(f"http://127.0.0.1:{srv.port}", bearer_token_file=str(wrong))
@@ -198,3 +209,38 @@ def test_token_file_reread_on_reload_and_secrets_nowhere(tmp_path):
     texts.append(proc.logs())
     for text in texts:
         assert token_a not in text and token_b not in text and "tok-" not in text
+
+
+def test_debug_view_is_behind_auth_and_shows_no_secret(tmp_path, pki):
+    """/debug/targets/<name>: what the exporter saw, behind the same password as /metrics; a header's
+    value (an API key) never appears."""
+    import json as _json
+    secret = "sk-" + "9" * 30
+    srv_port, port = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+listen: 127.0.0.1:{port}
+targets:
+  - name: v
+    engine: vllm
+    url: http://127.0.0.1:{srv_port}
+    headers: {{Authorization: "Bearer {secret}"}}
+""")
+    web = tmp_path / "web.yaml"
+    hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=10)).decode()
+    web.write_text(f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    exporter = ExporterProcess(config, port, extra_args=("--web.config.file", str(web)))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        assert get(base + "/debug/targets/v", None)[0] == 401
+        wait_until(lambda: _json.loads(get(base + "/debug/targets/v", None, "prometheus", PASSWORD)[2])
+                   ["health"]["polls"] >= 1, 10, what="a first poll")
+        status, _, body = get(base + "/debug/targets/v", None, "prometheus", PASSWORD)
+        assert status == 200 and secret not in body
+        view = _json.loads(body)
+        assert view["target"]["headers"] == {"Authorization": "<redacted>"}
+        assert view["health"]["last_error"]["reason"] == "connect"
+        assert any("poll failed: connect" in e["event"] for e in view["events"])
+        assert get(base + "/debug/targets/nope", None, "prometheus", PASSWORD)[0] == 404
+    finally:
+        exporter.stop()

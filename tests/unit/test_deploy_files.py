@@ -46,9 +46,11 @@ def test_dockerfile_runs_non_root_exposes_default_port_and_checks_health(dockerf
     entry = json.loads([i["value"] for i in final if i["instruction"] == "ENTRYPOINT"][-1])
     assert entry == ["llm-exporter"]
     health = [i["value"] for i in final if i["instruction"] == "HEALTHCHECK"][-1]
-    assert f"127.0.0.1:{DEFAULT_PORT}/healthz" in health
+    # the exporter's own check: it follows the config's listen / $LLM_EXPORTER_LISTEN, no port hard-coded
+    assert '["llm-exporter", "--healthcheck"]' in health and str(DEFAULT_PORT) not in health
     assert dockerfile.envs.get("LLM_EXPORTER_CONFIG") == "/etc/llm-exporter/config.yaml"
     assert any(k.startswith("org.opencontainers.image.") for k in dockerfile.labels)
+    assert not any("example.invalid" in v for v in dockerfile.labels.values())  # no placeholder source
 
 
 def test_dockerfile_installs_the_way_the_readme_does(dockerfile):
@@ -151,6 +153,9 @@ def test_sidecars_probes_port_resources_and_security():
         assert sidecar["ports"] == [{"name": "llm-metrics", "containerPort": DEFAULT_PORT}]
         assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
         assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        # the probes send no password: both paths must stay open when --web.config.file turns on basic auth
+        from exporter.webconfig import OPEN_PATHS
+        assert {"/healthz", "/readyz"} <= OPEN_PATHS
         assert sidecar["resources"]["requests"] and sidecar["resources"]["limits"]
         security = sidecar["securityContext"]
         assert security["runAsNonRoot"] and security["runAsUser"] != 0 and security["readOnlyRootFilesystem"]

@@ -12,6 +12,7 @@ from tests.support.pipeline import Pipeline
 from tests.support.replay import ReplayServer, Reply
 
 SGL_NEW = (FIXTURES / "sglang" / "datadog-sglang-0.5.10.post1-abridged.prom").read_text()
+SGL_REAL = (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text()  # a real server, unedited
 SGL_OLD = (FIXTURES / "sglang" / "sglang-docs-production-metrics-v0.3.prom").read_text()
 TGI = (FIXTURES / "tgi" / "datadog-tgi-payload-partial.prom").read_text()
 
@@ -20,14 +21,25 @@ def mapped(module, text):
     return apply(parse(text, module.METRICS_PREFIXES), module.MAPPING, module.MODEL_LABEL)
 
 
-def test_sglang_0510_every_unified_metric():
+def test_sglang_0523_real_every_unified_metric():
+    """A real SGLang 0.5.23 server (tests/fixtures/sglang-real/SOURCES.md): 9 of 44 prompt tokens cached."""
+    models, misses = mapped(sglang, SGL_REAL)
+    m = models["tiny-llama"]
+    assert (m.get("requests_running"), m.get("requests_waiting"), m.get("kv_cache_usage_ratio")) == (0, 0, 0)
+    assert m.get("kv_cache_hit_tokens") == 9 and m.get("kv_cache_query_tokens") == 44
+    assert m.get("kv_cache_hit_tokens_by_tier", tier="device") == 9  # the tier stays visible
+    assert m.get("generation_tokens") == 24
+    assert m.histograms["token_queue_latency"].count == 4
+    assert m.histograms["inter_token_latency"].count == 3  # request_time_per_output_token_seconds in 0.5.23
+    assert m.histograms["time_to_first_token"].count == 3 and m.histograms["request_latency"].count == 3
+    assert m.get("startup_phase_seconds", phase="tokenizer_e2e") == pytest.approx(12.677011202999893)
+    assert misses == []  # nothing rises on every poll any more
+
+
+def test_sglang_0510_abridged_capture_still_maps():
     models, misses = mapped(sglang, SGL_NEW)
     m = models["facebook/opt-125m"]
-    assert (m.get("requests_running"), m.get("requests_waiting"), m.get("kv_cache_usage_ratio")) == (0, 0, 0.25)
-    assert m.get("kv_cache_hit_tokens") == 1 and m.get("kv_cache_query_tokens") == 5
-    assert m.histograms["token_queue_latency"].count == 1
-    for key in ("time_to_first_token", "inter_token_latency", "request_latency"):
-        assert key in m.histograms
+    assert m.get("kv_cache_hit_tokens") == 1 and m.histograms["token_queue_latency"].count == 1
     assert misses == []
 
 
@@ -41,8 +53,11 @@ def test_sglang_03_docs_sample_has_no_queue_histogram():
 
 
 def test_sglang_cache_hit_rate_gauge_is_not_the_ratio():
-    models, _ = mapped(sglang, SGL_NEW)
-    assert all(key[0] != "kv_cache_hit_ratio" for key in models["facebook/opt-125m"].values)
+    # the real 0.5.23 server reports cache_hit_rate 0.9 while its counters say 9 of 44: it is not used
+    assert "sglang:cache_hit_rate{" in SGL_REAL
+    models, _ = mapped(sglang, SGL_REAL)
+    keys = {key for key, _ in models["tiny-llama"].values}
+    assert not keys & {"kv_cache_hit_ratio", "kv_cache_lifetime_hit_ratio"}
 
 
 def test_sglang_startup_phases():
@@ -73,6 +88,9 @@ async def test_tgi_source_names_the_model_from_info():
     try:
         await pipe.poll()
         assert pipe.value("llm_requests_waiting", model="bigscience/bloom-560m", engine="tgi") == 0
+        # TGI gives no build or model path: those labels are left out, not exposed empty
+        [(labels, _)] = parse(pipe.exposition()).get("llm_engine_info")
+        assert dict(labels) == {"target": "t", "engine": "tgi", "model": "bigscience/bloom-560m"}
         assert pipe.value("llm_kv_cache_usage_ratio") is None
         assert pipe.value("llm_exporter_mapping_misses_total", metric="generation_tokens") == 1
     finally:
@@ -89,7 +107,7 @@ def remove_family(text: str, family: str) -> str:
      "requests_waiting"),
     ("vllm", (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text(), "vllm:request_queue_time_seconds",
      "token_queue_latency"),
-    ("sglang", SGL_NEW, "sglang:num_queue_reqs", "requests_waiting"),
+    ("sglang", SGL_REAL, "sglang:num_queue_reqs", "requests_waiting"),
     ("tgi", TGI, "tgi_queue_size", "requests_waiting"),
     ("llamacpp", (FIXTURES / "llamacpp" / "b11434-metrics-idle.prom").read_text(), "llamacpp:requests_deferred",
      "requests_waiting"),
@@ -131,7 +149,7 @@ def test_auto_detection_on_every_series_payload():
 
 
 @pytest.mark.parametrize("routes, expected", [
-    ({"/metrics": Reply.text(SGL_NEW), "/health": Reply(200)}, "sglang"),
+    ({"/metrics": Reply.text(SGL_REAL), "/health": Reply(200)}, "sglang"),
     ({"/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text()),
       "/health": Reply(200)}, "vllm"),
     ({"/metrics": Reply(501, (FIXTURES / "llamacpp" / "b11434-health-loading.json").read_bytes().replace(
@@ -147,7 +165,10 @@ async def test_auto_source_detects_and_delegates(routes, expected):
         await pipe.poll()
         assert pipe.state.health.up, pipe.state.health.last_error
         assert pipe.value("llm_engine_detected_info", detected=expected) == 1
-        assert pipe.value("llm_up", engine="auto") == 1
+        # every series carries the engine it was identified as, so dashboards filtering on it see it
+        assert pipe.value("llm_up", engine=expected) == 1
+        assert pipe.value("llm_up", engine="auto") is None
+        assert all(labels["engine"] == expected for labels, _ in parse(pipe.exposition()).get("llm_ready"))
     finally:
         await pipe.close()
         await srv.stop()
@@ -160,6 +181,7 @@ async def test_auto_source_cannot_identify_garbage():
     try:
         await pipe.poll()
         assert not pipe.state.health.up and "cannot identify" in pipe.state.health.last_error[1]
+        assert pipe.value("llm_up", engine="auto") == 0  # detection pending: it says so
     finally:
         await pipe.close()
         await srv.stop()
@@ -262,3 +284,20 @@ async def test_passthrough_in_both_renderers_from_one_sample_stream():
     assert queue.type == "histogram"
     assert [s.value for s in queue.samples if s.name.endswith("_count")] == [8]
     assert families["llm_requests_running"].samples  # the unified metrics are still there
+
+
+async def test_auto_detects_sglang_without_metrics_from_its_real_server_info():
+    """SGLang started without --enable-metrics: /metrics 404, /get_server_info (real 0.5.23) names it."""
+    info = (FIXTURES / "sglang-real" / "sglang-0.5.23-get_server_info.json").read_bytes()
+    srv = ReplayServer({"/get_server_info": Reply(200, info, {"Content-Type": "application/json"})})
+    await srv.start()
+    try:
+        from exporter.app import make_session
+        from exporter.sources.auto import detect
+        from exporter.sources.base import HttpFetcher
+        from tests.support.pipeline import target_config
+        async with make_session() as session:
+            fetcher = HttpFetcher(session, target_config("auto", f"http://127.0.0.1:{srv.port}"))
+            assert await detect(fetcher) == "sglang"
+    finally:
+        await srv.stop()

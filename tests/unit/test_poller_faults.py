@@ -131,3 +131,25 @@ async def test_error_reason_counters_and_recovery(server):
         assert pipe.value("llm_exporter_last_success_timestamp_seconds") == pytest.approx(time.time(), abs=5)
     finally:
         await pipe.close()
+
+
+async def test_errors_name_the_path_really_requested_and_the_tls_files(tmp_path):
+    from tests.support.pipeline import Pipeline
+    from tests.support.replay import ReplayServer
+    srv = ReplayServer({})
+    await srv.start()
+    pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}/engines/a")
+    try:
+        await pipe.poll()
+        assert pipe.state.health.last_error[1] == "GET /engines/a/health: HTTP 404"  # the prefix is shown
+    finally:
+        await pipe.close()
+        await srv.stop()
+    bad_ca = tmp_path / "ca.crt"
+    bad_ca.write_text("not a certificate\n")
+    pipe = Pipeline("vllm", "https://127.0.0.1:9", tls=f"{{ca_file: '{bad_ca}'}}")
+    try:
+        await pipe.poll()
+        assert str(bad_ca) in pipe.state.health.last_error[1]  # which TLS file could not be loaded
+    finally:
+        await pipe.close()

@@ -11,7 +11,7 @@ from exporter.config import load_config_text
 
 
 async def test_scrape_cap_answers_503_while_slow_clients_hold_the_slots(monkeypatch):
-    config = load_config_text("targets: []\n", "t", {})
+    config = load_config_text("targets:\n  - {name: v, engine: vllm, url: 'http://127.0.0.1:9'}\n", "t", {})
     exporter = Exporter(config, None)
     big = b"x" * (32 * 1024 * 1024)  # larger than the socket buffers: writes block on a client that does not read
     monkeypatch.setattr(server, "render_metrics", lambda exp, accept: (big, "text/plain"))

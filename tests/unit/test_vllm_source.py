@@ -324,3 +324,9 @@ async def test_sleep_state_and_wake(server, pipe):
     assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="wake") == 1
     assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="start") == 0  # met loaded: not counted
     assert pipe.value("llm_model_load_seconds", kind="wake") is None  # vLLM shows no state while waking
+
+
+def test_prefix_cache_hits_by_tier_on_the_real_032_payload():
+    models = mapped(capture("after-prefix"))
+    assert models["tiny-llama"].get("kv_cache_hit_tokens_by_tier", tier="device") == 1280
+    assert models["tiny-llama"].get("kv_cache_hit_tokens") == 1280  # the total is unchanged

@@ -1,0 +1,76 @@
+"""The per-target debug view, `/debug/targets/<name>` (in the spirit of blackbox_exporter's ?debug=true):
+what the exporter last saw from a target and what it made of it. Served behind the same auth as
+/metrics; secrets never appear (header values are redacted, tokens are never read into it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .derive.lifecycle import ModelLifecycle
+from .observation import Histogram, LabelPairs, ModelSample, Observation
+from .state import TargetState
+
+
+def _key(key: str, labels: LabelPairs) -> str:
+    return key + ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else "")
+
+
+def _hist(hist: Histogram) -> dict[str, Any]:
+    return {"count": hist.count, "sum": hist.sum, "buckets": len(hist.buckets)}
+
+
+def _sample(sample: ModelSample) -> dict[str, Any]:
+    return {"values": {_key(k, labels): v for (k, labels), v in sorted(sample.values.items())},
+            "histograms": {k: _hist(h) for k, h in sorted(sample.histograms.items())}}
+
+
+def _observation(t: float, obs: Observation) -> dict[str, Any]:
+    return {
+        "time": t, "readiness": obs.readiness.value,
+        "models": {name: _sample(sample) for name, sample in sorted(obs.models.items())},
+        "fed_by": dict(sorted(obs.fed_by.items())),
+        "mapping_misses": list(obs.mapping_misses),
+        "lifecycle": {slot: {"state": s.state.value, "model": s.model, "process_start": s.process_start,
+                             "ready_time": s.ready_time, "pid": s.pid} for slot, s in obs.lifecycle.items()},
+        "process_start": obs.process_start_time, "process_start_basis": obs.process_start_basis,
+        "instance_id": obs.instance_id, "series": len(obs.series), "info": [dict(i.labels) for i in obs.info],
+        "notices": list(obs.notices), "detected_engine": obs.detected_engine,
+    }
+
+
+def _lifecycle(life: ModelLifecycle) -> dict[str, Any]:
+    last = life.last
+    return {"model": life.model, "state": life.state.value if life.state else None, "loads": dict(life.loads),
+            "failures": life.failures, "loaded_at": life.loaded_at, "pid": life.pid,
+            "last_load": None if last is None else {"kind": last.kind, "seconds": last.seconds, "basis": last.basis,
+                                                    "finished_at": last.finished_at}}
+
+
+def target_debug(state: TargetState) -> dict[str, Any]:
+    target, health = state.target, state.health
+    return {
+        "target": {
+            "name": target.name, "engine": target.engine, "engine_label": state.engine, "url": target.url,
+            "interval": target.interval, "timeout": target.timeout, "window": target.window,
+            "labels": dict(target.labels), "headers": {name: "<redacted>" for name, _ in target.headers},
+            "bearer_token_file": target.bearer_token_file, "passthrough": target.passthrough,
+            "tls": None if target.tls is None else {"ca_file": target.tls.ca_file, "cert_file": target.tls.cert_file,
+                                                    "key_file": target.tls.key_file,
+                                                    "insecure_skip_verify": target.tls.insecure_skip_verify},
+        },
+        "health": {"up": health.up, "readiness": health.readiness.value if health.readiness else None,
+                   "polls": health.polls, "last_success": health.last_success,
+                   "last_poll_duration": health.last_poll_duration,
+                   "last_error": None if health.last_error is None else
+                   {"reason": health.last_error[0].value, "message": health.last_error[1]},
+                   "errors": {reason.value: count for reason, count in health.errors.items() if count}},
+        "last_observation": None if state.last_observation is None else _observation(*state.last_observation),
+        "exposed_models": {name: {**_sample(model.latest),
+                                  "windowed": {_key(k, labels): v for (k, labels), v in sorted(model.derived.items())}}
+                           for name, model in sorted(state.report.models.items())},
+        "mapping_misses": dict(sorted(state.report.mapping_misses.items())),
+        "lifecycle": {slot: _lifecycle(life) for slot, life in state.life.lifecycles.items()},
+        "restarts": state.life.restarts,
+        "events": [{"time": t, "event": text} for t, text in state.events],
+    }
