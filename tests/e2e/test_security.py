@@ -13,9 +13,9 @@ import urllib.request
 import bcrypt
 import pytest
 
+from exporter.sources.base import HttpFetcher
 from tests.conftest import FIXTURES
 from tests.support.certs import make_pki
-from exporter.sources.base import HttpFetcher
 from tests.support.net import ExporterProcess, free_port, wait_until
 from tests.support.pipeline import Pipeline
 from tests.support.replay import ReplayServer, Reply
