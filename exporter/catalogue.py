@@ -190,7 +190,7 @@ GPU_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("gpu_process_memory_used_bytes", "gpu_process_memory_used_bytes", "gauge",
                "Device memory used by one process (nvmlDeviceGetComputeRunningProcesses / "
                "GraphicsRunningProcesses). A process of a configured engine target carries that "
-               "target's target, engine and model labels: the GPU <-> model join.", GPU_LABELS + ("pid",)),
+               "target's target, engine and model labels: the GPU <-> model join.", GPU_LABELS + ("pid", "model")),
 )
 
 # Process-wide metrics.
@@ -208,6 +208,10 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
                "asyncio tasks alive in the exporter (pollers, HTTP handlers): flat in a healthy process."),
     MetricSpec("config_reload_ok", "exporter_config_last_reload_successful", "gauge",
                "1 when the last configuration (re)load succeeded."),
+    MetricSpec("host_cpu_info", "host_cpu_info", "info",
+               "Host CPU from py-cpuinfo: brand, architecture, logical cores, AVX-512 and AMX; L2 (per core) "
+               "and L3 cache sizes as the kernel reports them for cpu0 (sysfs).",
+               ("brand", "arch", "logical_cores", "l2_cache_bytes", "l3_cache_bytes", "avx512", "amx")),
     MetricSpec("config_reload_time", "exporter_config_last_reload_success_timestamp_seconds", "gauge",
                "Unix time of the last successful configuration load."),
 )
@@ -220,10 +224,6 @@ INFO_METRICS: tuple[MetricSpec, ...] = (
                "The engine an `engine: auto` target was identified as.", ("detected",)),
     MetricSpec("gpu_driver_info", "gpu_driver_info", "info", "NVIDIA driver and CUDA driver versions (NVML).",
                ("driver_version", "cuda_version")),
-    MetricSpec("host_cpu_info", "host_cpu_info", "info",
-               "Host CPU from py-cpuinfo: brand, architecture, logical cores, AVX-512 and AMX; L2 (per core) "
-               "and L3 cache sizes as the kernel reports them for cpu0 (sysfs).",
-               ("brand", "arch", "logical_cores", "l2_cache_bytes", "l3_cache_bytes", "avx512", "amx")),
     MetricSpec("kv_cache_config_info", "kv_cache_config_info", "info",
                "KV-cache configuration read from vllm:cache_config_info, by key.",
                ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching", "cache_dtype",

@@ -371,7 +371,7 @@ class TextRenderer:
 
 # The exporter's own process_* families, as prometheus_client's ProcessCollector writes them (names,
 # HELP, types), for the text format without importing prometheus_client at all.
-_PROCESS_FAMILIES = (
+PROCESS_FAMILIES = (
     ("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes."),
     ("process_resident_memory_bytes", "gauge", "Resident memory size in bytes."),
     ("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds."),
@@ -387,6 +387,6 @@ def process_exposition() -> bytes:
     if facts is None:
         return b""
     out = []
-    for (name, kind, help_text), value in zip(_PROCESS_FAMILIES, facts, strict=True):
+    for (name, kind, help_text), value in zip(PROCESS_FAMILIES, facts, strict=True):
         out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name} {_go_float(value)}\n")
     return "".join(out).encode("utf-8")

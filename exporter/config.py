@@ -379,6 +379,17 @@ def _url(value: Any) -> str:
     return validate_url(_string(value))
 
 
+def _passthrough(value: Any) -> str:
+    if value is True or value == "own":
+        return "own"
+    if value is False:
+        return ""
+    if value == "all":
+        return "all"
+    raise ValueError(f"expected true (the engine's own families), all (every family of its payload) or false, "
+                     f"got {value!r}")
+
+
 def _target_name(value: Any) -> str:
     name = _string(value)
     if not 0 < len(name) <= 128 or not name.isprintable():
@@ -427,7 +438,7 @@ class TargetConfig:
     process: ProcessMatch | None = key(None)
     tls: TargetTLS | None = key(None)
     bearer_token_file: str | None = key(_string)
-    passthrough: bool = key(_bool, False)
+    passthrough: str = key(_passthrough, "")  # "": off; "own": the engine's own families; "all": everything
 
     @property
     def identity(self) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from .catalogue import (
     MetricSpec,
     exposed_names,
 )
+from .collector import PROCESS_FAMILIES
 from .sources.base import REGISTRY
 from .sources.mapping import Feed
 
@@ -32,7 +33,8 @@ BLOCK_RE = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[a-z-]+) -->\n).*?(<!-- 
 def _row(spec: MetricSpec, base_labels: str) -> str:
     labels = ", ".join(filter(None, [base_labels, ", ".join(spec.labels)]))
     names = " ".join(f"`{n}`" for n in exposed_names("llm", spec))
-    return f"| {names} | {spec.type} | {labels} | {spec.help} |"
+    kind = "gauge (info: value 1)" if spec.type == "info" else spec.type  # exposed as a gauge
+    return f"| {names} | {kind} | {labels} | {spec.help} |"
 
 
 def _table(specs: tuple[MetricSpec, ...], base_labels: str) -> str:
@@ -66,6 +68,9 @@ def blocks() -> dict[str, str]:
         "info-metrics": _table(INFO_METRICS, "target, engine"),
         "exporter-metrics": _table(EXPORTER_METRICS, ""),
         "engine-list": _engine_list(),
+        "process-metrics": "\n".join(["| metric | type | labels | meaning |", "|---|---|---|---|"]
+                                       + [f"| `{name}` | {kind} |  | {help_text} |"
+                                          for name, kind, help_text in PROCESS_FAMILIES]),
         "engine-mappings": _engine_sections(),
     }
 

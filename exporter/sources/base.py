@@ -268,7 +268,7 @@ class HttpSource(Source):
         re-exposes it)."""
         if self.target.passthrough:
             observation.passthrough_text = text
-            observation.passthrough_prefix = self.metrics_prefix
+            observation.passthrough_prefix = self.metrics_prefix if self.target.passthrough == "own" else ""
 
 
 def parse_metrics(text: str, prefixes: tuple[str, ...] | None, labels: LabelCache | None) -> Payload:

@@ -227,3 +227,16 @@ def test_dashboard_has_variables_rows_and_queries():
     for metric in ("llm_model_load_seconds", "llm_token_queue_latency", "llm_kv_cache_hit_ratio",
                    "llm_gpu_process_memory_used_bytes", "llm_up"):
         assert any(metric in q for q in queries), metric
+
+
+def test_readme_installs_every_path_the_systemd_unit_uses():
+    """The unit's ExecStart binary, its Documentation= file and its config are all put in place by the
+    README's install steps."""
+    unit = (ROOT / "systemd" / "llm-exporter.service").read_text()
+    readme = (ROOT / "README.md").read_text()
+    exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M).group(1)
+    docs = re.search(r"^Documentation=file://(\S+)", unit, re.M).group(1)
+    config = re.search(r"--config (\S+)", unit).group(1)
+    assert exec_start == "/opt/llm-exporter/bin/llm-exporter" and "python3 -m venv /opt/llm-exporter" in readme
+    assert f"README.md {docs}" in readme
+    assert f"systemd/config.yaml {config}" in readme

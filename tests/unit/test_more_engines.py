@@ -301,3 +301,22 @@ async def test_auto_detects_sglang_without_metrics_from_its_real_server_info():
             assert await detect(fetcher) == "sglang"
     finally:
         await srv.stop()
+
+
+async def test_passthrough_own_families_only_unless_all():
+    text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})
+    await srv.start()
+    try:
+        for mode, runtime_families in (("true", False), ("all", True)):
+            pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", passthrough=mode)
+            try:
+                await pipe.poll()
+                names = {family.name for family in pipe.state.report.passthrough}
+            finally:
+                await pipe.close()
+            assert "vllm_num_requests_running" in names
+            assert ("process_resident_memory_bytes" in names) is runtime_families  # the engine's runtime
+            assert not any(name.endswith("_created") for name in names)
+    finally:
+        await srv.stop()
