@@ -130,7 +130,7 @@ class Replay:
 
 
 class Exporter:
-    def __init__(self, tmp: Path, replay_port: int, targets: int, interval: str):
+    def __init__(self, tmp: Path, replay_port: int, targets: int, interval: str, tree: Path = ROOT):
         self.port = free_port()
         config = tmp / f"exporter-{targets}-{interval}.yaml"
         lines = [f"listen: 127.0.0.1:{self.port}", "targets:"]
@@ -139,7 +139,8 @@ class Exporter:
                          f"interval: {interval}, timeout: {interval if interval != '50ms' else '45ms'}}}")
         config.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(config),
-                                      "--log-level", "warning"], cwd=ROOT,
+                                      "--log-level", "warning"], cwd=tree,
+                                     env={**os.environ, "PYTHONPATH": str(tree)},
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_http(f"http://127.0.0.1:{self.port}/healthz")
         self.url = f"http://127.0.0.1:{self.port}/metrics"
@@ -192,9 +193,10 @@ def _slope(xs: list[float], ys: list[float]) -> float:
 
 # ---------------------------------------------------------------- 2-4. live runs
 
-def live_run(tmp: Path, targets: int, interval: str, seconds: float, scrape_every: float = 1.0) -> dict:
+def live_run(tmp: Path, targets: int, interval: str, seconds: float, scrape_every: float = 1.0,
+             tree: Path = ROOT) -> dict:
     replay = Replay(FIXTURES / "v0.32.0-metrics-after-load.prom", tmp)
-    exporter = Exporter(tmp, replay.port, targets, interval)
+    exporter = Exporter(tmp, replay.port, targets, interval, tree)
     try:
         time.sleep(min(5.0, seconds / 4))  # warm-up: first polls spread over the interval
         _, body = scrape(exporter.url)
@@ -316,6 +318,9 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--write", action="store_true")
+    parser.add_argument("--only", help="comma-separated live runs (e.g. scale-1000,sidecar-20Hz): print their "
+                                       "figures as JSON, write nothing")
+    parser.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose exporter runs (--only)")
     parser.add_argument("--report-only", action="store_true",
                         help="re-render the table from bench/out/results.json without measuring")
     args = parser.parse_args()
@@ -326,6 +331,14 @@ def main() -> int:
             (ROOT / "bench" / "RESULTS.md").write_text(text)
         return 0
     started = time.time()
+    if args.only:
+        span = 20 if args.quick else 150
+        wanted = {"scale-1000": (1000, "5s", span), "sidecar-5s": (1, "5s", span / 2),
+                  "sidecar-20Hz": (1, "50ms", span / 2), "scale-100": (100, "5s", span)}
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps({name: live_run(Path(tmp), *wanted[name], tree=args.tree)
+                              for name in args.only.split(",")}, indent=1))
+        return 0
     results: dict = {"machine": machine(), "when": time.strftime("%Y-%m-%d")}
     print("parser ...", file=sys.stderr)
     results["parser"] = bench_parser(args.quick)

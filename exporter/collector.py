@@ -291,9 +291,6 @@ class TextRenderer:
         self.status = status
         # target → (version, namespace, owners used or None, lines per family key)
         self._cache: dict[str, tuple[int, str, Owners | None, dict[str, bytes]]] = {}
-        # target → (sample name, label items) → `name{labels} `: label sets repeat poll after poll, so a
-        # re-render formats only the numbers. Rebuilt from the entries each render uses (no growth).
-        self._prefixes: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], str]] = {}
         self.clock = ScrapeClock()
 
     def refresh(self, state: TargetState) -> None:
@@ -314,8 +311,6 @@ class TextRenderer:
         raw = {PASSTHROUGH + f.name: f for f in state.report.passthrough}
         lines: dict[str, list[str]] = {}
         names: dict[str, str | None] = {}
-        known = self._prefixes.get(state.target.name, {})
-        used: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         for key, suffix, labels, value in target_samples(state, owners):
             if key not in names:
                 header = family_header(self.namespace, key, raw)
@@ -323,13 +318,9 @@ class TextRenderer:
             name = names[key]
             if name is None:
                 continue
-            memo = (name + suffix, tuple(labels.items()))
-            prefix = known.get(memo) or used.get(memo) or _prefix(memo[0], labels)
-            used[memo] = prefix
-            lines.setdefault(key, []).append(prefix + _go_float(value) + "\n")
+            lines.setdefault(key, []).append(_prefix(name + suffix, labels) + _go_float(value) + "\n")
         joined = {key: "".join(parts).encode("utf-8") for key, parts in lines.items()}
         self._cache[state.target.name] = (state.version, self.namespace, owners if joins else None, joined)
-        self._prefixes[state.target.name] = used
         return joined
 
     def render(self) -> bytes:
@@ -341,17 +332,22 @@ class TextRenderer:
 
     def _render(self) -> bytes:
         states = list(self.states())
-        owners = process_owners(states)
+        owners: list[Owners] = []  # the join's input, computed once, and only if a target needs it
+
+        def owners_once() -> Owners:
+            if not owners:
+                owners.append(process_owners(states))
+            return owners[0]
+
         raw = passthrough_families(states)
         own: dict[str, list[str]] = {}
         for key, suffix, labels, value in exporter_samples(self.status):
             own.setdefault(key, []).append(_line(f"{self.namespace}_{BY_KEY[key].name}" + suffix, labels, value))
         exporter_lines = {key: "".join(parts).encode("utf-8") for key, parts in own.items()}
-        per_target = [exporter_lines] + [self._target_lines(state, lambda: owners) for state in states]
+        per_target = [exporter_lines] + [self._target_lines(state, owners_once) for state in states]
         live = {state.target.name for state in states}
         for name in [n for n in self._cache if n not in live]:
             del self._cache[name]  # targets removed by a reload
-            self._prefixes.pop(name, None)
         keys: set[str] = set()
         keys.update(*per_target)
         out: list[bytes] = []

@@ -5,6 +5,7 @@ what the exporter last saw from a target and what it made of it. Served behind t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .derive.lifecycle import ModelLifecycle
@@ -16,12 +17,17 @@ def _key(key: str, labels: LabelPairs) -> str:
     return key + ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else "")
 
 
+def _number(value: float) -> float | str:
+    """JSON has no NaN or infinity: a hostile engine's non-finite value is shown as text."""
+    return value if math.isfinite(value) else str(value)
+
+
 def _hist(hist: Histogram) -> dict[str, Any]:
-    return {"count": hist.count, "sum": hist.sum, "buckets": len(hist.buckets)}
+    return {"count": _number(hist.count), "sum": _number(hist.sum), "buckets": len(hist.buckets)}
 
 
 def _sample(sample: ModelSample) -> dict[str, Any]:
-    return {"values": {_key(k, labels): v for (k, labels), v in sorted(sample.values.items())},
+    return {"values": {_key(k, labels): _number(v) for (k, labels), v in sorted(sample.values.items())},
             "histograms": {k: _hist(h) for k, h in sorted(sample.histograms.items())}}
 
 

@@ -250,6 +250,7 @@ class TargetState:
             return []
         reserved = frozenset({"target", "engine", "model", *dict(self.target.labels)})
         kept, dropped = families(obs.passthrough_text, obs.passthrough_prefix, reserved, self.target.max_series)
+        obs.passthrough_text = None  # the payload's text is not kept (the debug view keeps this observation)
         self.report.series_dropped += dropped
         return kept
 

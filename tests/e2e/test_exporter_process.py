@@ -70,6 +70,9 @@ def test_serves_unified_metrics_with_sick_targets_alongside(exporter):
     assert value(body, "llm_exporter_poll_errors_total", target="hanging", reason="timeout") >= 1
     assert value(body, "llm_exporter_poll_errors_total", target="absent", reason="connect") >= 1
     assert value(body, "llm_exporter_build_info") == 1
+    # the exporter explains itself: how late its event loop and its polls run
+    assert value(body, "llm_exporter_event_loop_lag_seconds_count") >= 1
+    assert value(body, "llm_exporter_poll_delay_seconds_count") >= 1
     assert value(body, "llm_exporter_config_last_reload_successful") == 1
     status, page = exporter.get("/")
     assert status == 200 and "hanging" in page and "timeout" in page
@@ -251,3 +254,18 @@ def test_cli_rejects_zero_scrapes_and_reports_config_errors_as_json(tmp_path):
     record = json.loads(line)  # one JSON log line, not plain text
     assert record["level"] == "error" and "2 errors" in record["msg"]
     assert "did you mean 'interval'" in record["msg"] and "did you mean 'vllm'" in record["msg"]
+
+
+def test_sighup_keeps_the_listen_flag_without_warning(tmp_path):
+    import signal as _signal
+    port, file_port = free_port(), free_port()
+    config = tmp_path / "l.yaml"
+    config.write_text(f"listen: 127.0.0.1:{file_port}\ntargets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:9'}}\n")
+    proc = ExporterProcess(config, port, extra_args=("--listen", f"127.0.0.1:{port}"))
+    try:
+        proc.signal(_signal.SIGHUP)
+        wait_until(lambda: "config reloaded" in proc.logs(), 10, what="the reload")
+        assert "listen changed" not in proc.logs()  # --listen still wins: nothing to warn about
+        assert proc.get("/healthz")[0] == 200
+    finally:
+        proc.stop()

@@ -240,3 +240,19 @@ def test_readme_installs_every_path_the_systemd_unit_uses():
     assert exec_start == "/opt/llm-exporter/bin/llm-exporter" and "python3 -m venv /opt/llm-exporter" in readme
     assert f"README.md {docs}" in readme
     assert f"systemd/config.yaml {config}" in readme
+
+
+def test_quoted_benchmark_figures_come_from_bench_results():
+    """Figures are quoted from one place: every figure the README's Deploy section gives is in
+    bench/RESULTS.md, and the Kubernetes manifests quote none (they point to RESULTS.md)."""
+    results = (ROOT / "bench" / "RESULTS.md").read_text()
+    readme = (ROOT / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy"):readme.index("- **Kubernetes sidecar**")]
+    figures = re.findall(r"(\d+(?:\.\d+)?) ?(MiB|% of a core|%)", deploy)
+    assert len(figures) >= 4, deploy
+    for number, unit in figures:
+        unit = "%" if unit.startswith("%") else unit
+        assert re.search(rf"\b{re.escape(number)} ?{re.escape(unit)}", results), f"{number} {unit} not in RESULTS.md"
+    for manifest in (ROOT / "deploy" / "kubernetes").glob("*.yaml"):
+        comments = [line for line in manifest.read_text().splitlines() if line.strip().startswith("#")]
+        assert not any(re.search(r"\d+(\.\d+)? ?(MiB|%)", c) for c in comments), manifest.name
