@@ -114,6 +114,7 @@ def main() -> int:
     print(text)
     print(json.dumps({"single": single, "router": router}), file=sys.stderr)
     if args.write:
+        (ROOT / "bench" / "router.md").write_text(text + "\n")  # bench/run.py --write keeps it in RESULTS.md
         results = ROOT / "bench" / "RESULTS.md"
         current = results.read_text()
         marker = "## Router mode (bench/router.py)"
