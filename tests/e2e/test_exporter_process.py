@@ -70,9 +70,10 @@ def test_serves_unified_metrics_with_sick_targets_alongside(exporter):
     assert value(body, "llm_exporter_poll_errors_total", target="hanging", reason="timeout") >= 1
     assert value(body, "llm_exporter_poll_errors_total", target="absent", reason="connect") >= 1
     assert value(body, "llm_exporter_build_info") == 1
-    # the exporter explains itself: how late its event loop and its polls run
-    assert value(body, "llm_exporter_event_loop_lag_seconds_count") >= 1
-    assert value(body, "llm_exporter_poll_delay_seconds_count") >= 1
+    # the exporter explains itself: how late its event loop (a 0.5 s timer) and its polls run
+    wait_until(lambda: (lambda b: value(b, "llm_exporter_event_loop_lag_seconds_count") >= 1
+                        and value(b, "llm_exporter_poll_delay_seconds_count") >= 1)(exporter.metrics()),
+               10, what="the lag and delay histograms to fill")
     assert value(body, "llm_exporter_config_last_reload_successful") == 1
     status, page = exporter.get("/")
     assert status == 200 and "hanging" in page and "timeout" in page
