@@ -22,6 +22,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -147,12 +148,23 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
         timeline: list[tuple[str, float, float]] = []  # (model, spawn log, ready log)
 
         def load_and_wait(model: str, how: str) -> None:
+            # the router is still stopping the instance it evicted for the previous load: wait for that
+            wait_until(lambda: all(state in ("loaded", "unloaded") for state in server.models().values()), 30,
+                       what="the previous eviction to finish")
             since = time.time()
             if how == "api":
-                server.post("/models/load", {"model": model})
+                for attempt in range(3):  # the router answers 500 while an evicted child is still exiting
+                    try:
+                        server.post("/models/load", {"model": model})
+                        break
+                    except urllib.error.HTTPError as exc:
+                        if exc.code != 500 or attempt == 2:
+                            raise
+                        time.sleep(1.0)
             else:  # a request for the model: the router loads it (and evicts the LRU at --models-max 1)
                 server.post("/completion", {"model": model, "prompt": "hello", "n_predict": 4})
-            wait_until(lambda: server.models()[model] == "loaded", 60, what=f"{model} loaded")
+            wait_until(lambda: server.models()[model] == "loaded"
+                       and list(server.models().values()).count("loaded") == 1, 60, what=f"{model} alone loaded")
             spawn = server.first(rf"spawning server instance with name={model} ", since)
             ready = server.first(r"model loaded", spawn or since)
             assert spawn is not None and ready is not None, server.log()[-3000:]
