@@ -34,6 +34,15 @@ INTERVAL = 0.5
 
 
 
+def exporter_config(tmp_path, exporter_port: int, port: int, interval: str, timeout: str, window: str = "1m"):
+    """The exporter's config for one vLLM target named `vllm`."""
+    config = tmp_path / "exporter.yaml"
+    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - name: vllm\n    engine: vllm\n"
+                      f"    url: http://127.0.0.1:{port}\n    interval: {interval}\n    timeout: {timeout}\n"
+                      f"    window: {window}\n")
+    return config
+
+
 class VllmServer:
     def __init__(self, python, model_dir, port, log_path):
         self.args = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
@@ -94,17 +103,7 @@ def model_dir(vllm_python, tmp_path_factory):
 
 def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
     port, exporter_port = free_port(), free_port()
-    config = tmp_path / "exporter.yaml"
-    config.write_text(f"""
-listen: 127.0.0.1:{exporter_port}
-targets:
-  - name: vllm
-    engine: vllm
-    url: http://127.0.0.1:{port}
-    interval: {INTERVAL}s
-    timeout: 450ms
-    window: 10m
-""")
+    config = exporter_config(tmp_path, exporter_port, port, f"{INTERVAL}s", "450ms", window="10m")
     server = VllmServer(vllm_python, model_dir, port, tmp_path / "vllm.log")
     exporter = ExporterProcess(config, exporter_port)
     try:
@@ -213,16 +212,7 @@ def test_vllm_real_lora_adapters_and_start_load(vllm_python, model_dir, tmp_path
     subprocess.run([vllm_python, str(SUPPORT / "tiny_lora.py"), str(lora_dir)], check=True, capture_output=True,
                    timeout=300)
     port, exporter_port = free_port(), free_port()
-    config = tmp_path / "exporter.yaml"
-    config.write_text(f"""
-listen: 127.0.0.1:{exporter_port}
-targets:
-  - name: vllm
-    engine: vllm
-    url: http://127.0.0.1:{port}
-    interval: 200ms
-    timeout: 190ms
-""")
+    config = exporter_config(tmp_path, exporter_port, port, "200ms", "190ms")
     server = VllmServer(vllm_python, model_dir, port, tmp_path / "vllm.log")
     server.args += ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "8", "--lora-modules",
                     f"tiny-lora={lora_dir}"]
