@@ -17,7 +17,7 @@ import aiohttp
 
 from . import __version__
 from .collector import ExporterCollector, ExporterStatus, TextRenderer
-from .config import Config, ConfigError, TargetConfig, load_config
+from .config import Config, ConfigError, TargetConfig, load_config, read_off_loop
 from .hostinfo import read_host_cpu
 from .poller import Poller
 from .sources import source_for
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("llm_exporter")
+RELOAD_SPACING = 1.0   # seconds between the starts of two reloads
+RELOAD_TIMEOUT = 10.0  # seconds to read and check the config (and the files it names)
 
 
 def make_session(max_connections: int = 256) -> aiohttp.ClientSession:
@@ -64,6 +66,7 @@ class Exporter:
         self.running = False
         self._reload_lock = asyncio.Lock()
         self._reload_again = False
+        self._last_reload = -RELOAD_SPACING
 
     @property
     def registry(self) -> CollectorRegistry:
@@ -124,38 +127,59 @@ class Exporter:
         source = source_for(target.engine)(target, self.shared)
         return Poller(source, state, on_update=self.renderer.refresh, delays=self.status.poll_delay)
 
-    def _apply(self, config: Config) -> None:
+    def _apply(self, config: Config) -> list[Poller]:
+        """Take a config: states kept for targets of the same name and engine, pollers kept for targets whose
+        settings did not change at all. Returns the pollers that are new (to start)."""
         states: dict[str, TargetState] = {}
+        pollers: dict[str, Poller] = {}
+        new: list[Poller] = []
         for target in config.targets:
             previous = self.states.get(target.name)
+            poller = self.pollers.get(target.name)
+            if previous is not None and poller is not None and previous.target == target:
+                states[target.name], pollers[target.name] = previous, poller
+                continue
             if previous is not None and previous.target.identity == target.identity:
                 previous.retarget(target)
                 states[target.name] = previous
             else:
                 states[target.name] = TargetState(target)
+            pollers[target.name] = self._make_poller(target, states[target.name])
+            new.append(pollers[target.name])
         self.states = states
-        self.pollers = {t.name: self._make_poller(t, states[t.name]) for t in config.targets}
+        self.pollers = pollers
         self.config = config
         self.collector.namespace = config.namespace
         self.renderer.namespace = config.namespace
+        return new
 
     # ------------------------------------------------------------------ reload
 
     async def reload(self) -> bool:
-        """Reload the config file. Coalesces storms: at most one reload runs and one waits."""
+        """Reload the config file. Coalesces storms: at most one reload runs and one waits, and reloads
+        start at least RELOAD_SPACING apart (250 SIGHUPs 20 ms apart make a handful of reloads)."""
         if self._reload_lock.locked():
             self._reload_again = True
             return False
         async with self._reload_lock:
-            ok = await self._reload_once()
+            ok = await self._spaced_reload()
             while self._reload_again:
                 self._reload_again = False
-                ok = await self._reload_once()
+                ok = await self._spaced_reload()
             return ok
 
+    async def _spaced_reload(self) -> bool:
+        wait = self._last_reload + RELOAD_SPACING - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._reload_again = False  # what came while waiting is read by this reload
+        self._last_reload = time.monotonic()
+        return await self._reload_once()
+
     async def _reload_once(self) -> bool:
+        path = self.config_path
         try:
-            new = await asyncio.get_running_loop().run_in_executor(None, load_config, self.config_path)
+            new = await read_off_loop(lambda: load_config(path), RELOAD_TIMEOUT, path or "the default config")
         except ConfigError as exc:
             self.status.config_reload_ok = False
             log.error("config reload rejected, keeping the running config: %s", exc)
@@ -164,11 +188,13 @@ class Exporter:
             new = dataclasses.replace(new, listen=self.listen_override)
         if new.listen != self.config.listen:
             log.warning("config reload: listen changed to %s; restart the exporter to apply it", new.listen)
-        old_pollers = self.pollers
-        await asyncio.gather(*(p.stop() for p in old_pollers.values()), return_exceptions=True)
-        self._apply(new)
+        wanted = {t.name: t for t in new.targets}
+        keep = {name for name in self.pollers if name in self.states and wanted.get(name) == self.states[name].target}
+        await asyncio.gather(*(p.stop() for name, p in self.pollers.items() if name not in keep),
+                             return_exceptions=True)
+        started = self._apply(new)
         if self.running:
-            for poller in self.pollers.values():
+            for poller in started:
                 poller.start()
         self.status.config_reload_ok = True
         self.status.config_reload_time = time.time()

@@ -16,8 +16,8 @@ from . import __version__
 from .app import Exporter
 from .config import Config, ConfigError, load_config, parse_listen
 from .logsetup import setup_logging
-from .server import build_app, render_metrics
-from .webconfig import WebConfig, load_web_config
+from .server import build_app, render_metrics, start_runner
+from .webconfig import WebConfig, WebConfigHolder, load_web_config
 
 log = logging.getLogger("llm_exporter")
 EXIT_CONFIG = 2
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.once:
         return asyncio.run(_once(config, args.config))
     try:
-        return asyncio.run(_serve(config, args.config, args.max_requests, web_config, args.listen))
+        holder = WebConfigHolder(args.web_config, web_config) if web_config is not None else None
+        return asyncio.run(_serve(config, args.config, args.max_requests, holder, args.listen))
     except KeyboardInterrupt:  # pragma: no cover - SIGINT is handled in the loop
         return 0
 
@@ -132,33 +133,62 @@ async def _once(config: Config, config_path: str | None) -> int:
     await exporter.start(poll=False)
     try:
         await exporter.poll_all_once()
-        body, _ = render_metrics(exporter, "")
-        sys.stdout.write(body.decode("utf-8"))
+        sys.stdout.write(render_metrics(exporter).decode("utf-8"))
     finally:
         await exporter.stop()
     return 0
 
 
+def raise_fd_limit() -> None:
+    """Use the hard limit on open files (Go programs do this at start): systemd's default soft limit of
+    1,024 is what a slowloris client exhausts first."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - platform without it, or refused
+        pass
+
+
+async def _reload_web_config(holder: WebConfigHolder) -> None:
+    from .config import read_off_loop
+
+    try:
+        new = await read_off_loop(lambda: load_web_config(holder.path), 10.0, holder.path)
+    except ConfigError as exc:
+        log.error("web config reload rejected, keeping the running one: %s", exc)
+        return
+    problem = holder.reload(new)
+    if problem:
+        log.error("web config reload rejected, keeping the running one: %s", problem)
+    else:
+        log.info("web config reloaded from %s", holder.path)
+
+
 async def _serve(config: Config, config_path: str | None, max_requests: int,
-                 web_config: WebConfig | None = None, listen_override: str | None = None) -> int:
+                 web_config: WebConfigHolder | None = None, listen_override: str | None = None) -> int:
     loop = asyncio.get_running_loop()
+    raise_fd_limit()
     exporter = Exporter(config, config_path, listen_override)
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    reloads: set[asyncio.Task[bool]] = set()
+    reloads: set[asyncio.Task[object]] = set()
 
     def on_sighup() -> None:
-        task = loop.create_task(exporter.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
+        jobs: list[asyncio.Task[object]] = [loop.create_task(exporter.reload())]
+        if web_config is not None:
+            jobs.append(loop.create_task(_reload_web_config(web_config)))
+        for task in jobs:
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
     host, port = config.host_port
-    runner = web.AppRunner(build_app(exporter, max_requests, web_config), access_log=None, handle_signals=False,
-                           shutdown_timeout=0.5)
-    await runner.setup()
+    runner = await start_runner(build_app(exporter, max_requests, web_config), shutdown_timeout=0.5)
     site = web.TCPSite(runner, host, port, reuse_address=True,
                        ssl_context=web_config.ssl_context if web_config else None)
     try:

@@ -323,14 +323,17 @@ class TextRenderer:
         self._cache[state.target.name] = (state.version, self.namespace, owners if joins else None, joined)
         return joined
 
-    def render(self) -> bytes:
+    def render(self, openmetrics: bool = False) -> bytes:
+        """The exporter's and the targets' families in text format 0.0.4 or OpenMetrics 1.0 (without process_*
+        and OpenMetrics' `# EOF`, which the server adds): both join the same cached per-target sample lines (a
+        sample line is written alike in both); only the family headers differ."""
         started = time.perf_counter()
         self.clock.scraped(time.monotonic())
-        body = self._render()
+        body = self._render(openmetrics)
         self.status.render_seconds = time.perf_counter() - started
         return body
 
-    def _render(self) -> bytes:
+    def _render(self, openmetrics: bool) -> bytes:
         states = list(self.states())
         owners: list[Owners] = []  # the join's input, computed once, and only if a target needs it
 
@@ -355,14 +358,27 @@ class TextRenderer:
             header = family_header(self.namespace, key, raw)
             if header is None:
                 continue
-            name, kind, help_text = header
-            if key in BY_KEY:  # the exporter's own: counters named with _total, HELP escaped
-                name += BY_KEY[key].suffix
-                help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
-            # a pass-through family keeps the engine's name and HELP (still escaped as on the wire)
-            out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode())
+            out.append(_family_header(key, *header, openmetrics))
             out.extend([chunk for chunk in [lines.get(key) for lines in per_target] if chunk is not None])
         return b"".join(out)
+
+
+def _family_header(key: str, name: str, kind: str, help_text: str, openmetrics: bool) -> bytes:
+    """`# HELP` and `# TYPE` lines of a family. Text 0.0.4 names a counter family with its `_total` and
+    escapes `\\` and newlines in HELP; OpenMetrics names it without `_total`, says `unknown` for untyped
+    and escapes double quotes too (what prometheus_client writes for each format)."""
+    own = key in BY_KEY
+    if own:
+        help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
+    # a pass-through family keeps the engine's HELP, still escaped as on the text-format wire
+    if openmetrics:
+        help_text = help_text.replace('"', r'\"')
+        if kind == "counter" and name.endswith("_total"):
+            name = name[:-6]
+        kind = "unknown" if kind == "untyped" else kind
+    elif own:
+        name += BY_KEY[key].suffix
+    return f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n".encode()
 
 
 # The exporter's own process_* families, as prometheus_client's ProcessCollector writes them (names,
@@ -377,12 +393,13 @@ PROCESS_FAMILIES = (
 )
 
 
-def process_exposition() -> bytes:
-    """process_* in text format, read from /proc/self (nothing where /proc is not there)."""
+def process_exposition(openmetrics: bool = False) -> bytes:
+    """process_* from /proc/self (nothing where /proc is not there), in either format."""
     facts = own_process()
     if facts is None:
         return b""
     out = []
     for (name, kind, help_text), value in zip(PROCESS_FAMILIES, facts, strict=True):
-        out.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n{name} {_go_float(value)}\n")
+        family = name[:-6] if openmetrics and kind == "counter" else name
+        out.append(f"# HELP {family} {help_text}\n# TYPE {family} {kind}\n{name} {_go_float(value)}\n")
     return "".join(out).encode("utf-8")

@@ -8,9 +8,11 @@ change the document's structure).
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -55,19 +57,106 @@ class ConfigErrors(ConfigError):
 # --------------------------------------------------------------------------- parsing helpers
 
 def parse_duration(value: Any) -> float:
-    """"500ms", "5s", "1m", "1.5h" → seconds. Bare numbers are seconds."""
+    """"500ms", "5s", "1m", "1.5h" → seconds. A bare number is refused: `5` could mean seconds or
+    milliseconds, so the unit is required."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {value!r}")
     if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        match = DURATION_RE.match(str(value))
-        if not match:
-            raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {value!r}")
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        raise ValueError(f"a duration needs a unit (500ms, 5s, 1m), got {value!r}")
+    match = DURATION_RE.match(str(value))
+    if not match:
+        raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {value!r}")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if not seconds > 0 or seconds != seconds or seconds > 86400:
         raise ValueError(f"duration must be between 0 and 24h, got {value!r}")
     return seconds
+
+
+MIN_INTERVAL = 0.1  # seconds: a poll every 100 ms is already 10 requests a second to one engine
+
+
+def parse_interval(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds < MIN_INTERVAL:
+        raise ValueError(f"interval must be at least {MIN_INTERVAL * 1000:g}ms, got {value!r}")
+    return seconds
+
+
+def redact_url(value: str) -> str:
+    """A URL as errors and logs may show it: user info, query and fragment replaced (they carry tokens)."""
+    text = str(value)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "<redacted>@" + authority.rpartition("@")[2]
+    for mark in ("?", "#"):
+        if mark in path:
+            path = path.split(mark, 1)[0] + mark + "<redacted>"
+        if mark in authority:
+            authority = authority.split(mark, 1)[0] + mark + "<redacted>"
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
+FILE_READ_LIMIT = 1024 * 1024
+
+
+def read_small_file(path: str, limit: int = FILE_READ_LIMIT) -> bytes:
+    """Read a file a config names (token, key, config) without ever blocking on it: opened non-blocking
+    (a FIFO or a device would wait for a writer), refused unless it is a regular file, read up to `limit`.
+    A hung network mount can still block open(): callers on the event loop use read_off_loop()."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(errno.EISDIR, "it is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(65536, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+async def read_off_loop(call: Callable[[], Any], limit_s: float, what: str) -> Any:
+    """Run blocking file work (a config reload, a token read) in a daemon thread, waiting at most `limit_s`:
+    a hung mount fails it with a clear error instead of hanging the reload, later reloads and shutdown (a
+    daemon thread is never joined at exit, unlike the default executor's)."""
+    import asyncio
+    import threading
+
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not future.done():
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def run() -> None:
+        try:
+            result = call()
+        except BaseException as exc:  # handed to the waiting coroutine
+            loop.call_soon_threadsafe(settle, False, exc)
+        else:
+            loop.call_soon_threadsafe(settle, True, result)
+
+    threading.Thread(target=run, name=f"read:{what}", daemon=True).start()
+    try:
+        async with asyncio.timeout(limit_s):
+            return await future
+    except TimeoutError:
+        raise ConfigError(f"reading {what} did not finish within {limit_s:g}s (a hung mount or a FIFO?)",
+                          source=what) from None
 
 
 def parse_size(value: Any) -> int:
@@ -100,16 +189,16 @@ ENGINE_ENDPOINTS = ("/metrics", "/health", "/healthz", "/props", "/slots", "/mod
 def validate_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"expected an http:// or https:// URL with a host, got {value!r}")
+        raise ValueError(f"expected an http:// or https:// URL with a host, got {redact_url(value)!r}")
+    if "@" in parts.netloc:
+        raise ValueError("credentials in the URL are not allowed; use headers with ${ENV} instead")
     try:
         _ = parts.port  # urlsplit checks the port only when asked
     except ValueError as exc:
-        raise ValueError(f"bad port in URL {value!r}: {exc}") from None
-    if parts.username or parts.password:
-        raise ValueError("credentials in the URL are not allowed; use headers with ${ENV} instead")
+        raise ValueError(f"bad port in URL {redact_url(value)!r}: {exc}") from None
     if parts.query or parts.fragment:
-        raise ValueError(f"the URL must not carry a query or fragment ({value!r}): give the server's base URL, "
-                         "the exporter adds each endpoint's path")
+        raise ValueError(f"the URL must not carry a query or fragment ({redact_url(value)!r}): give the server's "
+                         "base URL, the exporter adds each endpoint's path")
     path = parts.path.rstrip("/")
     endpoint = next((e for e in ENGINE_ENDPOINTS if path == e or path.endswith(e)), None)
     if endpoint is not None:
@@ -372,7 +461,11 @@ def _labels(value: Any) -> tuple[tuple[str, str], ...]:
 
 
 def _headers(value: Any) -> tuple[tuple[str, str], ...]:
-    return _str_map(value, "headers", HEADER_NAME_RE)
+    pairs = _str_map(value, "headers", HEADER_NAME_RE)
+    for name, text in pairs:
+        if any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in text):
+            raise ValueError(f"header {name} has a control character in its value (not shown: it may be a secret)")
+    return pairs
 
 
 def _url(value: Any) -> str:
@@ -416,7 +509,7 @@ class TargetTLS:
 
 @dataclass(frozen=True)
 class Defaults:
-    interval: float = key(parse_duration, 5.0)
+    interval: float = key(parse_interval, 5.0)
     timeout: float = key(parse_duration, 3.0)
     window: float = key(parse_duration, 60.0)
     max_body_bytes: int = key(parse_size, 8 * 1024 * 1024)
@@ -428,7 +521,7 @@ class TargetConfig:
     name: str = key(_target_name, "", required=True)
     engine: str = key(None, "", required=True)  # checked against the registered sources
     url: str = key(_url, "")                     # required unless the engine polls no HTTP endpoint
-    interval: float = key(parse_duration, 0.0, inherit="interval")
+    interval: float = key(parse_interval, 0.0, inherit="interval")
     timeout: float = key(parse_duration, 0.0, inherit="timeout")  # also at most the interval
     window: float = key(parse_duration, 0.0, inherit="window")
     max_body_bytes: int = key(parse_size, 0, inherit="max_body_bytes")
@@ -539,22 +632,22 @@ def _target(v: Validator, raw: Any, path: tuple[Any, ...], defaults: Defaults, e
     if values.get("tls") is not None:
         files += [(("tls", key), getattr(values["tls"], key)) for key in ("ca_file", "cert_file", "key_file")]
     for where, file in files if check_files else ():
-        problem = _unreadable(file) if file else None
+        problem = _unreadable(file, certificates=where == ("tls", "ca_file")) if file else None
         if problem:
             raise doc.error(f"cannot read {file}: {problem}", path + where)
     return TargetConfig(**values)
 
 
-def _unreadable(path: str) -> str | None:
+def _unreadable(path: str, certificates: bool = False) -> str | None:
     """Why a file the config names cannot be read (None when it can): checked at load and on every reload,
-    so --check-config catches it, and a running exporter keeps its old config."""
+    so --check-config catches it, and a running exporter keeps its old config. `certificates`: the file
+    must hold at least one PEM certificate (a CA file)."""
     try:
-        with open(path, "rb") as handle:
-            handle.read(1)
-    except IsADirectoryError:
-        return "it is a directory"
+        data = read_small_file(path)
     except OSError as exc:
         return exc.strerror or type(exc).__name__
+    if certificates and b"-----BEGIN CERTIFICATE-----" not in data:
+        return "it holds no PEM certificate"
     return None
 
 
@@ -573,8 +666,7 @@ def load_config(path: str | None, environ: dict[str, str] | os._Environ[str] | N
         text = resources.files("exporter").joinpath("default_config.yaml").read_text(encoding="utf-8")
         return load_config_text(text, "<embedded default config>", environ)
     try:
-        with open(path, encoding="utf-8") as handle:
-            text = handle.read(1024 * 1024 + 1)
+        text = read_small_file(path).decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror or exc}", source=path) from None
     except UnicodeDecodeError:

@@ -1,10 +1,29 @@
-"""The exporter's own HTTP endpoint: /metrics, /healthz, /readyz and a landing page."""
+"""The exporter's own HTTP endpoint: /metrics, /healthz, /readyz, a landing page and /debug/targets/<name>.
+
+What no client can do to it (docs/reliability.md):
+- make it build more than `--web.max-requests` responses at once: a scrape that needs a new body (or a
+  debug view) holds a slot while it is built; more get HTTP 503. Scrapes of unchanged state share one
+  immutable body per format (and one gzip of it, compressed once in a worker thread), so 1,000 concurrent
+  scrapes hold one copy of the exposition, not 1,000;
+- pin memory or slots by not reading: a response is written in 32 KiB chunks from the shared body (a slow
+  reader holds at most a chunk of its own) and is cut after WRITE_TIMEOUT;
+- hold a connection open without sending a request: a request head must be complete HEAD_TIMEOUT after
+  the connection opened (or after the previous response); beyond MAX_CONNECTIONS, the oldest connection
+  that is not being answered is closed to admit the new one.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import html
 import json
+import logging
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
@@ -13,58 +32,150 @@ from . import __version__
 from .app import Exporter
 from .collector import process_exposition
 from .debugview import target_debug
-from .webconfig import WebConfig
+from .webconfig import WebConfigHolder
 from .webconfig import install as install_web_config
+
+log = logging.getLogger("llm_exporter.server")
+
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what prometheus_client answers too
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+HEAD_TIMEOUT = 10.0       # seconds for a client to send a whole request head
+WRITE_TIMEOUT = 30.0      # seconds for a client to read a whole response (Prometheus' longest default timeout)
+CHUNK = 32 * 1024         # bytes handed to the socket at a time
+MAX_CONNECTIONS = 512     # open connections; the oldest idle one is closed beyond this
+BODY_MAX_AGE = 1.0        # seconds a body of unchanged targets is reused (the exporter's own metrics age that much)
 
 
 class ScrapeLimit:
-    """At most `limit` /metrics responses in flight (building or sending); more get HTTP 503,
-    like node_exporter's --web.max-requests."""
+    """At most `limit` responses being built at once (a /metrics body that is not cached yet, a debug view);
+    more get HTTP 503, like node_exporter's --web.max-requests. Sending a built body holds no slot."""
 
     def __init__(self, limit: int):
         self.limit = limit
         self.in_flight = 0
 
+    def take(self) -> bool:
+        if self.in_flight >= self.limit:
+            return False
+        self.in_flight += 1
+        return True
 
-TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what prometheus_client answers too
+    def give(self) -> None:
+        self.in_flight -= 1
+
+
+@dataclass
+class Body:
+    """One rendered exposition, immutable, shared by every scrape that asks for it while it is current."""
+
+    key: tuple[Any, ...]
+    made: float
+    plain: bytes
+    gzipped: asyncio.Future[bytes] | None = None
+
+
+@dataclass
+class Bodies:
+    """The current body per format; gzip made once per body, one compression at a time, off the loop."""
+
+    exporter: Exporter
+    current: dict[bool, Body] = field(default_factory=dict)
+    pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, "gzip"))
+
+    def key(self) -> tuple[Any, ...]:
+        states = self.exporter.states.values()
+        return (self.exporter.renderer.namespace, tuple((s.target.name, s.version) for s in states))
+
+    def cached(self, openmetrics: bool) -> Body | None:
+        body = self.current.get(openmetrics)
+        if body is not None and time.monotonic() - body.made < BODY_MAX_AGE and body.key == self.key():
+            return body
+        return None
+
+    def build(self, openmetrics: bool) -> Body:
+        plain = render_metrics(self.exporter, openmetrics)
+        body = self.current[openmetrics] = Body(self.key(), time.monotonic(), plain)
+        return body
+
+    async def gzipped(self, body: Body) -> bytes:
+        if body.gzipped is None:
+            loop = asyncio.get_running_loop()
+            body.gzipped = loop.run_in_executor(self.pool, gzip.compress, body.plain, 1)
+        return await asyncio.shield(body.gzipped)
+
+
 EXPORTER_KEY = web.AppKey("exporter", Exporter)
 SCRAPES_KEY = web.AppKey("scrapes", ScrapeLimit)
+BODIES_KEY = web.AppKey("bodies", Bodies)
 
 
 def wants_openmetrics(accept: str) -> bool:
-    return "application/openmetrics-text" in accept
+    """OpenMetrics when the client lists it with a higher (or equal, earlier) weight than text, as Prometheus
+    does by default."""
+    best: tuple[float, int, bool] | None = None
+    for index, part in enumerate(accept.split(",")):
+        media, *params = [p.strip() for p in part.split(";")]
+        weight = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if media in ("application/openmetrics-text", "text/plain", "*/*") and weight > 0:
+            candidate = (weight, -index, media == "application/openmetrics-text")
+            if best is None or candidate[:2] > best[:2]:
+                best = candidate
+    return best is not None and best[2]
 
 
-def render_metrics(exporter: Exporter, accept: str) -> tuple[bytes, str]:
-    if wants_openmetrics(accept):
-        from prometheus_client.openmetrics import (
-            exposition as openmetrics,  # rarely asked for
-        )
+def render_metrics(exporter: Exporter, openmetrics: bool = False) -> bytes:
+    """The whole exposition in one format, from the renderer's cached per-target lines."""
+    body = exporter.renderer.render(openmetrics) + process_exposition(openmetrics)
+    return body + b"# EOF\n" if openmetrics else body
 
-        return openmetrics.generate_latest(exporter.registry), openmetrics.CONTENT_TYPE_LATEST
-    return exporter.renderer.render() + process_exposition(), TEXT_CONTENT_TYPE
+
+async def send(request: web.Request, body: bytes, headers: dict[str, str]) -> web.StreamResponse:
+    """Write a shared body in chunks (no copy of it per client) within WRITE_TIMEOUT; a client that does
+    not read in time is disconnected."""
+    response = web.StreamResponse(headers=headers)
+    response.content_length = len(body)
+    view = memoryview(body)
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT):
+            await response.prepare(request)
+            for start in range(0, len(view), CHUNK):
+                await response.write(view[start:start + CHUNK])
+            await response.write_eof()
+    except TimeoutError:
+        if request.transport is not None:
+            request.transport.abort()
+        log.debug("a client did not read its response within %.0fs: disconnected", WRITE_TIMEOUT)
+    return response
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
-    scrapes = request.app[SCRAPES_KEY]
-    if scrapes.in_flight >= scrapes.limit:
-        return web.Response(status=503, text="too many concurrent scrapes\n")
-    scrapes.in_flight += 1
-    try:
-        body, content_type = render_metrics(request.app[EXPORTER_KEY], request.headers.get("Accept", ""))
-        response = web.StreamResponse(headers={"Content-Type": content_type, "Cache-Control": "no-store"})
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
-            import gzip
-
-            body = gzip.compress(body, compresslevel=1)
-            response.headers["Content-Encoding"] = "gzip"
-        response.content_length = len(body)
-        await response.prepare(request)
-        await response.write(body)  # waits while a slow client drains: counted as in flight
-        await response.write_eof()
-        return response
-    finally:
-        scrapes.in_flight -= 1
+    bodies = request.app[BODIES_KEY]
+    openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+    zipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    body = bodies.cached(openmetrics)
+    if body is None or (zipped and body.gzipped is None):
+        scrapes = request.app[SCRAPES_KEY]
+        if not scrapes.take():
+            return web.Response(status=503, text="too many concurrent scrapes\n")
+        try:
+            body = bodies.cached(openmetrics) or bodies.build(openmetrics)
+            data = await bodies.gzipped(body) if zipped else body.plain
+        finally:
+            scrapes.give()
+    else:
+        data = await bodies.gzipped(body) if zipped else body.plain
+    headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
+               "Cache-Control": "no-store"}
+    if zipped:
+        headers["Content-Encoding"] = "gzip"
+    return await send(request, data, headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -109,22 +220,102 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
     return web.Response(text=page, content_type="text/html")
 
 
-async def debug_target(request: web.Request) -> web.Response:
+async def debug_target(request: web.Request) -> web.StreamResponse:
+    """The debug view: built under the scrape cap, and bounded in size (debugview.py caps what it lists)."""
     state = request.app[EXPORTER_KEY].states.get(request.match_info["name"])
     if state is None:
         return web.json_response({"error": "no such target"}, status=404)
-    return web.json_response(target_debug(state), dumps=lambda value: json.dumps(value, indent=1, default=str))
+    scrapes = request.app[SCRAPES_KEY]
+    if not scrapes.take():
+        return web.Response(status=503, text="too many concurrent requests\n")
+    try:
+        body = json.dumps(target_debug(state), indent=1, default=str).encode()
+    finally:
+        scrapes.give()
+    return await send(request, body, {"Content-Type": "application/json; charset=utf-8"})
 
 
-def build_app(exporter: Exporter, max_requests: int = 40, web_config: WebConfig | None = None) -> web.Application:
-    app = web.Application(client_max_size=64 * 1024)
+class ConnectionGuard:
+    """Counts open connections; beyond `limit`, closes the oldest one that is not being answered (a
+    slowloris socket or an idle keep-alive) so the port keeps serving."""
+
+    def __init__(self, limit: int = MAX_CONNECTIONS):
+        self.limit = limit
+        self.opened: dict[Any, None] = {}   # request handlers, oldest first
+        self.busy: set[Any] = set()
+        self.evicted = 0
+
+    def install(self, server: web.Server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            transport.set_write_buffer_limits(high=CHUNK)
+            made(handler, transport)
+            self.opened[handler] = None
+            if len(self.opened) > self.limit:
+                victim = next((h for h in self.opened if h not in self.busy and h is not handler), None)
+                if victim is not None:
+                    self.opened.pop(victim, None)
+                    self.evicted += 1
+                    victim.force_close()
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            self.opened.pop(handler, None)
+            self.busy.discard(handler)
+            lost(handler, exc)
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+    @web.middleware
+    async def middleware(self, request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        protocol = request.protocol
+        self.busy.add(protocol)
+        try:
+            return await handler(request)
+        finally:
+            self.busy.discard(protocol)
+
+
+GUARD_KEY = web.AppKey("connections", ConnectionGuard)
+
+
+async def _no_banner(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = "llm-exporter"  # no Python or aiohttp versions
+
+
+def build_app(exporter: Exporter, max_requests: int = 40, web_config: WebConfigHolder | None = None,
+              guard: ConnectionGuard | None = None) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024, handler_args={"keepalive_timeout": HEAD_TIMEOUT})
+    guard = guard or ConnectionGuard()
+    app[GUARD_KEY] = guard
+    app.middlewares.append(guard.middleware)
     if web_config is not None:
         install_web_config(app, web_config)
     app[EXPORTER_KEY] = exporter
     app[SCRAPES_KEY] = ScrapeLimit(max_requests)
+    app[BODIES_KEY] = Bodies(exporter)
+    app.on_response_prepare.append(_no_banner)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/", landing)
     app.router.add_get("/debug/targets/{name}", debug_target)
+
+    async def close_pool(app: web.Application) -> None:
+        app[BODIES_KEY].pool.shutdown(wait=False, cancel_futures=True)
+
+    app.on_cleanup.append(close_pool)
     return app
+
+
+async def start_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
+    """An AppRunner whose server counts connections (ConnectionGuard) and logs malformed requests
+    rate-limited, without their bytes (aiohttp's own messages can echo an Authorization header)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, **kwargs)
+    await runner.setup()
+    assert runner.server is not None
+    app[GUARD_KEY].install(runner.server)
+    return runner
+

@@ -145,8 +145,10 @@ class TargetState:
         self.events: deque[tuple[float, str]] = deque(maxlen=EVENTS_KEPT)
 
     def retarget(self, target: TargetConfig) -> None:
-        """Config reload with the same name and engine: keep history, take new settings."""
+        """Config reload with the same name and engine: keep history, take new settings (new labels show in
+        both formats at once: the renderers' caches key on the version)."""
         self.target = target
+        self.version += 1
         for model in self.report.models.values():
             model.window.seconds = target.window
 

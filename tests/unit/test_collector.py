@@ -144,3 +144,39 @@ def test_go_float_matches_prometheus_client():
     for value in (0.0, 1.0, -1.0, 0.25, 1e6, 123456789.0, 1.5e-7, 2.0**53, 1e300, float("inf"), -float("inf"),
                   float("nan"), 7.5, 1234567.125, 0.1 + 0.2):
         assert _go_float(value) == floatToGoString(value), value
+
+
+async def test_openmetrics_comes_from_the_cached_lines_and_equals_prometheus_client():
+    """A real Prometheus asks for OpenMetrics first: that output joins the same cached per-target lines as
+    text (no prometheus_client on the scrape path) and is exactly what prometheus_client writes, pass-through
+    included; prometheus_client's strict OpenMetrics parser reads it."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(
+        (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text())})
+    await srv.start()
+    p = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", window="1m", passthrough="true")
+    try:
+        await p.poll()
+        await p.poll()
+    finally:
+        await p.close()
+        await srv.stop()
+    status = ExporterStatus()
+    status.config_reload_ok, status.config_reload_time = True, 1.5e9
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ExporterCollector("llm", lambda: [p.state], status))
+    renderer = TextRenderer("llm", lambda: [p.state], status)
+    text = renderer.render()
+    lines_before = dict(renderer._cache)
+    ours = (renderer.render(openmetrics=True) + b"# EOF\n").decode()
+    assert renderer._cache == lines_before  # the same cached sample lines served both formats
+    drop = lambda t: "".join(x for x in t.splitlines(True) if "scrape_render_seconds" not in x)  # noqa: E731
+    assert drop(ours) == drop(openmetrics(registry).decode())
+    families = {f.name: f for f in text_string_to_metric_families(ours)}
+    assert families["llm_prompt_tokens"].type == "counter" and families["llm_vllm_num_requests_running"]
+    assert set(text.decode().splitlines()) - set(ours.splitlines()) == {
+        line for line in text.decode().splitlines() if line.startswith("# ")} - set(ours.splitlines())

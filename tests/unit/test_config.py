@@ -114,6 +114,9 @@ def test_unknown_top_level_key():
     ("interval: 5 seconds", "expected a duration"),
     ("interval: -1s", "expected a duration"),
     ("interval: true", "expected a duration"),
+    ("interval: 5", "needs a unit"),
+    ("interval: 1ms", "at least 100ms"),
+    ("headers: {Authorization: \"Bearer a\\x01b\"}", "control character"),
     ("timeout: 10s", "must not exceed interval"),
     ("window: 6s", "at least two polls"),
     ("labels: [a, b]", "expected a mapping"),
@@ -178,10 +181,11 @@ def test_wrong_types():
 def test_durations_and_sizes():
     assert parse_duration("500ms") == 0.5
     assert parse_duration("1m") == 60
-    assert parse_duration(3) == 3.0
     assert parse_size("8MiB") == 8 * 1024 * 1024
     with pytest.raises(ValueError):
         parse_duration("5")
+    with pytest.raises(ValueError, match="needs a unit"):
+        parse_duration(3)  # seconds or milliseconds? a bare number is refused
 
 
 def test_embedded_default_config_polls_llamacpp_and_vllm():
@@ -253,3 +257,34 @@ def test_every_broken_target_is_reported_at_once():
 def test_url_is_not_for_engines_without_http():
     assert "url is not used by engine nvml" in str(error_of(
         "targets:\n  - {name: g, engine: nvml, url: 'http://h:1'}\n"))
+
+
+def test_files_are_read_without_blocking_and_must_be_what_they_claim(tmp_path):
+    """A FIFO (or device) named as a token would block a reading thread for ever: refused at once, as is
+    a CA file that holds no certificate (it would fail every poll later)."""
+    import os
+    import time
+
+    fifo = tmp_path / "token"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    err = error_of(f"targets:\n  - {{name: a, engine: vllm, url: 'http://h:1', bearer_token_file: '{fifo}'}}\n")
+    assert time.monotonic() - started < 2
+    assert "not a regular file" in str(err) and err.line == 2
+    empty_ca = tmp_path / "ca.crt"
+    empty_ca.write_text("# no certificate here\n")
+    err = error_of(f"targets:\n  - name: a\n    engine: vllm\n    url: 'https://h:1'\n"
+                   f"    tls: {{ca_file: '{empty_ca}'}}\n")
+    assert "holds no PEM certificate" in str(err) and str(empty_ca) in str(err) and err.line == 5
+
+
+@pytest.mark.parametrize("url, secret", [
+    ("http://127.0.0.1:8000/?api_key=SECRET1", "SECRET1"),
+    ("http://admin:SECRET2@127.0.0.1:99999", "SECRET2"),
+    ("htp://admin:SECRET3@127.0.0.1:1", "SECRET3"),
+    ("http://127.0.0.1:99999/x#SECRET4", "SECRET4"),
+])
+def test_url_errors_never_show_secrets(url, secret):
+    err = error_of("targets:\n  - {name: a, engine: vllm, url: '${URL}'}\n", env={"URL": url})
+    assert secret not in str(err), str(err)
+    assert "url" in str(err)

@@ -146,7 +146,8 @@ async def test_errors_name_the_path_really_requested_and_the_tls_files(tmp_path)
         await pipe.close()
         await srv.stop()
     bad_ca = tmp_path / "ca.crt"
-    bad_ca.write_text("not a certificate\n")
+    # a PEM block that does not decode: it passes the load-time check (a certificate marker), fails at use
+    bad_ca.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
     pipe = Pipeline("vllm", "https://127.0.0.1:9", tls=f"{{ca_file: '{bad_ca}'}}")
     try:
         await pipe.poll()
