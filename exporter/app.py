@@ -136,7 +136,7 @@ class Exporter:
         for target in config.targets:
             previous = self.states.get(target.name)
             poller = self.pollers.get(target.name)
-            if previous is not None and poller is not None and previous.target == target:
+            if previous is not None and poller is not None and target.same_poller(previous.target):
                 states[target.name], pollers[target.name] = previous, poller
                 continue
             if previous is not None and previous.target.identity == target.identity:
@@ -189,7 +189,8 @@ class Exporter:
         if new.listen != self.config.listen:
             log.warning("config reload: listen changed to %s; restart the exporter to apply it", new.listen)
         wanted = {t.name: t for t in new.targets}
-        keep = {name for name in self.pollers if name in self.states and wanted.get(name) == self.states[name].target}
+        keep = {name for name in self.pollers
+                if name in self.states and self.states[name].target.same_poller(wanted.get(name))}
         await asyncio.gather(*(p.stop() for name, p in self.pollers.items() if name not in keep),
                              return_exceptions=True)
         started = self._apply(new)

@@ -538,6 +538,11 @@ class TargetConfig:
         """State survives a reload when this does not change."""
         return (self.name, self.engine)
 
+    def same_poller(self, other: TargetConfig | None) -> bool:
+        """A reload keeps this target's running poller: nothing changed, and it names no file (a token or
+        certificate file may have been rotated, and a reload is how it is read again)."""
+        return other == self and not self.bearer_token_file and self.tls is None
+
 
 @dataclass(frozen=True)
 class Config:

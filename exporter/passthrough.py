@@ -17,6 +17,7 @@ from .promparse import PromParseError, family_of, parse
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 KINDS = {"counter", "gauge", "histogram", "summary", "untyped"}
+MAX_LABEL_VALUE = 200  # characters, as the unified `model` label; a longer value drops the series (counted)
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,8 @@ def families(text: str, prefix: str, reserved: frozenset[str], max_series: int) 
             continue
         family = family_of(name, payload.types)
         for labels, value in samples:
-            if budget <= 0:
-                dropped += 1
+            if budget <= 0 or any(len(v) > MAX_LABEL_VALUE for v in labels.values()):
+                dropped += 1  # over the cap, or a label value longer than the unified labels may be
                 continue
             budget -= 1
             pairs = tuple((f"exported_{k}" if k in reserved else k, v) for k, v in labels.items())

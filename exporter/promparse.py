@@ -61,13 +61,20 @@ class Payload:
 
 
 class LabelCache:
-    """Label-block text → parsed labels; bounded so a hostile target cannot grow it forever."""
+    """Label-block text → parsed labels, bounded in entries and in bytes so a hostile target cannot grow it
+    (unique 1 MB label values every poll once grew it by 15 MiB a poll): a block longer than
+    MAX_CACHED_BLOCK is parsed and not kept, and the cache starts over when it holds `max_bytes`."""
 
-    def __init__(self, max_entries: int = 20_000):
+    MAX_CACHED_BLOCK = 512   # characters; engines' real label blocks are well under this
+    MAX_NAMES = 20_000       # sample names remembered as wanted or not, per prefix set
+
+    def __init__(self, max_entries: int = 20_000, max_bytes: int = 16 * 1024 * 1024):
         self.entries: dict[str, Labels] = {}
         self.wanted: dict[str, bool] = {}  # sample name → valid and kept (no prefix filter)
         self._wanted_by_prefixes: dict[tuple[str, ...], dict[str, bool]] = {}
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.bytes = 0  # an estimate: the block's text counted twice (key and parsed values) plus overhead
 
     def wanted_for(self, prefixes: tuple[str, ...]) -> dict[str, bool]:
         table = self._wanted_by_prefixes.get(prefixes)
@@ -79,9 +86,14 @@ class LabelCache:
 
     def parse(self, block: str, text: str, line: str) -> Labels:
         labels = _parse_labels(block, text, line)
-        if len(self.entries) >= self.max_entries:
+        if len(block) > self.MAX_CACHED_BLOCK:
+            return labels
+        cost = 2 * len(block) + 200
+        if len(self.entries) >= self.max_entries or self.bytes + cost > self.max_bytes:
             self.entries.clear()
+            self.bytes = 0
         self.entries[block] = labels
+        self.bytes += cost
         return labels
 
 
@@ -198,7 +210,7 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
             if not _METRIC_NAME_RE.match(name):
                 raise _error(text, raw, f"invalid metric name {name!r}")
             keep = prefixes is None or name.startswith(prefixes)
-            if len(wanted) < label_cache.max_entries:
+            if len(wanted) < label_cache.MAX_NAMES and len(name) <= label_cache.MAX_CACHED_BLOCK:
                 wanted[name] = keep
         if not keep:
             continue  # a stray line of another family inside a wanted block

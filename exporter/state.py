@@ -109,9 +109,11 @@ class EngineReport:
 
 
 def sanitise(sample: ModelSample) -> None:
-    """Drop values no engine should send: non-finite numbers, negative counters, ratios and counts."""
+    """Drop values no engine should send: non-finite numbers, negative counters, ratios and counts, and
+    ratios above 1 (a `kv_cache_usage_perc 5.0` is a lie, not a full cache)."""
     for key in [k for k, v in sample.values.items()
-                if not math.isfinite(v) or (v < 0 and BY_KEY[k[0]].non_negative)]:
+                if not math.isfinite(v) or (v < 0 and BY_KEY[k[0]].non_negative)
+                or (v > 1.0 + 1e-9 and k[0].endswith("_ratio"))]:
         del sample.values[key]
 
 
@@ -291,14 +293,14 @@ class TargetState:
         for name in sorted(obs.models):
             sample = obs.models[name]
             sanitise(sample)
-            for key, hist in list(sample.histograms.items()):
-                if not histogram_is_valid(hist):
-                    del sample.histograms[key]  # hostile or broken: expose nothing rather than nonsense
             probe = obs.queue_probes.get(name)
             if probe is not None and "token_queue_latency" not in sample.histograms:
                 estimator = report.estimators.setdefault(name, QueueWaitEstimator())
                 estimator.observe(now, probe)
                 sample.histograms["token_queue_latency"] = estimator.histogram()
+            for key, hist in list(sample.histograms.items()):
+                if not histogram_is_valid(hist):
+                    del sample.histograms[key]  # hostile or broken: expose nothing rather than nonsense
             cost = len(sample.values) + sum(len(h.buckets) + 2 for h in sample.histograms.values()) + 8
             if cost > budget:
                 report.series_dropped += cost

@@ -16,13 +16,15 @@ def counter_delta(first: float | None, last: float | None) -> float | None:
 
 
 def ratio_of_deltas(numerator: float | None, denominator: float | None) -> float | None:
-    """numerator/denominator of two deltas; None (absent, never 0 or NaN) when the denominator did not move."""
+    """numerator/denominator of two deltas, a part of a whole; None (absent, never 0 or NaN) when the
+    denominator did not move, and when the result is not in [0, 1]: an upstream whose hits grow faster than
+    its queries lies, and a ratio above 1 would mislead every dashboard."""
     if numerator is None or denominator is None or not denominator > 0:
         return None
     ratio = numerator / denominator
-    if not math.isfinite(ratio) or ratio < 0:
+    if not math.isfinite(ratio) or ratio < 0 or ratio > 1.0 + 1e-9:
         return None
-    return min(ratio, 1.0) if ratio <= 1.0 + 1e-9 else ratio
+    return min(ratio, 1.0)
 
 
 def rate(delta: float | None, seconds: float) -> float | None:

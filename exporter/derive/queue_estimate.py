@@ -18,6 +18,8 @@ import math
 
 from ..observation import Histogram, QueueProbe
 
+MAX_WAITING = 1e6  # requests waiting; more is not a count any engine reports
+
 
 class QueueWaitEstimator:
     def __init__(self) -> None:
@@ -29,10 +31,12 @@ class QueueWaitEstimator:
         self._have_tasks = False
 
     def observe(self, t: float, probe: QueueProbe) -> None:
-        waiting = probe.waiting if math.isfinite(probe.waiting) and probe.waiting >= 0 else 0.0
+        sane = math.isfinite(probe.waiting) and 0 <= probe.waiting <= MAX_WAITING
+        waiting = probe.waiting if sane else 0.0
         watched_before = self._last_t is not None
-        if self._last_t is not None and t > self._last_t:
-            # Trapezoidal rule between two samples of the waiting count.
+        if sane and self._last_t is not None and t > self._last_t:
+            # Trapezoidal rule between two samples of the waiting count. An absurd count (a hostile
+            # `requests_deferred 1e308`) is not integrated: one such sample must not make the total +Inf.
             self.wait_seconds += (self._last_waiting + waiting) / 2.0 * (t - self._last_t)
         self._last_t, self._last_waiting = t, waiting
         if probe.slot_tasks is None:

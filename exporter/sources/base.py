@@ -45,7 +45,7 @@ class Response:
             return {}
         try:
             value = json.loads(self.body.decode("utf-8", "replace"))
-        except ValueError:
+        except (ValueError, RecursionError):
             return {}
         return value if isinstance(value, dict) else {}
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ PROPS_REFRESH_POLLS = 600  # re-read the router's /props now and then (build inf
 SINGLE_STATES = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
 ROUTER_STATES = tuple(ModelState)
 MAX_ROUTER_MODELS = 1000
+MAX_SLOTS = 4096  # llama-server's -np; a /slots longer than this is refused (parse error) before any mapping
 DOCS = """\
 Beyond the table: `llm_kv_cache_query_tokens_total` = `prompt_tokens_cached_total` +
 `prompt_tokens_total`; `llm_kv_cache_usage_ratio` falls back to the `/slots` context fill (above),
@@ -99,9 +101,11 @@ def _is_router(response: Response) -> bool:
 
 
 def _json(response: Response, path: str) -> Any:
+    """A JSON body, or a `parse` error for this endpoint whatever it holds (200k-deep nesting raises
+    RecursionError, a 5,000-digit number ValueError)."""
     try:
         return json.loads(response.text())
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise PollError(Reason.PARSE, f"{path}: invalid JSON: {str(exc)[:100]}") from None
 
 
@@ -110,7 +114,14 @@ def _int(value: Any) -> bool:
 
 
 def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number, or None (a 400-digit integer does not fit a float: None, not OverflowError)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 @dataclass
@@ -251,6 +262,10 @@ class LlamaCppSource(HttpSource):
                 reports_loading=True, pid=child.pid if child else None)
             if state is ModelState.LOADED:
                 loaded.append(model)
+        # Models no longer listed are forgotten (a router that lists fresh ids every poll grows nothing).
+        for table in (self.children, self.model_props):
+            for gone in [m for m in table if m not in paths]:
+                del table[gone]
         results = await asyncio.gather(*(self._router_model(http, model) for model in loaded))
         notices: list[str] = []
         misses: set[str] = set()
@@ -318,8 +333,12 @@ class LlamaCppSource(HttpSource):
         slots = await self._slots(http, "/slots" + query, []) if metrics.busy else None
         if model not in self.model_props:  # read once per load (exempt from the idle timer)
             props = await self._props(http, "/props" + query)
-            if props is not None:
-                self.model_props[model] = props
+            if props is not None:  # only what is used is kept (a /props can be large)
+                settings = props.get("default_generation_settings")
+                self.model_props[model] = {
+                    "total_slots": props.get("total_slots"),
+                    "default_generation_settings": {"n_ctx": settings.get("n_ctx")} if isinstance(settings, dict)
+                    else None}
         self._fill_from_props(self.model_props.get(model, {}), metrics.sample)
         return metrics, slots
 
@@ -350,6 +369,8 @@ class LlamaCppSource(HttpSource):
         expect_status(response, path)
         self.slots_enabled = True
         slots = _json(response, "/slots")
+        if isinstance(slots, list) and len(slots) > MAX_SLOTS:
+            raise PollError(Reason.PARSE, f"/slots: {len(slots)} slots (more than {MAX_SLOTS}): not a llama-server")
         if not isinstance(slots, list) or not all(isinstance(s, dict) and _int(s.get("id")) for s in slots):
             raise PollError(Reason.PARSE, "/slots: expected a list of slot objects with integer ids")
         if not all(s.get("id_task") is None or _int(s.get("id_task")) for s in slots):
@@ -398,7 +419,7 @@ class LlamaCppSource(HttpSource):
             return
         busy = [s for s in slots if s.get("is_processing") is True]
         sample.set("slots_total", float(len(slots)))
-        contexts = [s["n_ctx"] for s in slots if _int(s.get("n_ctx")) and s["n_ctx"] > 0]
+        contexts = [n for n in (_number(s.get("n_ctx")) for s in slots) if n is not None and n > 0]
         if contexts:
             sample.set("context_size_tokens", float(max(contexts)))
         if sample.get("kv_cache_usage_ratio") is None and contexts and len(contexts) == len(slots):
@@ -406,10 +427,11 @@ class LlamaCppSource(HttpSource):
             used = 0.0
             for slot in busy:
                 prompt = _number(slot.get("n_prompt_tokens"))
-                decoded = sum(t.get("n_decoded", 0) for t in slot.get("next_token") or [] if isinstance(t, dict)
-                              and _number(t.get("n_decoded", 0)) is not None)
+                tokens = slot.get("next_token")
+                decoded = sum(_number(t.get("n_decoded", 0)) or 0.0 for t in tokens if isinstance(t, dict)) \
+                    if isinstance(tokens, list) else 0.0
                 if prompt is not None and prompt >= 0:
-                    used += min(prompt + float(decoded), float(slot["n_ctx"]))
+                    used += min(prompt + float(decoded), _number(slot["n_ctx"]) or 0.0)
             sample.set("kv_cache_usage_ratio", used / float(sum(contexts)))
 
     def _endpoints(self) -> dict[str, bool]:

@@ -116,3 +116,149 @@ async def test_series_churn_is_capped(server):
         assert pipe.value("llm_exporter_series_dropped_total") > 2000
     finally:
         await pipe.close()
+
+
+# ---------------------------------------------------------------- attacks from the reliability report
+
+def test_label_cache_is_bounded_in_bytes():
+    """H1: unique 1 MB label values every poll are parsed but not kept; the cache stays within its bytes."""
+    from exporter.promparse import LabelCache
+    cache = LabelCache(max_bytes=1024 * 1024)
+    for poll in range(20):
+        big = "".join(f'vllm:num_requests_running{{engine="0",model_name="m",junk="{poll}-{k}-{"x" * (1 << 20)}"}}'
+                      f' 1\n' for k in range(3))
+        small = "".join(f'vllm:num_requests_running{{engine="{poll}-{i}",model_name="m"}} 1\n' for i in range(5000))
+        payload = parse(HEAD + big + small, ("vllm:",), cache)
+        assert len(payload.get("vllm:num_requests_running")) == 5003
+        assert cache.bytes <= cache.max_bytes
+        assert all(len(block) <= cache.MAX_CACHED_BLOCK for block in cache.entries)
+
+
+async def test_ratios_an_upstream_pushes_above_one_are_not_exported(server, pipe):
+    """L4: hits growing 5x faster than queries, and a usage of 5.0, are lies: no ratio is exported."""
+    def body(n: int) -> str:
+        return ("# TYPE vllm:prefix_cache_hits_total counter\n# TYPE vllm:prefix_cache_queries_total counter\n"
+                "# TYPE vllm:kv_cache_usage_perc gauge\n"
+                f'vllm:prefix_cache_hits_total{{engine="0",model_name="m"}} {50 * n}\n'
+                f'vllm:prefix_cache_queries_total{{engine="0",model_name="m"}} {10 * n}\n'
+                'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 5.0\n')
+    for n in range(1, 4):
+        server.set("/metrics", Reply.text(body(n)))
+        await pipe.poll()
+    assert pipe.state.health.up
+    assert pipe.value("llm_kv_cache_hit_ratio") is None and pipe.value("llm_kv_cache_usage_ratio") is None
+
+
+@pytest.mark.parametrize("slots, props, up, reason", [
+    ("[" * 200_000 + "]" * 200_000, None, False, "parse"),          # /slots nested 200k deep
+    (None, "[" * 200_000 + "]" * 200_000, True, None),              # /props nested: ignored, target stays up
+    ('[{"id":0,"id_task":1,"n_ctx":1' + "0" * 400 + ',"is_processing":true,"n_prompt_tokens":5}]', None, True,
+     None),                                                        # 400-digit integer
+    ('[{"id":0,"id_task":1,"n_ctx":4096,"is_processing":true,"n_prompt_tokens":5,"next_token":5}]', None, True,
+     None),                                                        # wrong type
+    ("[" + ",".join(f'{{"id":{i},"id_task":1,"n_ctx":4096,"is_processing":true}}' for i in range(70_000)) + "]",
+     None, False, "parse"),                                         # 70k slots
+])
+async def test_absurd_llamacpp_json_is_a_clean_parse_error_or_ignored(slots, props, up, reason):
+    """L5: deep nesting, huge integers and wrong types in /slots or /props never become an internal error."""
+    from tests.conftest import FIXTURES
+    metrics = (FIXTURES / "llamacpp" / "b11434-metrics-idle-after-load.prom").read_text().replace(
+        "llamacpp:requests_processing 0", "llamacpp:requests_processing 1")
+    srv = ReplayServer({"/health": Reply.json({"status": "ok"}), "/metrics": Reply.text(metrics),
+                        "/props": Reply.text(props or (FIXTURES / "llamacpp" / "b11434-props.json").read_text(),
+                                             content_type="application/json"),
+                        "/slots": Reply.text(slots or "[]", content_type="application/json")})
+    await srv.start()
+    p = Pipeline("llamacpp", f"http://127.0.0.1:{srv.port}")
+    try:
+        await p.poll()
+        assert p.state.health.up is up, p.state.health.last_error
+        if reason:
+            assert p.state.health.last_error[0].value == reason
+    finally:
+        await p.close()
+        await srv.stop()
+
+
+async def test_router_listing_fresh_models_every_poll_keeps_no_state_for_gone_ones():
+    """H2: a router whose /models lists new ids each poll: per-model state is pruned to what is listed now."""
+    from aiohttp import web
+
+    from tests.conftest import FIXTURES
+    llama = (FIXTURES / "llamacpp" / "b11434-metrics-idle-after-load.prom").read_text()
+    polls = {"n": 0}
+
+    async def handle(request: web.Request) -> web.Response:
+        if request.path == "/metrics" and "model" not in request.query:
+            return web.json_response({"error": {"message": "model name is missing"}}, status=400)
+        if request.path == "/models":
+            polls["n"] += 1
+            return web.json_response({"data": [{"id": f"m{polls['n']}-{i}", "status": {"value": "loaded",
+                                                                                          "args": []}}
+                                               for i in range(50)]})
+        if request.path == "/metrics":
+            return web.Response(text=llama)
+        if request.path == "/props":
+            return web.Response(text='{"total_slots": 1, "x": "' + "p" * 200_000 + '"}',
+                                content_type="application/json")
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]
+    p = Pipeline("llamacpp", f"http://127.0.0.1:{port}")
+    try:
+        for _ in range(5):
+            await p.poll()
+        assert p.state.health.up, p.state.health.last_error
+        source = p.source
+        assert set(source.model_props) <= {f"m{polls['n']}-{i}" for i in range(50)}
+        assert all(len(str(props)) < 1000 for props in source.model_props.values())  # only what is used
+        assert set(source.children) <= {f"m{polls['n']}-{i}" for i in range(50)}
+        assert len(p.state.life.lifecycles) == 50
+    finally:
+        await p.close()
+        await runner.cleanup()
+
+
+async def test_one_absurd_waiting_count_cannot_poison_the_queue_estimate():
+    """M9: `requests_deferred 1e308` for a few polls, then healthy: the estimate's sum stays finite."""
+    from tests.conftest import FIXTURES
+    base = (FIXTURES / "llamacpp" / "b11434-metrics-idle-after-load.prom").read_text().replace(
+        "llamacpp:requests_processing 0", "llamacpp:requests_processing 1")
+    srv = ReplayServer({"/health": Reply.json({"status": "ok"}),
+                        "/metrics": Reply.text(base.replace("llamacpp:requests_deferred 0",
+                                                            "llamacpp:requests_deferred 1e308")),
+                        "/props": Reply.text((FIXTURES / "llamacpp" / "b11434-props.json").read_text(),
+                                             content_type="application/json"),
+                        "/slots": Reply.json([{"id": 0, "id_task": 1, "n_ctx": 4096, "is_processing": True}])})
+    await srv.start()
+    p = Pipeline("llamacpp", f"http://127.0.0.1:{srv.port}")
+    try:
+        for _ in range(4):
+            await p.poll()
+        srv.set("/metrics", Reply.text(base))
+        for _ in range(3):
+            await p.poll()
+        total = p.value("llm_token_queue_latency_seconds_sum")
+        assert total is not None and math.isfinite(total)
+    finally:
+        await p.close()
+        await srv.stop()
+
+
+async def test_passthrough_labels_are_capped(server):
+    """L9: a 1 MB label value is not re-exposed (the series is dropped and counted)."""
+    p = Pipeline("vllm", f"http://127.0.0.1:{server.port}", passthrough="true")
+    server.set("/metrics", Reply.text(payload(model="m" * 1_000_000)))
+    try:
+        await p.poll()
+        text = p.exposition()
+        assert max(len(line) for line in text.splitlines()) < 2000
+        assert p.state.report.series_dropped >= 1
+    finally:
+        await p.close()
