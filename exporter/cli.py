@@ -140,13 +140,14 @@ async def _once(config: Config, config_path: str | None) -> int:
 
 
 def raise_fd_limit() -> None:
-    """Use the hard limit on open files (Go programs do this at start): systemd's default soft limit of
-    1,024 is what a slowloris client exhausts first."""
+    """Use the hard limit on open files (Go programs do this at start): a default soft limit of 1,024 is
+    what a slowloris client exhausts first. The shipped unit sets LimitNOFILE (soft = hard), so nothing is
+    asked of its system-call filter there."""
     try:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
+        if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     except (ImportError, ValueError, OSError):  # pragma: no cover - platform without it, or refused
         pass

@@ -6,11 +6,25 @@ what the exporter last saw from a target and what it made of it. Served behind t
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from .derive.lifecycle import ModelLifecycle
 from .observation import Histogram, LabelPairs, ModelSample, Observation
 from .state import TargetState
+
+T = TypeVar("T")
+MODELS_SHOWN = 50  # per section: a target with 10,000 models gives a view of bounded size
+
+
+def _first(items: Mapping[str, T], render: Callable[[T], Any]) -> dict[str, Any]:
+    """The first MODELS_SHOWN entries (by name) rendered, and how many were left out (only what is shown is
+    rendered)."""
+    names = sorted(items)
+    shown = {name: render(items[name]) for name in names[:MODELS_SHOWN]}
+    if len(names) > MODELS_SHOWN:
+        shown["…"] = f"{len(names) - MODELS_SHOWN} more not shown"
+    return shown
 
 
 def _key(key: str, labels: LabelPairs) -> str:
@@ -34,11 +48,12 @@ def _sample(sample: ModelSample) -> dict[str, Any]:
 def _observation(t: float, obs: Observation) -> dict[str, Any]:
     return {
         "time": t, "readiness": obs.readiness.value,
-        "models": {name: _sample(sample) for name, sample in sorted(obs.models.items())},
+        "models": _first(obs.models, _sample),
         "fed_by": dict(sorted(obs.fed_by.items())),
         "mapping_misses": list(obs.mapping_misses),
-        "lifecycle": {slot: {"state": s.state.value, "model": s.model, "process_start": s.process_start,
-                             "ready_time": s.ready_time, "pid": s.pid} for slot, s in obs.lifecycle.items()},
+        "lifecycle": _first(obs.lifecycle, lambda s: {"state": s.state.value, "model": s.model,
+                                                      "process_start": s.process_start, "ready_time": s.ready_time,
+                                                      "pid": s.pid}),
         "process_start": obs.process_start_time, "process_start_basis": obs.process_start_basis,
         "instance_id": obs.instance_id, "series": len(obs.series), "info": [dict(i.labels) for i in obs.info],
         "notices": list(obs.notices), "detected_engine": obs.detected_engine,
@@ -72,11 +87,12 @@ def target_debug(state: TargetState) -> dict[str, Any]:
                    {"reason": health.last_error[0].value, "message": health.last_error[1]},
                    "errors": {reason.value: count for reason, count in health.errors.items() if count}},
         "last_observation": None if state.last_observation is None else _observation(*state.last_observation),
-        "exposed_models": {name: {**_sample(model.latest),
-                                  "windowed": {_key(k, labels): v for (k, labels), v in sorted(model.derived.items())}}
-                           for name, model in sorted(state.report.models.items())},
+        "exposed_models": _first(state.report.models, lambda model: {
+            **_sample(model.latest),
+            "windowed": {_key(k, labels): v for (k, labels), v in sorted(model.derived.items())}}),
+        "exposed_model_count": len(state.report.models),
         "mapping_misses": dict(sorted(state.report.mapping_misses.items())),
-        "lifecycle": {slot: _lifecycle(life) for slot, life in state.life.lifecycles.items()},
+        "lifecycle": _first(state.life.lifecycles, _lifecycle),
         "restarts": state.life.restarts,
         "events": [{"time": t, "event": text} for t, text in state.events],
     }

@@ -23,8 +23,10 @@ class RateLimited:
     """A token bucket for log lines a client or an upstream can cause: at most `burst` per `window`
     seconds; the next line that gets through says how many were held back."""
 
-    def __init__(self, logger: logging.Logger, burst: int = 3, window: float = 60.0):
+    def __init__(self, logger: logging.Logger, burst: int = 3, window: float = 60.0,
+                 note: str = "more like this not logged"):
         self.logger = logger
+        self.note = note
         self.burst, self.window = burst, window
         self.tokens = float(burst)
         self.stamp = time.monotonic()
@@ -44,7 +46,7 @@ class RateLimited:
         if not self.allow():
             return
         if self.held:
-            message += " (%d more like this not logged)"
+            message += f" (%d {self.note})"
             args = (*args, self.held)
             self.held = 0
         self.logger.log(level, message, *args)

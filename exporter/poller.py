@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 
 from .derive.maths import CumulativeHistogram
+from .logsetup import RateLimited
 from .observation import Observation, PollError, Reason
 from .sources.base import Source, TransientPollError
 from .state import PollEvents, TargetState
@@ -28,28 +29,12 @@ JITTER = 0.05  # ±5 % of the interval, so many targets do not poll in lockstep
 LOG_BURST, LOG_WINDOW = 3, 60.0  # per target: at most 3 state-change lines a minute (flapping targets)
 
 
-class ChangeLog:
+class ChangeLog(RateLimited):
     """Logs a target's state changes, at most LOG_BURST per LOG_WINDOW (a token bucket); the next
     line that gets through says how many were held back."""
 
     def __init__(self) -> None:
-        self.tokens = float(LOG_BURST)
-        self.stamp = time.monotonic()
-        self.held = 0
-
-    def emit(self, level: int, message: str, *args: object) -> None:
-        now = time.monotonic()
-        self.tokens = min(LOG_BURST, self.tokens + (now - self.stamp) * LOG_BURST / LOG_WINDOW)
-        self.stamp = now
-        if self.tokens < 1:
-            self.held += 1
-            return
-        self.tokens -= 1
-        if self.held:
-            message += " (%d more state changes not logged: flapping)"
-            args = (*args, self.held)
-            self.held = 0
-        log.log(level, message, *args)
+        super().__init__(log, LOG_BURST, LOG_WINDOW, note="more state changes not logged: flapping")
 
 
 RETRIES = 2  # a transient failure gets at most two more attempts, while the poll's budget lasts
@@ -98,6 +83,7 @@ class Poller:
         self.delays = delays  # how late each poll starts (llm_exporter_poll_delay_seconds)
         self.on_update = on_update  # e.g. pre-render the target's exposition
         self.changes = ChangeLog()
+        self.notices = RateLimited(log, burst=20, window=60.0)  # notices and loads: more room, still bounded
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -134,11 +120,27 @@ class Poller:
                 self.delays.add(max(0.0, time.monotonic() - next_at))  # a busy loop woke this poll late
 
     async def poll(self) -> None:
+        """One poll, all of it (collect, state update, derivations, render) inside the error boundary: a bug
+        anywhere is an `other` error on this target, logged, never a dead poller task."""
         try:
             await self._poll()
-        finally:
             if self.on_update is not None:
                 self.on_update(self.state)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            self._internal_error(error, 0.0)
+
+    def _internal_error(self, error: Exception, duration: float) -> None:
+        target = self.state.target
+        wrapped = PollError(Reason.OTHER, f"internal error: {type(error).__name__}: {error}")
+        try:
+            went_down = self.state.record_failure(wrapped, time.time(), duration).went_down
+        except Exception:  # pragma: no cover - the state itself is broken: log, keep the task alive
+            went_down = True
+        if went_down:
+            log.error("target %s (%s): unexpected error while polling", target.name, target.engine,
+                      exc_info=(type(error), error, error.__traceback__))
 
     async def _poll(self) -> None:
         target = self.state.target
@@ -153,9 +155,7 @@ class Poller:
                 self.changes.emit(logging.WARNING, "target %s (%s) down: %s: %s", target.name, target.engine,
                                   error.reason.value, error)
         except Exception as error:  # a bug in a source must not kill the poller
-            wrapped = PollError(Reason.OTHER, f"internal error: {type(error).__name__}: {error}")
-            if self.state.record_failure(wrapped, time.time(), time.monotonic() - started).went_down:
-                log.exception("target %s (%s): unexpected error while polling", target.name, target.engine)
+            self._internal_error(error, time.monotonic() - started)
         else:
             observation.fed_by = self.source.fed_by  # the source's own map (no copy on every poll)
             events = self.state.record_success(observation, time.time(), time.monotonic() - started)
@@ -164,16 +164,18 @@ class Poller:
     def _log(self, events: PollEvents) -> None:
         target = self.state.target
         readiness = self.state.health.readiness.value if self.state.health.readiness else "?"
+        # Every line a target's behaviour causes goes through a limiter (a crash-looping engine, a churning
+        # router): the debug view's events keep the full record.
         if events.came_up:
             self.changes.emit(logging.INFO, "target %s (%s) up (%s)", target.name, target.engine, readiness)
         elif events.readiness_changed:
-            log.info("target %s (%s) is %s", target.name, target.engine, readiness)
+            self.changes.emit(logging.INFO, "target %s (%s) is %s", target.name, target.engine, readiness)
         for notice in events.notices:
-            log.warning("target %s (%s): %s", target.name, target.engine, notice)
+            self.notices.emit(logging.WARNING, "target %s (%s): %s", target.name, target.engine, notice)
         for model, load in events.loads:
             if load.seconds is None:
-                log.info("target %s (%s): model %s ready (%s; duration unknown)", target.name, target.engine,
-                         model or "?", load.kind)
+                self.notices.emit(logging.INFO, "target %s (%s): model %s ready (%s; duration unknown)",
+                                  target.name, target.engine, model or "?", load.kind)
             else:
-                log.info("target %s (%s): model %s ready (%s) after %.2fs (basis %s)", target.name,
-                         target.engine, model or "?", load.kind, load.seconds, load.basis)
+                self.notices.emit(logging.INFO, "target %s (%s): model %s ready (%s) after %.2fs (basis %s)",
+                                  target.name, target.engine, model or "?", load.kind, load.seconds, load.basis)

@@ -154,3 +154,53 @@ async def test_errors_name_the_path_really_requested_and_the_tls_files(tmp_path)
         assert str(bad_ca) in pipe.state.health.last_error[1]  # which TLS file could not be loaded
     finally:
         await pipe.close()
+
+
+async def test_a_bug_after_collect_is_an_other_error_not_a_dead_poller(caplog):
+    """The whole poll is inside the error boundary: a bug in the render after the state update (here the
+    renderer's hook raising) is a logged `other` error on that target, and the next poll runs."""
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(
+        (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text())})
+    await srv.start()
+    pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}")
+    calls = {"n": 0}
+
+    def broken(state) -> None:
+        calls["n"] += 1
+        raise KeyError("a bug in rendering")
+
+    pipe.poller.on_update = broken
+    try:
+        await pipe.poll()
+        await pipe.poll()
+        assert calls["n"] == 2  # the second poll ran
+        assert pipe.state.health.errors[Reason.OTHER] == 2
+        assert "KeyError" in pipe.state.health.last_error[1]
+        assert any("unexpected error" in r.getMessage() and r.exc_info for r in caplog.records)
+    finally:
+        await pipe.close()
+        await srv.stop()
+
+
+async def test_debug_view_of_ten_thousand_models_is_bounded():
+    """M8: the debug view lists at most MODELS_SHOWN models per section and says how many it left out."""
+    import json
+
+    from exporter.config import load_config_text
+    from exporter.debugview import MODELS_SHOWN, target_debug
+    from exporter.observation import ModelSample, Observation, Readiness
+    from exporter.state import TargetState
+    target = load_config_text("targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 1000000}\n",
+                              "t", {}).targets[0]
+    state = TargetState(target)
+    models = {}
+    for i in range(10_000):
+        sample = ModelSample()
+        sample.set("requests_running", i)
+        models[f"model-{i:05d}"] = sample
+    state.record_success(Observation(Readiness.READY, models=models), 1.0, 0.01)
+    view = target_debug(state)
+    text = json.dumps(view, default=str)
+    assert len(view["exposed_models"]) == MODELS_SHOWN + 1 and view["exposed_model_count"] == 10_000
+    assert view["last_observation"]["models"]["…"] == f"{10_000 - MODELS_SHOWN} more not shown"
+    assert len(text) < 100_000
