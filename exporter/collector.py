@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .catalogue import ALL_METRICS, BY_KEY
+from .clock import to_wall
 from .derive.lifecycle import ModelLifecycle
 from .derive.maths import CumulativeHistogram
 from .join import Owners, owner_of, process_owners
@@ -92,7 +93,7 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
     put("up", base, 1.0 if health.up else 0.0)
     put("ready", base, 1.0 if health.readiness is Readiness.READY else 0.0)
     put("poll_duration", base, health.last_poll_duration)
-    put("last_success", base, health.last_success)
+    put("last_success", base, None if health.last_success is None else to_wall(health.last_success))
     for reason, count in health.errors.items():
         put("poll_errors", {**base, "reason": reason.value}, float(count))
     put("polls", base, float(health.polls))
@@ -103,7 +104,7 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
     for lifecycle in life.lifecycles.values():
         out.extend(lifecycle_samples(lifecycle, {**base, "model": lifecycle.model}, life.model_states, health.up))
     if life.process_start is not None:
-        put("engine_process_start_time", {**base, "basis": life.process_start[1]}, life.process_start[0])
+        put("engine_process_start_time", {**base, "basis": life.process_start[1]}, to_wall(life.process_start[0]))
     if not health.up:
         # The last poll failed: show no stale engine values (windows are kept for when it is back).
         return out
@@ -171,7 +172,7 @@ def lifecycle_samples(lifecycle: ModelLifecycle, labels: dict[str, str], states:
         out.append(("model_load", "", {**labels, "kind": last.kind, "basis": last.basis}, last.seconds))
     out.append(("model_load_failures", "_total", labels, float(lifecycle.failures)))
     if up and lifecycle.state is ModelState.LOADED and lifecycle.loaded_at is not None:
-        out.append(("model_loaded_time", "", labels, lifecycle.loaded_at))
+        out.append(("model_loaded_time", "", labels, to_wall(lifecycle.loaded_at)))
     return out
 
 

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable
 
+from . import clock
 from .derive.maths import CumulativeHistogram
 from .logsetup import RateLimited
 from .observation import Observation, PollError, Reason
@@ -135,7 +136,7 @@ class Poller:
         target = self.state.target
         wrapped = PollError(Reason.OTHER, f"internal error: {type(error).__name__}: {error}")
         try:
-            went_down = self.state.record_failure(wrapped, time.time(), duration).went_down
+            went_down = self.state.record_failure(wrapped, clock.now(), duration).went_down
         except Exception:  # pragma: no cover - the state itself is broken: log, keep the task alive
             went_down = True
         if went_down:
@@ -150,7 +151,7 @@ class Poller:
         except asyncio.CancelledError:
             raise
         except PollError as error:
-            events = self.state.record_failure(error, time.time(), time.monotonic() - started)
+            events = self.state.record_failure(error, clock.now(), time.monotonic() - started)
             if events.went_down:
                 self.changes.emit(logging.WARNING, "target %s (%s) down: %s: %s", target.name, target.engine,
                                   error.reason.value, error)
@@ -158,7 +159,7 @@ class Poller:
             self._internal_error(error, time.monotonic() - started)
         else:
             observation.fed_by = self.source.fed_by  # the source's own map (no copy on every poll)
-            events = self.state.record_success(observation, time.time(), time.monotonic() - started)
+            events = self.state.record_success(observation, clock.now(), time.monotonic() - started)
             self._log(events)
 
     def _log(self, events: PollEvents) -> None:

@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass
 
+from .clock import now as steady_now
 from .config import ProcessMatch
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -34,8 +35,9 @@ def _read(path: str, limit: int = 65536) -> bytes | None:
 
 
 def boot_relative_to_unix(seconds_since_boot: float, clock: int = time.CLOCK_BOOTTIME) -> float:
-    """Convert a kernel time since boot to Unix time using the current clocks (no 1 s btime rounding)."""
-    return time.time() - (time.clock_gettime(clock) - seconds_since_boot)
+    """Convert a kernel time since boot to Unix time on the exporter's stepless clock (clock.py), using the
+    current clocks (no 1 s btime rounding)."""
+    return steady_now() - (time.clock_gettime(clock) - seconds_since_boot)
 
 
 def process_start(pid: int) -> ProcessInfo | None:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import __version__
+from . import __version__, clock
 from .app import Exporter
 from .collector import process_exposition
 from .debugview import target_debug
@@ -190,7 +190,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 def _age(timestamp: float | None) -> str:
-    return "never" if timestamp is None else f"{time.time() - timestamp:.1f}s ago"
+    return "never" if timestamp is None else f"{clock.now() - timestamp:.1f}s ago"
 
 
 async def landing(request: web.Request) -> web.Response:

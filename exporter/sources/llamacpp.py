@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from .. import clock
 from ..config import TargetConfig, is_loopback_url
 from ..observation import (
     InfoSample,
@@ -453,7 +454,7 @@ class LlamaCppSource(HttpSource):
             return None
         if not 0 < ready_monotonic <= time.monotonic():
             return None
-        return time.time() - (time.monotonic() - ready_monotonic)
+        return clock.now() - (time.monotonic() - ready_monotonic)
 
     def _timing(self, observation: Observation, ready_header: str | None) -> None:
         """Engine life identity, exact ready time and process start time."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+from .. import clock
 from ..observation import (
     InfoSample,
     ModelSample,
@@ -114,8 +115,9 @@ class VllmSource(HttpSource):
 
     def _timing(self, payload: Payload, observation: Observation) -> None:
         start = payload.get("process_start_time_seconds")
-        if start and math.isfinite(start[0][1]) and start[0][1] > 0:
-            observation.process_start_time = start[0][1]
+        started = start[0][1] if start and math.isfinite(start[0][1]) and start[0][1] > 0 else None
+        if started is not None:
+            observation.process_start_time = clock.from_wall(started)
             observation.process_start_basis = "payload"
         self.locate_process(observation)
         created = [value for name, samples in payload.samples.items() if name.endswith("_created")
@@ -123,8 +125,9 @@ class VllmSource(HttpSource):
         if created:
             # Stat loggers are created right after the engine is ready (0.10+, single API server);
             # the families read here are created within about a millisecond of each other.
-            observation.engine_ready_time = min(created)
-        identity = observation.process_start_time if observation.process_start_basis == "payload" else None
+            observation.engine_ready_time = clock.from_wall(min(created))
+        # The engine's own stamps as it wrote them identify its life (a clock step must not look like a restart).
+        identity = started
         if identity is None and created:
             identity = min(created)
         if identity is not None:

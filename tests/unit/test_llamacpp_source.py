@@ -197,3 +197,28 @@ async def test_garbage_slots_is_a_parse_error(server, pipe):
     await pipe.poll()
     assert not pipe.state.health.up
     assert pipe.value("llm_exporter_poll_errors_total", reason="parse") == 1
+
+
+async def test_a_clock_step_during_a_load_bends_no_duration(server, pipe, monkeypatch):
+    """M3: the system clock steps +1 h while a model loads (NTP, `date -s`): the load is timed on the
+    stepless clock (not 3,600 s), and exported timestamps still show the system's Unix time."""
+    import asyncio
+    import time
+
+    from exporter import clock
+    loading = (LC / "b11434-health-loading.json").read_bytes()
+    for path in ("/metrics", "/health", "/slots", "/props"):
+        server.set(path, Reply(503, loading, {"Content-Type": "application/json; charset=utf-8"}))
+    await pipe.poll()
+    monkeypatch.setattr(clock, "_wall", lambda: time.time() + 3600.0)
+    await asyncio.sleep(0.3)
+    for path, reply in ready_routes().items():
+        server.set(path, reply)
+    await pipe.poll()
+    seconds = [v for k, v in pipe.state.life.lifecycles[""].durations.items()]
+    assert pipe.state.life.lifecycles[""].loads == {"start": 1}
+    load = pipe.state.life.lifecycles[""].last
+    assert load is not None and load.seconds is not None and 0.2 < load.seconds < 5, load
+    assert seconds and seconds[0].sum < 5
+    shown = pipe.value("llm_exporter_last_success_timestamp_seconds")
+    assert abs(shown - (time.time() + 3600.0)) < 2  # the system's (stepped) Unix time
