@@ -198,7 +198,13 @@ EXPORTER_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("build_info", "exporter_build_info", "gauge", "Always 1; labels carry the version.",
                ("version",)),
     MetricSpec("render_duration", "exporter_scrape_render_seconds", "gauge",
-               "Time the previous /metrics response (text format) took to build."),
+               "Time the previous /metrics body (either format) took to build."),
+    MetricSpec("scrapes", "exporter_scrapes", "counter",
+               "/metrics responses served, by format (text or openmetrics, as the client's Accept header asked).",
+               ("format",)),
+    MetricSpec("connections_dropped", "exporter_http_connections_dropped", "counter",
+               "Connections the exporter's HTTP server closed on a client: evicted (over the connection cap, "
+               "idle) or write_timeout (the client did not read its response in time).", ("reason",)),
     MetricSpec("event_loop_lag", "exporter_event_loop_lag_seconds", "histogram",
                "How much later than asked the event loop woke a 0.5 s timer: an overloaded exporter shows "
                "here before its data goes stale."),

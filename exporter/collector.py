@@ -58,6 +58,8 @@ class ExporterStatus:
         self.host_cpu: tuple[tuple[str, str], ...] | None = None
         self.tasks: Callable[[], int] | None = None
         self.render_seconds: float | None = None
+        self.scrapes: dict[str, int] = {"text": 0, "openmetrics": 0}
+        self.connections_dropped: dict[str, int] = {"evicted": 0, "write_timeout": 0}
 
 
 def exporter_samples(status: ExporterStatus) -> list[Sample]:
@@ -69,6 +71,9 @@ def exporter_samples(status: ExporterStatus) -> list[Sample]:
         out.append(("tasks", "", {}, float(status.tasks())))
     if status.render_seconds is not None:
         out.append(("render_duration", "", {}, status.render_seconds))
+    out.extend(("scrapes", "_total", {"format": fmt}, float(n)) for fmt, n in status.scrapes.items())
+    out.extend(("connections_dropped", "_total", {"reason": reason}, float(n))
+               for reason, n in status.connections_dropped.items())
     for key, hist in (("event_loop_lag", status.loop_lag), ("poll_delay", status.poll_delay)):
         for bound, cumulative in hist.buckets():
             out.append((key, "_bucket", {"le": _go_float(bound)}, cumulative))

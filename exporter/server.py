@@ -149,6 +149,7 @@ async def send(request: web.Request, body: bytes, headers: dict[str, str]) -> we
                 await response.write(view[start:start + CHUNK])
             await response.write_eof()
     except TimeoutError:
+        request.app[EXPORTER_KEY].status.connections_dropped["write_timeout"] += 1
         if request.transport is not None:
             request.transport.abort()
         log.debug("a client did not read its response within %.0fs: disconnected", WRITE_TIMEOUT)
@@ -171,6 +172,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
             scrapes.give()
     else:
         data = await bodies.gzipped(body) if zipped else body.plain
+    request.app[EXPORTER_KEY].status.scrapes["openmetrics" if openmetrics else "text"] += 1
     headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
                "Cache-Control": "no-store"}
     if zipped:
@@ -239,11 +241,12 @@ class ConnectionGuard:
     """Counts open connections; beyond `limit`, closes the oldest one that is not being answered (a
     slowloris socket or an idle keep-alive) so the port keeps serving."""
 
-    def __init__(self, limit: int = MAX_CONNECTIONS):
+    def __init__(self, limit: int = MAX_CONNECTIONS, dropped: dict[str, int] | None = None):
         self.limit = limit
         self.opened: dict[Any, None] = {}   # request handlers, oldest first
         self.busy: set[Any] = set()
         self.evicted = 0
+        self.dropped = dropped if dropped is not None else {"evicted": 0}  # the exporter's status counts
 
     def install(self, server: web.Server) -> None:
         made, lost = server.connection_made, server.connection_lost
@@ -257,6 +260,7 @@ class ConnectionGuard:
                 if victim is not None:
                     self.opened.pop(victim, None)
                     self.evicted += 1
+                    self.dropped["evicted"] = self.dropped.get("evicted", 0) + 1
                     victim.force_close()
 
         def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
@@ -288,7 +292,7 @@ async def _no_banner(request: web.Request, response: web.StreamResponse) -> None
 def build_app(exporter: Exporter, max_requests: int = 40, web_config: WebConfigHolder | None = None,
               guard: ConnectionGuard | None = None) -> web.Application:
     app = web.Application(client_max_size=64 * 1024, handler_args={"keepalive_timeout": HEAD_TIMEOUT})
-    guard = guard or ConnectionGuard()
+    guard = guard or ConnectionGuard(dropped=exporter.status.connections_dropped)
     app[GUARD_KEY] = guard
     app.middlewares.append(guard.middleware)
     if web_config is not None:

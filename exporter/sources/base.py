@@ -7,6 +7,7 @@ exposition logic and no derivation: only fetch + parse + map to unified keys.
 from __future__ import annotations
 
 import abc
+import asyncio
 import json
 import ssl
 from collections.abc import Mapping
@@ -163,6 +164,9 @@ def expect_status(response: Response, path: str, *ok: int) -> None:
         raise PollError(Reason.HTTP_STATUS, f"GET {response.path or path}: HTTP {response.status}")
 
 
+OFF_LOOP_BYTES = 256 * 1024  # /metrics bodies larger than this are parsed off the event loop
+
+
 @dataclass
 class SharedContext:
     """What the exporter gives every source: the one HTTP client, process-wide resources (typed, created
@@ -258,7 +262,14 @@ class HttpSource(Source):
         response = await self.http.get("/metrics")
         expect_status(response, "/metrics")
         text = response.text()
-        payload = parse_metrics(text, prefixes, self.shared.label_cache(self.engine))
+        cache = self.shared.label_cache(self.engine)
+        if len(text) > OFF_LOOP_BYTES:
+            # A large payload is parsed in a worker thread: the parser is Python, so the interpreter switches
+            # to the event loop every few milliseconds and other targets and scrapes stay on time (and the
+            # poll's deadline can end the wait).
+            payload = await asyncio.to_thread(parse_metrics, text, prefixes, cache)
+        else:
+            payload = parse_metrics(text, prefixes, cache)
         if not any(name.startswith(marker) for name in payload.samples):
             raise PollError(Reason.PARSE, f"/metrics has no {marker} series ({hint})")
         return payload, text
