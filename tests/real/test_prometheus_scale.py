@@ -34,7 +34,7 @@ def text_only_proxy(upstream: int) -> tuple[ThreadingHTTPServer, int]:
     the exporter for text format 0.0.4 (the cached path before this change too)."""
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             request = urllib.request.Request(f"http://127.0.0.1:{upstream}{self.path}",
                                              headers={"Accept": "text/plain;version=0.0.4"})
             with urllib.request.urlopen(request, timeout=30) as resp:
