@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from . import __version__
 from .app import Exporter
-from .config import Config, ConfigError, load_config, parse_listen
+from .config import Config, ConfigError, load_config, parse_listen, read_small_file
 from .logsetup import setup_logging
 from .server import build_app, render_metrics, start_runner
 from .webconfig import WebConfig, WebConfigHolder, load_web_config
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{config.source}: OK ({len(config.targets)} targets)")
         return 0
     if args.healthcheck:
-        return _healthcheck(config, web_config)
+        return _healthcheck(config, web_config, args.config, args.listen)
     if args.once:
         return asyncio.run(_once(config, args.config))
     try:
@@ -111,15 +112,53 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-def _healthcheck(config: Config, web_config: WebConfig | None) -> int:
+def _runtime_file(config_path: str | None) -> str:
+    """Where a running exporter says what it serves, so `--healthcheck` with the same --config probes that
+    (not what the file on disk says now): one file per config path, in $XDG_RUNTIME_DIR or the temp dir."""
+    import hashlib
+    import tempfile
+
+    key = hashlib.sha256(os.path.abspath(config_path).encode() if config_path else b"<default>").hexdigest()[:12]
+    directory = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(directory, f"llm-exporter-{os.getuid()}-{key}.json")
+
+
+def _announce(config_path: str | None, url: str) -> str | None:
+    import json
+
+    path = _runtime_file(config_path)
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as handle:
+            json.dump({"pid": os.getpid(), "healthz": url}, handle)
+        os.replace(path + ".tmp", path)
+        return path
+    except OSError:  # a read-only filesystem: --healthcheck falls back to the config file
+        return None
+
+
+def _announced(config_path: str | None) -> str | None:
+    import json
+
+    try:
+        data = json.loads(read_small_file(_runtime_file(config_path), 4096))
+        os.kill(int(data["pid"]), 0)  # still running (signal 0 checks only)
+        return str(data["healthz"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _healthcheck(config: Config, web_config: WebConfig | None, config_path: str | None = None,
+                 listen_override: str | None = None) -> int:
     import ssl
     import urllib.request
 
     host, port = config.host_port
     host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
     scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
-    context = ssl._create_unverified_context() if scheme == "https" else None  # liveness of this host only
     url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/healthz"
+    if listen_override is None:
+        url = _announced(config_path) or url
+    context = ssl._create_unverified_context() if url.startswith("https") else None  # liveness of this host
     try:
         with urllib.request.urlopen(url, timeout=2, context=context) as resp:
             return 0 if resp.status == 200 else 1
@@ -201,7 +240,14 @@ async def _serve(config: Config, config_path: str | None, max_requests: int,
     await exporter.start()
     log.info("llm-exporter %s listening on %s:%d with %d targets (config: %s)", __version__, host, port,
              len(exporter.config.targets), exporter.config.source)
+    probe_host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
+    scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
+    announced = _announce(config_path, f"{scheme}://{'[' + probe_host + ']' if ':' in probe_host else probe_host}"
+                                       f":{port}/healthz")
     await stop.wait()
+    if announced is not None:
+        with contextlib.suppress(OSError):
+            os.unlink(announced)
     log.info("shutting down")
     try:
         async with asyncio.timeout(SHUTDOWN_BUDGET):

@@ -30,6 +30,7 @@ _FAMILY_COMMENTS = ("# HELP ", "# TYPE ")
 _ESCAPES = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
 _HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
 _SUMMARY_SUFFIXES = ("_count", "_sum", "")
+MAX_LABEL_BLOCK = 16 * 1024  # characters between { and } of one sample: engines' are well under 1 KiB
 
 
 class PromParseError(ValueError):
@@ -68,13 +69,13 @@ class LabelCache:
     MAX_CACHED_BLOCK = 512   # characters; engines' real label blocks are well under this
     MAX_NAMES = 20_000       # sample names remembered as wanted or not, per prefix set
 
-    def __init__(self, max_entries: int = 20_000, max_bytes: int = 16 * 1024 * 1024):
+    def __init__(self, max_entries: int = 20_000, max_bytes: int = 8 * 1024 * 1024):
         self.entries: dict[str, Labels] = {}
         self.wanted: dict[str, bool] = {}  # sample name → valid and kept (no prefix filter)
         self._wanted_by_prefixes: dict[tuple[str, ...], dict[str, bool]] = {}
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self.bytes = 0  # an estimate: the block's text counted twice (key and parsed values) plus overhead
+        self.bytes = 0  # an estimate of what an entry holds: the key, the parsed strings, a small dict
 
     def wanted_for(self, prefixes: tuple[str, ...]) -> dict[str, bool]:
         table = self._wanted_by_prefixes.get(prefixes)
@@ -88,7 +89,7 @@ class LabelCache:
         labels = _parse_labels(block, text, line)
         if len(block) > self.MAX_CACHED_BLOCK:
             return labels
-        cost = 2 * len(block) + 200
+        cost = 3 * len(block) + 400
         if len(self.entries) >= self.max_entries or self.bytes + cost > self.max_bytes:
             self.entries.clear()
             self.bytes = 0
@@ -188,6 +189,10 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
             block = line[brace + 1:close]
             labels = labels_cache.get(block)
             if labels is None:
+                if len(block) > MAX_LABEL_BLOCK:
+                    # Prometheus' label_value_length_limit fails such a scrape too; parsing a megabyte of
+                    # label text would also cost the regex engine hundreds of megabytes.
+                    raise _error(text, raw, f"label set longer than {MAX_LABEL_BLOCK} characters")
                 labels = label_cache.parse(block, text, raw)
             rest = line[close + 2:]
             if line[close + 1:close + 2] == " " and " " not in rest and "\t" not in rest and rest:

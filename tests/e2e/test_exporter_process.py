@@ -237,6 +237,28 @@ def test_healthcheck_follows_the_listen_address(tmp_path):
         proc.stop()
 
 
+def test_healthcheck_probes_what_the_running_exporter_serves(tmp_path):
+    """The config file on disk changed since start (another listen port, not applied until a restart):
+    --healthcheck with the same --config still probes the running exporter, via the address it announced."""
+    import os
+    import subprocess
+    import sys
+    port, other = free_port(), free_port()
+    config = tmp_path / "h.yaml"
+    config.write_text(f"listen: 127.0.0.1:{port}\ntargets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:9'}}\n")
+    env = {k: v for k, v in os.environ.items() if k != "LLM_EXPORTER_LISTEN"}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    check = [sys.executable, "-m", "exporter", "--config", str(config), "--healthcheck"]
+    proc = ExporterProcess(config, port, env=env)
+    try:
+        config.write_text(config.read_text().replace(str(port), str(other)))
+        assert subprocess.run(check, env=env, capture_output=True, cwd=ROOT, timeout=30).returncode == 0
+    finally:
+        proc.stop()
+    assert not list(tmp_path.glob("llm-exporter-*.json"))  # removed at exit
+    assert subprocess.run(check, env=env, capture_output=True, cwd=ROOT, timeout=30).returncode == 1
+
+
 def test_cli_rejects_zero_scrapes_and_reports_config_errors_as_json(tmp_path):
     import json
     import subprocess

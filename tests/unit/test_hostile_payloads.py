@@ -121,11 +121,14 @@ async def test_series_churn_is_capped(server):
 # ---------------------------------------------------------------- attacks from the reliability report
 
 def test_label_cache_is_bounded_in_bytes():
-    """H1: unique 1 MB label values every poll are parsed but not kept; the cache stays within its bytes."""
-    from exporter.promparse import LabelCache
+    """H1: unique long label values every poll are parsed but not kept; the cache stays within its bytes; a
+    1 MB label set fails the parse (as Prometheus' label_value_length_limit does) before any regex runs."""
+    from exporter.promparse import LabelCache, PromParseError
     cache = LabelCache(max_bytes=1024 * 1024)
+    with pytest.raises(PromParseError, match="label set longer than"):
+        parse(HEAD + f'vllm:num_requests_running{{engine="0",model_name="{"x" * (1 << 20)}"}} 1\n', ("vllm:",), cache)
     for poll in range(20):
-        big = "".join(f'vllm:num_requests_running{{engine="0",model_name="m",junk="{poll}-{k}-{"x" * (1 << 20)}"}}'
+        big = "".join(f'vllm:num_requests_running{{engine="0",model_name="m",junk="{poll}-{k}-{"x" * 10_000}"}}'
                       f' 1\n' for k in range(3))
         small = "".join(f'vllm:num_requests_running{{engine="{poll}-{i}",model_name="m"}} 1\n' for i in range(5000))
         payload = parse(HEAD + big + small, ("vllm:",), cache)
@@ -252,9 +255,9 @@ async def test_one_absurd_waiting_count_cannot_poison_the_queue_estimate():
 
 
 async def test_passthrough_labels_are_capped(server):
-    """L9: a 1 MB label value is not re-exposed (the series is dropped and counted)."""
+    """L9: a 10,000-character label value is not re-exposed (the series is dropped and counted)."""
     p = Pipeline("vllm", f"http://127.0.0.1:{server.port}", passthrough="true")
-    server.set("/metrics", Reply.text(payload(model="m" * 1_000_000)))
+    server.set("/metrics", Reply.text(payload(model="m" * 10_000)))
     try:
         await p.poll()
         text = p.exposition()
@@ -262,3 +265,31 @@ async def test_passthrough_labels_are_capped(server):
         assert p.state.report.series_dropped >= 1
     finally:
         await p.close()
+
+
+async def test_a_large_payload_is_parsed_off_the_event_loop(monkeypatch):
+    """M1: a /metrics body over OFF_LOOP_BYTES is parsed in a worker thread (the loop keeps its turns)."""
+    import threading
+
+    from exporter.sources import base
+    seen: list[str] = []
+    real = base.parse_metrics
+
+    def spy(text, prefixes, labels):
+        seen.append(threading.current_thread().name)
+        return real(text, prefixes, labels)
+
+    monkeypatch.setattr(base, "parse_metrics", spy)
+    big = payload() + "".join(f'vllm:num_requests_running{{engine="{i}",model_name="m"}} 1\n' for i in range(20_000))
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(payload())})
+    await srv.start()
+    p = Pipeline("vllm", f"http://127.0.0.1:{srv.port}")
+    try:
+        await p.poll()
+        srv.set("/metrics", Reply.text(big))
+        await p.poll()
+        assert p.state.health.up
+        assert seen[0] == threading.main_thread().name and seen[1] != threading.main_thread().name
+    finally:
+        await p.close()
+        await srv.stop()
