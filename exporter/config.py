@@ -8,6 +8,7 @@ change the document's structure).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -144,11 +145,11 @@ async def read_off_loop(call: Callable[[], Any], limit_s: float, what: str) -> A
 
     def run() -> None:
         try:
-            result = call()
+            outcome: tuple[bool, Any] = (True, call())
         except BaseException as exc:  # handed to the waiting coroutine
-            loop.call_soon_threadsafe(settle, False, exc)
-        else:
-            loop.call_soon_threadsafe(settle, True, result)
+            outcome = (False, exc)
+        with contextlib.suppress(RuntimeError):  # the loop is gone (the exporter stopped): nobody waits
+            loop.call_soon_threadsafe(settle, *outcome)
 
     threading.Thread(target=run, name=f"read:{what}", daemon=True).start()
     try:

@@ -50,6 +50,7 @@ class Payload:
     types: dict[str, str] = field(default_factory=dict)
     helps: dict[str, str] = field(default_factory=dict)
     timestamps: dict[tuple[str, int], float] = field(default_factory=dict)
+    dropped: int = 0  # sample lines past `max_samples`, not parsed
 
     def get(self, name: str) -> list[tuple[Labels, float]]:
         return self.samples.get(name, [])
@@ -156,12 +157,14 @@ def _wanted_blocks(text: str, prefixes: tuple[str, ...]) -> list[str]:
 
 
 def parse(text: str, prefixes: tuple[str, ...] | None = None,
-          label_cache: LabelCache | None = None) -> Payload:
+          label_cache: LabelCache | None = None, max_samples: int | None = None) -> Payload:
     """Parse a /metrics payload.
 
     prefixes: keep only families whose name starts with one of these; the blocks of other
     families are skipped without being looked at. None keeps everything.
     label_cache: reuse parsed label blocks and name checks across polls of one target.
+    max_samples: keep at most this many samples (the target's max_series); lines past it are counted in
+    `Payload.dropped` and not parsed (115k series cost no 115k label sets).
     """
     if label_cache is None:
         label_cache = LabelCache()
@@ -171,6 +174,7 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
     wanted = label_cache.wanted if prefixes is None else label_cache.wanted_for(tuple(prefixes))
     labels_cache = label_cache.entries
     lines = text.split("\n") if prefixes is None else _wanted_blocks(text, tuple(prefixes))
+    room = max_samples if max_samples is not None else -1
 
     for raw in lines:
         line = raw if raw and raw[0] not in " \t" and raw[-1] not in " \t\r" else raw.strip()
@@ -179,6 +183,9 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
         if line[0] == "#":
             # In filtered mode a comment only gets here if the block selector matched its family.
             _comment(line, raw, text, payload, counter_families)
+            continue
+        if room == 0:
+            payload.dropped += 1
             continue
         brace = line.find("{")
         if brace >= 0:
@@ -240,6 +247,7 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
             if "_" in stamp:
                 raise _error(text, raw, f"invalid timestamp {stamp!r}")
         bucket.append((labels, value))
+        room -= 1
     return payload
 
 

@@ -17,11 +17,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from ..catalogue import BY_KEY
 from ..config import TargetConfig
 from ..observation import Observation, PollError, Reason
 from ..procinfo import ProcessFinder
 from ..promparse import LabelCache, Payload, PromParseError, parse
-from .mapping import Feed
+from .mapping import Feed, mapped_keys
 
 if TYPE_CHECKING:
     from .nvml import NvmlLibrary
@@ -211,6 +212,10 @@ class Source(abc.ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        unknown = sorted(key for key in mapped_keys(cls.__dict__.get("mapping", ())) if key not in BY_KEY)
+        if unknown:  # caught when the engine's module is imported, not as a silently missing series
+            raise TypeError(f"{cls.__name__}.mapping feeds unified keys the catalogue does not know: "
+                            f"{', '.join(unknown)} (add them to exporter/catalogue.py)")
         if "engine" in cls.__dict__:
             REGISTRY[cls.engine] = cls
 
@@ -267,9 +272,9 @@ class HttpSource(Source):
             # A large payload is parsed in a worker thread: the parser is Python, so the interpreter switches
             # to the event loop every few milliseconds and other targets and scrapes stay on time (and the
             # poll's deadline can end the wait).
-            payload = await asyncio.to_thread(parse_metrics, text, prefixes, cache)
+            payload = await asyncio.to_thread(parse_metrics, text, prefixes, cache, self.target.max_series)
         else:
-            payload = parse_metrics(text, prefixes, cache)
+            payload = parse_metrics(text, prefixes, cache, self.target.max_series)
         if not any(name.startswith(marker) for name in payload.samples):
             raise PollError(Reason.PARSE, f"/metrics has no {marker} series ({hint})")
         return payload, text
@@ -282,9 +287,10 @@ class HttpSource(Source):
             observation.passthrough_prefix = self.metrics_prefix if self.target.passthrough == "own" else ""
 
 
-def parse_metrics(text: str, prefixes: tuple[str, ...] | None, labels: LabelCache | None) -> Payload:
+def parse_metrics(text: str, prefixes: tuple[str, ...] | None, labels: LabelCache | None,
+                  max_samples: int | None = None) -> Payload:
     """Parse a /metrics body; a malformed one is a PARSE failure."""
     try:
-        return parse(text, prefixes, labels)
+        return parse(text, prefixes, labels, max_samples)
     except PromParseError as exc:
         raise PollError(Reason.PARSE, f"/metrics: {exc}") from None

@@ -109,6 +109,23 @@ def _bound(le: str | None) -> float | None:
         return None
 
 
+HELP_UNITS = ("blocks", "tokens")  # what unit_from_help can answer
+
+
+def mapped_keys(table: tuple[Feed, ...]) -> set[str]:
+    """Every unified key a table can feed ("{unit}" expanded with each unit its upstreams can have)."""
+    keys = set()
+    for feed in table:
+        if "{unit}" not in feed.key:
+            keys.add(feed.key)
+            continue
+        for upstream in feed.upstream:
+            for unit in HELP_UNITS if upstream.unit == "help" else (upstream.unit,):
+                if unit:
+                    keys.add(feed.key.replace("{unit}", unit))
+    return keys
+
+
 def unit_from_help(payload: Payload, name: str) -> str | None:
     family = name[: -len("_total")] if name.endswith("_total") else name
     text = (payload.helps.get(name) or payload.helps.get(family) or "").lower()

@@ -68,6 +68,7 @@ class SglangSource(HttpSource):
                                                 "started without --enable-metrics?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
         observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
+                                  dropped_series=payload.dropped,
                                   model_states=MODEL_STATES)
         self.add_passthrough(observation, text)
         self.model = min(models) if models else self.model

@@ -67,7 +67,8 @@ class TgiSource(HttpSource):
         if sample is not None:
             models[self.model or ""] = sample
         info = [InfoSample("engine_info", (("model", self.model or ""), ("build", ""), ("model_path", "")))]
-        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses), info=info,
+        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
+                                  dropped_series=payload.dropped, info=info,
                                   model_states=MODEL_STATES)
         self.add_passthrough(observation, text)
         observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=self.model or "")

@@ -92,7 +92,8 @@ class VllmSource(HttpSource):
         expect_status(health, "/health")
         payload, text = await self.read_metrics(METRICS_PREFIXES, "vllm:", "not a vLLM server?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
-        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
+        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
+                                  dropped_series=payload.dropped)
         observation.info = self.cache_config_info(payload)
         self.add_passthrough(observation, text)
         self._timing(payload, observation)

@@ -123,10 +123,17 @@ def test_sighup_reload_good_then_bad_config(exporter, tmp_path, replay):
 
 def test_sighup_storm_and_sigterm_during_polls(exporter):
     wait_until(lambda: value(exporter.metrics(), "llm_up", target="good") == 1, 10)
-    for _ in range(50):
+    polls_before = value(exporter.metrics(), "llm_exporter_polls_total", target="good")
+    started = time.monotonic()
+    for _ in range(50):  # 50 SIGHUPs 20 ms apart: the unchanged config restarts no poller
         exporter.signal(signal.SIGHUP)
+        time.sleep(0.02)
     time.sleep(1.0)
     assert exporter.proc.poll() is None
+    polls = value(exporter.metrics(), "llm_exporter_polls_total", target="good") - polls_before
+    interval = 0.3  # the fixture's interval for `good`
+    assert polls <= (time.monotonic() - started) / interval + 2  # no burst of polls after each reload
+    assert exporter.logs().count("config reloaded") <= 4  # coalesced, and at least 1 s apart
     body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="good") == 1 else None)(exporter.metrics()),
                       10)
     assert value(body, "llm_exporter_config_last_reload_successful") == 1

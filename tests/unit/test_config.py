@@ -288,3 +288,20 @@ def test_url_errors_never_show_secrets(url, secret):
     err = error_of("targets:\n  - {name: a, engine: vllm, url: '${URL}'}\n", env={"URL": url})
     assert secret not in str(err), str(err)
     assert "url" in str(err)
+
+
+async def test_blocking_file_work_is_abandoned_after_its_limit():
+    """A reload reading a file on a hung mount: read_off_loop gives up with a clear error after its limit, in
+    a daemon thread that never holds up the process's exit."""
+    import threading
+    import time
+
+    from exporter.config import read_off_loop
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"did not finish within 0\.2s"):
+        await read_off_loop(lambda: release.wait(30), 0.2, "/mnt/hung/token")
+    assert time.monotonic() - started < 1
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("read:"))
+    release.set()
+    assert await read_off_loop(lambda: 42, 1, "x") == 42

@@ -275,9 +275,9 @@ async def test_a_large_payload_is_parsed_off_the_event_loop(monkeypatch):
     seen: list[str] = []
     real = base.parse_metrics
 
-    def spy(text, prefixes, labels):
+    def spy(text, prefixes, labels, max_samples=None):
         seen.append(threading.current_thread().name)
-        return real(text, prefixes, labels)
+        return real(text, prefixes, labels, max_samples)
 
     monkeypatch.setattr(base, "parse_metrics", spy)
     big = payload() + "".join(f'vllm:num_requests_running{{engine="{i}",model_name="m"}} 1\n' for i in range(20_000))
@@ -290,6 +290,22 @@ async def test_a_large_payload_is_parsed_off_the_event_loop(monkeypatch):
         await p.poll()
         assert p.state.health.up
         assert seen[0] == threading.main_thread().name and seen[1] != threading.main_thread().name
+    finally:
+        await p.close()
+        await srv.stop()
+
+
+async def test_series_past_the_cap_are_not_even_parsed():
+    """M1: 115,000 series of one wanted family: the parser stops keeping samples at the target's max_series
+    (no 115k label sets in memory), the target stays up and the rest is counted as dropped."""
+    big = payload() + "".join(f'vllm:num_requests_running{{engine="{i}",model_name="m"}} 1\n' for i in range(115_000))
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(big)})
+    await srv.start()
+    p = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", max_series="1000", max_body_bytes="16MiB")
+    try:
+        await p.poll()
+        assert p.state.health.up, p.state.health.last_error
+        assert p.state.report.series_dropped >= 115_000 + 2 - 1000
     finally:
         await p.close()
         await srv.stop()

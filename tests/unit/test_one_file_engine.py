@@ -52,3 +52,15 @@ async def test_a_source_defined_in_one_place_is_an_engine_everywhere():
         del REGISTRY["toy"]
         await srv.stop()
     assert "toy" not in docgen.render(docgen.DOC.read_text())
+
+
+def test_a_source_feeding_a_key_the_catalogue_does_not_know_is_refused_when_defined():
+    import pytest
+    with pytest.raises(TypeError, match="requests_runing"):
+        class TypoSource(HttpSource):
+            engine = "typo"
+            mapping = (Feed("requests_runing", "gauge", (Upstream("typo_running", "1.0+"),)),)
+
+            async def collect(self) -> Observation:
+                raise NotImplementedError
+    assert "typo" not in REGISTRY
