@@ -344,9 +344,12 @@ def report(results: dict) -> str:
     router = ROOT / "bench" / "router.md"  # written by bench/router.py --write
     if router.exists():
         lines += [router.read_text().rstrip(), ""]
-    profile = ROOT / "bench" / "poll-profile.md"  # written by bench/pollcost.py --compare
-    if profile.exists():
-        lines += [profile.read_text().rstrip(), ""]
+    for name in ("poll-profile.md",      # written by bench/pollcost.py --compare
+                 "prometheus-scale.md",  # tests/real/test_prometheus_scale.py's figures (a real Prometheus)
+                 "hostile.md"):          # written by bench/hostile.py --write
+        extra = ROOT / "bench" / name
+        if extra.exists():
+            lines += [extra.read_text().rstrip(), ""]
     return "\n".join(lines)
 
 
