@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", default="text", choices=("text", "json"))
     parser.add_argument("--web.max-requests", dest="max_requests", type=_positive, default=40, metavar="N",
-                        help="maximum concurrent /metrics scrapes; more get HTTP 503 (default 40)")
+                        help="maximum /metrics bodies (and debug views) being built at once; more get HTTP 503 "
+                             "(default 40); scrapes of unchanged state share one body")
     parser.add_argument("--web.config.file", dest="web_config", metavar="FILE",
                         default=os.environ.get("LLM_EXPORTER_WEB_CONFIG") or None,
                         help="TLS and basic auth for this endpoint (Prometheus exporter-toolkit format; "

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..catalogue import BY_KEY
-from ..config import TargetConfig
+from ..config import TargetConfig, read_small_file
 from ..observation import Observation, PollError, Reason
 from ..procinfo import ProcessFinder
 from ..promparse import LabelCache, Payload, PromParseError, parse
@@ -74,10 +74,10 @@ class HttpFetcher:
                 files = ", ".join(f for f in (target.tls.ca_file, target.tls.cert_file, target.tls.key_file) if f)
                 self.setup_error = f"cannot load the target's TLS files ({files}): {type(exc).__name__}: {exc}"
         if target.bearer_token_file:
-            # Read when the poller is built: at start and on every reload (SIGHUP), as documented.
+            # Read when the poller is built: at start and on every reload (SIGHUP), as documented; opened
+            # without blocking (a FIFO is refused, not waited on: this runs on the event loop).
             try:
-                with open(target.bearer_token_file, encoding="utf-8") as handle:
-                    token = handle.read(16384).strip()
+                token = read_small_file(target.bearer_token_file, 16384).decode("utf-8").strip()
                 if not token or "\n" in token or "\r" in token:
                     raise ValueError("empty or multi-line token")
                 self.headers["Authorization"] = f"Bearer {token}"
