@@ -1,15 +1,19 @@
-"""SGLang: /health and /metrics (server started with --enable-metrics).
+"""SGLang: /ready and /metrics (server started with --enable-metrics).
 
-Readiness: /health answers 503 while the server warms up and 200 when ready (refused before it
-listens). The hit ratio is Δ`sglang:cached_tokens_total` / Δ`sglang:prompt_tokens_total`;
+Readiness never runs a generation: SGLang's `GET /health` (and `/health_generate`) sends a one-token
+request through the scheduler and takes at least a second (SGLANG_ENABLE_HEALTH_ENDPOINT_GENERATION,
+default on since sglang#13320), so it is never called. `GET /ready` (0.5.23) answers 200 once the
+tokenizer manager is ready and not paused, 503 before; a server without it (404) is asked `GET
+/model_info` (no scheduler work; the older `/get_model_info` logs a deprecation warning on every call
+where /model_info exists, so it is asked only when /model_info is missing too). The hit ratio is Δ`sglang:cached_tokens_total` / Δ`sglang:prompt_tokens_total`;
 `sglang:cache_hit_rate` covers only the last prefill batch and is not used. Newer versions label
 series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
 """
 
 from __future__ import annotations
 
-from ..observation import ModelSample, ModelState, ModelStatus, Observation, Readiness
-from .base import HttpSource
+from ..observation import ModelSample, ModelState, ModelStatus, Observation, PollError, Readiness, Reason
+from .base import HttpSource, expect_status
 from .mapping import Feed, Upstream, apply, prefixes
 
 U = Upstream
@@ -40,8 +44,11 @@ METRICS_PREFIXES = prefixes(MAPPING)
 # and scheduler_e2e); the HTTP server's start and the warm-up request (~1 s) follow it.
 START_TO_READY_PHASE = "tokenizer_e2e"
 MODEL_STATES = (ModelState.LOADED, ModelState.LOADING)
+READY_PATHS = ("/ready", "/model_info", "/get_model_info")  # asked in this order; the first that exists is kept
 DOCS = """\
-Readiness from `/health` (503 while warming up). `sglang:prompt_tokens_total` counts every
+Readiness from `GET /ready` (200 ready, 503 starting or paused); servers without it are asked
+`/model_info` (then `/get_model_info`), which do no scheduler work. `/health` is never called: it runs
+a one-token generation. `sglang:prompt_tokens_total` counts every
 prompt token, cached ones included, so it is the query counter of the hit ratio and
 `llm_prompt_tokens_total` for SGLang includes cache hits. `sglang:cache_hit_rate` covers only the
 last prefill batch and is not used. `tp_rank`/`dp_rank`/`engine_type` labels are combined per model.
@@ -59,8 +66,23 @@ class SglangSource(HttpSource):
     docs = DOCS
     model = ""  # the served model, once seen
 
+    ready_path = READY_PATHS[0]
+
+    async def not_ready(self) -> bool:
+        """True while the server is starting (or paused); a failure when it answers neither way."""
+        for path in READY_PATHS[READY_PATHS.index(self.ready_path):]:
+            response = await self.http.get(path)
+            if response.status == 404:
+                continue  # an older server: try the next endpoint, and keep that one
+            self.ready_path = path
+            if response.status == 503:
+                return True
+            expect_status(response, path)
+            return False
+        raise PollError(Reason.HTTP_STATUS, f"none of {', '.join(READY_PATHS)} answered (404): not SGLang?")
+
     async def collect(self) -> Observation:
-        if await self.still_loading():
+        if await self.not_ready():
             observation = Observation(Readiness.LOADING, model_states=MODEL_STATES)
             observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.model)
             return observation

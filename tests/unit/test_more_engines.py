@@ -113,7 +113,8 @@ def remove_family(text: str, family: str) -> str:
      "requests_waiting"),
 ])
 async def test_mapping_miss_counter_fires_when_a_family_disappears(engine, text, family, metric):
-    routes = {"/health": Reply(200), "/metrics": Reply.text(text), "/info": Reply.json({"model_id": "m"}),
+    routes = {"/health": Reply(200), "/ready": Reply(200), "/metrics": Reply.text(text),
+              "/info": Reply.json({"model_id": "m"}),
               "/slots": Reply.json([]), "/props": Reply.json({"model_path": "/m.gguf"})}
     srv = ReplayServer(routes)
     await srv.start()
@@ -149,7 +150,7 @@ def test_auto_detection_on_every_series_payload():
 
 
 @pytest.mark.parametrize("routes, expected", [
-    ({"/metrics": Reply.text(SGL_REAL), "/health": Reply(200)}, "sglang"),
+    ({"/metrics": Reply.text(SGL_REAL), "/ready": Reply(200)}, "sglang"),
     ({"/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text()),
       "/health": Reply(200)}, "vllm"),
     ({"/metrics": Reply(501, (FIXTURES / "llamacpp" / "b11434-health-loading.json").read_bytes().replace(
@@ -220,13 +221,13 @@ async def test_sglang_real_start_load_time_is_tokenizer_e2e():
     """SGLang 0.5.23 real payload (tests/fixtures/sglang-real): the start-to-ready phase is tokenizer_e2e;
     503 while warming up is loading, then loaded."""
     text = (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text()
-    srv = ReplayServer({"/health": Reply(503), "/metrics": Reply.text(text)})
+    srv = ReplayServer({"/ready": Reply(503), "/metrics": Reply.text(text)})
     await srv.start()
     pipe = Pipeline("sglang", f"http://127.0.0.1:{srv.port}")
     try:
         await pipe.poll()
         assert pipe.value("llm_model_state", state="loading") == 1
-        srv.set("/health", Reply(200))
+        srv.set("/ready", Reply(200))
         await pipe.poll()
         assert pipe.value("llm_model_state", model="tiny-llama", state="loaded") == 1
         assert pipe.value("llm_model_load_seconds", model="tiny-llama", kind="start",
@@ -319,4 +320,44 @@ async def test_passthrough_own_families_only_unless_all():
             assert ("process_resident_memory_bytes" in names) is runtime_families  # the engine's runtime
             assert not any(name.endswith("_created") for name in names)
     finally:
+        await srv.stop()
+
+
+async def test_sglang_is_never_asked_to_run_a_generation():
+    """SGLang's /health runs a one-token generation (tests/fixtures/sglang-real/SOURCES.md): a replay server
+    that records every request sees 60 polls (a minute at the default interval) and never /health or
+    /health_generate; readiness comes from /ready."""
+    text = (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text()
+    srv = ReplayServer({"/ready": Reply(200), "/metrics": Reply.text(text), "/health": Reply(200),
+                        "/health_generate": Reply(200)})
+    await srv.start()
+    pipe = Pipeline("sglang", f"http://127.0.0.1:{srv.port}")
+    try:
+        for _ in range(60):
+            await pipe.poll()
+        assert pipe.state.health.up and pipe.value("llm_ready") == 1
+        assert srv.hits.get("/health", 0) == 0 and srv.hits.get("/health_generate", 0) == 0
+        assert srv.hits["/ready"] == 60 and set(srv.hits) == {"/ready", "/metrics"}
+    finally:
+        await pipe.close()
+        await srv.stop()
+
+
+async def test_sglang_without_ready_falls_back_to_model_info_not_the_deprecated_one():
+    """An older SGLang (no /ready): /model_info tells it is up; /get_model_info (which logs a deprecation
+    warning on every call where /model_info exists) is never asked, and the working path is kept."""
+    text = (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text()
+    info = (FIXTURES / "sglang-real" / "sglang-0.5.23-get_model_info.json").read_bytes()
+    srv = ReplayServer({"/metrics": Reply.text(text), "/model_info": Reply(200, info),
+                        "/get_model_info": Reply(200, info)})
+    await srv.start()
+    pipe = Pipeline("sglang", f"http://127.0.0.1:{srv.port}")
+    try:
+        for _ in range(3):
+            await pipe.poll()
+        assert pipe.state.health.up and pipe.value("llm_ready") == 1
+        assert srv.hits.get("/ready") == 1 and srv.hits["/model_info"] == 3 and "/get_model_info" not in srv.hits
+        assert "/health" not in srv.hits
+    finally:
+        await pipe.close()
         await srv.stop()
