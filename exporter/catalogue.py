@@ -65,6 +65,13 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("startup_phase_seconds", "engine_startup_phase_seconds", "gauge",
                "Engine startup time by phase, as the engine reports it (SGLang 0.5.18+).", ("phase",)),
     MetricSpec("context_size_tokens", "context_size_tokens", "gauge", "Context size per slot, in tokens."),
+    MetricSpec("model_memory_bytes", "model_memory_bytes", "gauge",
+               "Memory the loaded model takes, weights and context (Ollama /api/ps `size`).", never_negative=True),
+    MetricSpec("model_vram_bytes", "model_vram_bytes", "gauge",
+               "Part of the loaded model's memory on the GPU (Ollama /api/ps `size_vram`).", never_negative=True),
+    MetricSpec("model_keep_alive_expiry", "model_keep_alive_expiry_timestamp_seconds", "gauge",
+               "Unix time the loaded model's keep-alive runs out and it is unloaded if still idle "
+               "(Ollama /api/ps `expires_at`).", never_negative=True),
     MetricSpec("token_queue_latency", "token_queue_latency_seconds", "histogram",
                "Time requests waited before getting a batch slot. Engine buckets where the engine "
                "has them; for llama.cpp an estimate with only the +Inf bucket (see docs/metrics.md)."),
@@ -116,6 +123,9 @@ LIFECYCLE_METRICS: tuple[MetricSpec, ...] = (
                "Loads that failed: the engine reported a failed load, or the process went away while loading."),
     MetricSpec("model_loaded_time", "model_loaded_timestamp_seconds", "gauge",
                "Unix time the model's current load finished (absent unless the model is loaded)."),
+    MetricSpec("model_unloads", "model_unloads", "counter",
+               "Unloads the exporter saw, by the reason the engine's answers tell: expired (its keep-alive ran "
+               "out) or evicted (unloaded before it, to make room or on request). Ollama.", ("reason",)),
 )
 
 # Per-target metrics kept by the exporter itself.

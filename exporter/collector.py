@@ -176,6 +176,8 @@ def lifecycle_samples(lifecycle: ModelLifecycle, labels: dict[str, str], states:
     if last is not None and last.seconds is not None:
         out.append(("model_load", "", {**labels, "kind": last.kind, "basis": last.basis}, last.seconds))
     out.append(("model_load_failures", "_total", labels, float(lifecycle.failures)))
+    for reason, count in sorted(lifecycle.unloads.items()):
+        out.append(("model_unloads", "_total", {**labels, "reason": reason}, float(count)))
     if up and lifecycle.state is ModelState.LOADED and lifecycle.loaded_at is not None:
         out.append(("model_loaded_time", "", labels, to_wall(lifecycle.loaded_at)))
     return out

@@ -87,15 +87,17 @@ def _engine_list() -> str:
 
 
 def _engine_sections() -> str:
-    """For every registered engine with a mapping table: its table and its own notes (the source's `docs`)."""
+    """For every registered engine that is polled over HTTP: its mapping table (when it has one; an engine
+    without /metrics, like Ollama, has none) and its own notes (the source's `docs`)."""
     parts = []
     for engine, source in sorted(REGISTRY.items()):
-        if not source.mapping:
+        if not source.mapping and not (source.needs_url and source.docs):
             continue
-        label = f"`{source.model_label}`" if source.model_label and not source.model_label.startswith("(") \
-            else source.model_label or "(none: one model)"
-        parts += [f"### {source.title or engine} (`engine: {engine}`)", "",
-                  _mapping_table(source.mapping, label.strip("`")), ""]
+        parts += [f"### {source.title or engine} (`engine: {engine}`)", ""]
+        if source.mapping:
+            label = f"`{source.model_label}`" if source.model_label and not source.model_label.startswith("(") \
+                else source.model_label or "(none: one model)"
+            parts += [_mapping_table(source.mapping, label.strip("`")), ""]
         if source.docs:
             parts += [source.docs, ""]
     return "\n".join(parts).rstrip("\n")

@@ -49,6 +49,8 @@ class ModelStatus:
     engine_load_seconds: float | None = None
     reports_loading: bool = False
     pid: int | None = None
+    unload_reason: str | None = None  # with state UNLOADED: why it left, where the engine's answers tell
+    appeared: bool = False  # new to an engine listing the exporter read before: it was not there, so not met loaded
 
 
 class Reason(enum.StrEnum):

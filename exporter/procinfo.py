@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .clock import now as steady_now
@@ -161,6 +162,29 @@ def find_by_argv(argv: tuple[str, ...], proc_root: str = "/proc") -> ProcessInfo
         if info is not None and (found is None or info.start_since_boot > found.start_since_boot):
             found = info
     return found
+
+
+def processes_where(accept: Callable[[tuple[str, ...]], bool], proc_root: str = "/proc") -> list[ProcessInfo]:
+    """Processes (other than this one) whose command line `accept` takes, oldest first. One pass over
+    /proc; callers do it only when something changed (a model appeared)."""
+    own = os.getpid()
+    found = []
+    try:
+        entries = os.listdir(proc_root)
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        raw = _read(f"{proc_root}/{entry}/cmdline", 4096)
+        if not raw:
+            continue
+        argv = tuple(part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0"))
+        if accept(argv):
+            info = process_start(int(entry))
+            if info is not None:
+                found.append(info)
+    return sorted(found, key=lambda p: p.start_since_boot)
 
 
 def own_process() -> tuple[float, float, float, float, float, float] | None:

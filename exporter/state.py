@@ -271,6 +271,8 @@ class TargetState:
                 lifecycle = ModelLifecycle(KIND_START if slot == "" else KIND_LOAD)
                 if slot == "" and life.last_refused is not None:
                     lifecycle.gone(life.last_refused)  # seen not running: what comes next is a start
+                elif status.appeared:
+                    lifecycle.gone(now)  # absent from the engine's last answer: this is a load seen happening
             loads.extend((lifecycle.model, load) for load in lifecycle.observe(now, status))
             kept[slot] = lifecycle
         life.lifecycles = kept  # models no longer listed by the engine are forgotten

@@ -68,6 +68,7 @@ class ModelLifecycle:
         self.loads: dict[str, int] = {}
         self.durations: dict[str, CumulativeHistogram] = {}
         self.failures = 0
+        self.unloads: dict[str, int] = {}  # by reason, where the engine tells it
         self.last: LoadRecord | None = None
         self.loaded_at: float | None = None
         self.pid: int | None = None
@@ -116,6 +117,8 @@ class ModelLifecycle:
             self._pending = None
             self.loaded_at = None
             return []
+        if state is ModelState.UNLOADED and previous is ModelState.LOADED and status.unload_reason:
+            self.unloads[status.unload_reason] = self.unloads.get(status.unload_reason, 0) + 1
         if state is not ModelState.LOADED:  # sleeping, unloaded, downloading
             self._pending = None
             self.loaded_at = None

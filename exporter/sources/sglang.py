@@ -5,7 +5,9 @@ request through the scheduler and takes at least a second (SGLANG_ENABLE_HEALTH_
 default on since sglang#13320), so it is never called. `GET /ready` (0.5.23) answers 200 once the
 tokenizer manager is ready and not paused, 503 before; a server without it (404) is asked `GET
 /model_info` (no scheduler work; the older `/get_model_info` logs a deprecation warning on every call
-where /model_info exists, so it is asked only when /model_info is missing too). The hit ratio is Δ`sglang:cached_tokens_total` / Δ`sglang:prompt_tokens_total`;
+where /model_info exists, so it is asked only when /model_info is missing too).
+
+The hit ratio is Δ`sglang:cached_tokens_total` / Δ`sglang:prompt_tokens_total`;
 `sglang:cache_hit_rate` covers only the last prefill batch and is not used. Newer versions label
 series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
 """

@@ -55,7 +55,7 @@ async def test_docs_match_a_real_exposition():
     payloads = {
         "vllm": {"/health": Reply(200), "/metrics": Reply.text(
             (FIXTURES / "vllm-real" / "v0.32.0-metrics-lora-busy.prom").read_text())},
-        "sglang": {"/health": Reply(200), "/metrics": Reply.text(
+        "sglang": {"/ready": Reply(200), "/metrics": Reply.text(
             (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text())},
         "tgi": {"/health": Reply(200), "/info": Reply.json({"model_id": "m"}), "/metrics": Reply.text(
             (FIXTURES / "tgi" / "datadog-tgi-payload-partial.prom").read_text())},
@@ -63,6 +63,9 @@ async def test_docs_match_a_real_exposition():
                                             **{"Process-Start-Time-Unix": "1"}),
                      "/slots": Reply(200, (lc / "b11434-slots-busy.json").read_bytes()),
                      "/props": Reply(200, (lc / "b11434-props.json").read_bytes())},
+        "ollama": {path: Reply(200, (FIXTURES / "ollama-real" / name).read_text().splitlines()[0].encode())
+                   for path, name in (("/api/ps", "ps-loaded.txt"), ("/api/version", "version.txt"),
+                                      ("/api/tags", "tags.txt"))},
     }
     states = []
     for engine, routes in payloads.items():
