@@ -81,6 +81,18 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                "Time between consecutive output tokens, as the engine measures it."),
     MetricSpec("request_latency", "request_latency_seconds", "histogram",
                "End-to-end request latency, as the engine measures it."),
+    MetricSpec("request_prefill", "request_prefill_seconds", "histogram",
+               "Per finished request: time in the prefill phase (first scheduled to first token), as the engine "
+               "measures it."),
+    MetricSpec("request_decode", "request_decode_seconds", "histogram",
+               "Per finished request: time in the decode phase (first token to last token), as the engine measures "
+               "it."),
+    MetricSpec("request_inference", "request_inference_seconds", "histogram",
+               "Per finished request: time running (first scheduled to last token: prefill plus decode)."),
+    MetricSpec("request_prompt_length", "request_prompt_tokens", "histogram",
+               "Per finished request: its prompt length in tokens (the engine's histogram)."),
+    MetricSpec("request_generation_length", "request_generation_tokens", "histogram",
+               "Per finished request: the tokens it generated (the engine's histogram)."),
     MetricSpec("lora_adapter_running", "lora_adapter_running", "gauge",
                "1 for each LoRA adapter with requests running (vLLM vllm:lora_requests_info lists adapter names, "
                "not request counts).", ("adapter",)),

@@ -47,7 +47,8 @@ def _config_error(what: str, exc: Exception, as_json: bool) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-exporter",
-        description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, SGLang, TGI, Ollama, "
+        description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, SGLang, TGI, TensorRT-LLM, "
+                    "LMDeploy, Ollama, "
                     "NVIDIA GPUs): model load time, token queue latency, KV-cache hit ratio.")
     parser.add_argument("--config", metavar="FILE",
                         help="YAML config (default: $LLM_EXPORTER_CONFIG when that file exists, "

@@ -19,10 +19,10 @@ import aiohttp
 
 from ..catalogue import BY_KEY
 from ..config import TargetConfig, read_small_file
-from ..observation import Observation, PollError, Reason
+from ..observation import ModelState, ModelStatus, Observation, PollError, Readiness, Reason
 from ..procinfo import ProcessFinder
 from ..promparse import LabelCache, Payload, PromParseError, parse
-from .mapping import Feed, mapped_keys
+from .mapping import Feed, apply, mapped_keys, prefixes
 
 if TYPE_CHECKING:
     from .nvml import NvmlLibrary
@@ -208,6 +208,7 @@ class Source(abc.ABC):
     model_label: ClassVar[str] = ""            # the upstream label naming the model; "" = one model per target
     metrics_prefix: ClassVar[str] = ""         # `engine: auto`: a /metrics family prefix only this engine uses
     detect_probe: ClassVar[tuple[str, str] | None] = None  # `engine: auto`: (path, JSON key) it answers with
+    metrics_path: ClassVar[str] = "/metrics"  # where its Prometheus text is (TensorRT-LLM: /prometheus/metrics)
     docs: ClassVar[str] = ""                   # markdown shown after its mapping table in docs/metrics.md
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -264,8 +265,8 @@ class HttpSource(Source):
     async def read_metrics(self, prefixes: tuple[str, ...], marker: str, hint: str) -> tuple[Payload, str]:
         """GET /metrics and parse the families in `prefixes`; a payload without any `marker` series
         is not this engine's (a PARSE failure saying `hint`)."""
-        response = await self.http.get("/metrics")
-        expect_status(response, "/metrics")
+        response = await self.http.get(self.metrics_path)
+        expect_status(response, self.metrics_path)
         text = response.text()
         cache = self.shared.label_cache(self.engine)
         if len(text) > OFF_LOOP_BYTES:
@@ -294,3 +295,26 @@ def parse_metrics(text: str, prefixes: tuple[str, ...] | None, labels: LabelCach
         return parse(text, prefixes, labels, max_samples)
     except PromParseError as exc:
         raise PollError(Reason.PARSE, f"/metrics: {exc}") from None
+
+
+class PrometheusTextSource(HttpSource):
+    """The template of an engine that serves Prometheus text: still loading (GET /health 503), read
+    `metrics_path`, map with `mapping`, ready, pass-through. An engine with nothing more to it declares its
+    table and identity and writes no `collect()` (TensorRT-LLM, LMDeploy); `hint` names what to check when
+    the payload has none of the engine's families."""
+
+    hint: ClassVar[str] = "not this engine?"
+    model_states: ClassVar[tuple[ModelState, ...]] = (ModelState.LOADED, ModelState.LOADING)
+
+    async def collect(self) -> Observation:
+        if await self.still_loading():
+            observation = Observation(Readiness.LOADING, model_states=self.model_states)
+            observation.lifecycle[""] = ModelStatus(ModelState.LOADING)
+            return observation
+        payload, text = await self.read_metrics(prefixes(self.mapping), self.metrics_prefix, self.hint)
+        models, misses = apply(payload, self.mapping, self.model_label, chosen_by_key=self.fed_by)
+        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
+                                  dropped_series=payload.dropped, model_states=self.model_states)
+        self.add_passthrough(observation, text)
+        observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=min(models, default=""))
+        return observation

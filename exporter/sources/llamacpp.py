@@ -79,8 +79,12 @@ name). `llamacpp:prompt_tokens_total` counts tokens actually computed, and
 readiness and `/props` facts are shown: `/slots` is never read then, since it would keep a
 sleeping-enabled server awake.
 
-The throughput gauges llama.cpp exports (`prompt_tokens_seconds`, `predicted_tokens_seconds`)
-reset on every scrape by anyone and are not used; rates come from the counters. In router mode
+The throughput gauges llama.cpp exports (`llamacpp:prompt_tokens_seconds`,
+`llamacpp:predicted_tokens_seconds`) are reset by every `/metrics` read, so two readers of one server
+each see a different, shorter window: nothing is derived from them, and rates come from the counters
+(`rate(llm_generation_tokens_total[1m])`). To see the engine's own families, do not scrape the engine
+beside the exporter; set `passthrough: true` on the target and read them through the exporter
+(`llm_llamacpp_predicted_tokens_seconds`, one reader, the exporter's poll interval as its window). In router mode
 (`--models-dir`) every series carries the router's model id as `model`."""
 ROUTER_STATUS = {"loaded": ModelState.LOADED, "loading": ModelState.LOADING, "sleeping": ModelState.SLEEPING,
                  "unloaded": ModelState.UNLOADED, "downloading": ModelState.DOWNLOADING,

@@ -181,6 +181,8 @@ def prefixes(table: tuple[Feed, ...], *extra: str) -> tuple[str, ...]:
         for upstream in feed.upstream:
             name = upstream.name
             out.add(name)
+            if name.endswith(("_sum", "_count")):  # a histogram's sample: its family's block holds it
+                out.add(name.rsplit("_", 1)[0] + " ")
             if name.endswith("_total"):
                 base = name[: -len("_total")]
                 # `_created`, and the family itself where its TYPE line has no `_total` (TGI)

@@ -39,6 +39,9 @@ MAPPING: tuple[Feed, ...] = (
     Feed("request_latency", "histogram", (U("sglang:e2e_request_latency_seconds", "0.3-0.5"),)),
     Feed("startup_phase_seconds", "gauge", (U("sglang:startup_time_seconds", "0.5.18+"),), required=False,
          label="phase"),
+    Feed("request_prompt_length", "histogram", (U("sglang:prompt_tokens_histogram", "0.5.x"),), required=False),
+    Feed("request_generation_length", "histogram", (U("sglang:generation_tokens_histogram", "0.5.x"),),
+         required=False),
 )
 METRICS_PREFIXES = prefixes(MAPPING)
 # The startup phase that spans launch to ready: SGLang's TokenizerManager measures tokenizer_e2e from

@@ -56,6 +56,13 @@ MAPPING: tuple[Feed, ...] = (
     Feed("inter_token_latency", "histogram", (U("vllm:inter_token_latency_seconds", "0.11-0.33"),
                                               U("vllm:time_per_output_token_seconds", "0.4-0.10"))),
     Feed("request_latency", "histogram", (U("vllm:e2e_request_latency_seconds", "0.4-0.33"),)),
+    Feed("request_prefill", "histogram", (U("vllm:request_prefill_time_seconds", "0.7-0.33"),), required=False),
+    Feed("request_decode", "histogram", (U("vllm:request_decode_time_seconds", "0.7-0.33"),), required=False),
+    Feed("request_inference", "histogram", (U("vllm:request_inference_time_seconds", "0.7-0.33"),),
+         required=False),
+    Feed("request_prompt_length", "histogram", (U("vllm:request_prompt_tokens", "0.4-0.33"),), required=False),
+    Feed("request_generation_length", "histogram", (U("vllm:request_generation_tokens", "0.4-0.33"),),
+         required=False),
 )
 CACHE_INFO = "vllm:cache_config_info"
 SLEEP_STATE = "vllm:engine_sleep_state"  # {sleep_state="awake"|"weights_offloaded"|"discard_all"} 0/1, V1 0.11+

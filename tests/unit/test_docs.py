@@ -63,6 +63,10 @@ async def test_docs_match_a_real_exposition():
                                             **{"Process-Start-Time-Unix": "1"}),
                      "/slots": Reply(200, (lc / "b11434-slots-busy.json").read_bytes()),
                      "/props": Reply(200, (lc / "b11434-props.json").read_bytes())},
+        "trtllm": {"/health": Reply(200), "/prometheus/metrics": Reply.text(
+            (FIXTURES / "trtllm" / "trtllm-main-050f80d-metrics.prom").read_text())},
+        "lmdeploy": {"/health": Reply(200), "/metrics": Reply.text(
+            (FIXTURES / "lmdeploy" / "lmdeploy-main-0168eed-metrics.prom").read_text())},
         "ollama": {path: Reply(200, (FIXTURES / "ollama-real" / name).read_text().splitlines()[0].encode())
                    for path, name in (("/api/ps", "ps-loaded.txt"), ("/api/version", "version.txt"),
                                       ("/api/tags", "tags.txt"))},

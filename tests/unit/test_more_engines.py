@@ -134,6 +134,7 @@ async def test_mapping_miss_counter_fires_when_a_family_disappears(engine, text,
 
 
 EXPECTED = {"llamacpp": "llamacpp", "vllm": "vllm", "vllm-real": "vllm", "sglang-real": "sglang", "sglang": "sglang",
+            "trtllm": "trtllm", "lmdeploy": "lmdeploy",
             "tgi": "tgi"}
 
 

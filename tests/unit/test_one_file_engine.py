@@ -64,3 +64,68 @@ def test_a_source_feeding_a_key_the_catalogue_does_not_know_is_refused_when_defi
             async def collect(self) -> Observation:
                 raise NotImplementedError
     assert "typo" not in REGISTRY
+
+
+async def test_an_engine_with_text_at_another_path_is_one_file_with_no_collect():
+    """The TensorRT-LLM shape: Prometheus text at another path, from the template (no collect() written)."""
+    from exporter.sources.base import PrometheusTextSource
+
+    class PathSource(PrometheusTextSource):
+        engine = "pathtoy"
+        title = "Path toy"
+        mapping = (Feed("requests_running", "gauge", (Upstream("pathtoy_running", "1.0+"),)),)
+        model_label = "model"
+        metrics_prefix = "pathtoy_"
+        metrics_path = "/stats/prometheus"
+        docs = "Path toy notes."
+
+    text = '# TYPE pathtoy_running gauge\npathtoy_running{model="m"} 4\n'
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.json({"not": "prometheus"}),
+                        "/stats/prometheus": Reply.text(text)})
+    await srv.start()
+    try:
+        for engine in ("pathtoy", "auto"):
+            pipe = Pipeline(engine, f"http://127.0.0.1:{srv.port}")
+            try:
+                await pipe.poll()
+                assert pipe.value("llm_requests_running", engine="pathtoy", model="m") == 4, engine
+            finally:
+                await pipe.close()
+        assert "### Path toy (`engine: pathtoy`)" in docgen.render(docgen.DOC.read_text())
+    finally:
+        del REGISTRY["pathtoy"]
+        await srv.stop()
+
+
+async def test_a_json_only_engine_is_one_file():
+    """The Ollama shape: no Prometheus endpoint, a JSON API; recognised by its probe; documented by its notes;
+    a new unified metric comes from the catalogue (here the model's memory)."""
+    from exporter.observation import ModelSample
+
+    class JsonSource(HttpSource):
+        engine = "jsontoy"
+        title = "JSON toy"
+        detect_probe = ("/api/about", "jsontoy_version")
+        docs = "JSON toy notes: no /metrics at all."
+
+        async def collect(self) -> Observation:
+            about = (await self.http.get("/api/about")).json_object()
+            sample = ModelSample()
+            sample.set("model_memory_bytes", about.get("bytes"))
+            return Observation(Readiness.READY, models={"m": sample})
+
+    srv = ReplayServer({"/metrics": Reply(404), "/api/about": Reply.json({"jsontoy_version": "1", "bytes": 42})})
+    await srv.start()
+    try:
+        for engine in ("jsontoy", "auto"):
+            pipe = Pipeline(engine, f"http://127.0.0.1:{srv.port}")
+            try:
+                await pipe.poll()
+                assert pipe.value("llm_model_memory_bytes", engine="jsontoy", model="m") == 42, engine
+            finally:
+                await pipe.close()
+        docs = docgen.render(docgen.DOC.read_text())
+        assert "### JSON toy (`engine: jsontoy`)" in docs and "JSON toy notes: no /metrics at all." in docs
+    finally:
+        del REGISTRY["jsontoy"]
+        await srv.stop()
