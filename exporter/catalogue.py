@@ -146,6 +146,9 @@ TARGET_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("ready", "ready", "gauge", "1 when the engine is ready to serve, 0 when loading or down."),
     MetricSpec("engine_restarts", "engine_restarts", "counter",
                "Engine restarts detected (counters going down, new process start time)."),
+    MetricSpec("engine_healthy", "engine_healthy", "gauge",
+               "1 when the engine's data-parallel rank reports healthy, 0 when unhealthy or dead (vLLM "
+               "vllm:engine_healthy, with --enable-fault-tolerance).", ("rank",)),
     MetricSpec("engine_process_start_time", "engine_process_start_time_seconds", "gauge",
                "Unix time the engine process started.", ("basis",)),
     MetricSpec("endpoint_enabled", "engine_endpoint_enabled", "gauge",

@@ -21,6 +21,7 @@ from ..observation import (
     ModelStatus,
     Observation,
     Readiness,
+    SeriesSample,
 )
 from ..promparse import Payload
 from .base import HttpSource, expect_status
@@ -80,7 +81,8 @@ series (adapter names only: vLLM exposes no per-adapter request counts)."""
 CACHE_CONFIG_KEYS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching",
                      "cache_dtype", "gpu_memory_utilization", "kv_cache_size_tokens")
 # Only these families are parsed: the parser skips every other family's block unread.
-METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, SLEEP_STATE, LORA_INFO, "process_start_time_seconds")
+ENGINE_HEALTHY = "vllm:engine_healthy"    # {engine="<rank>"} 1/0 with --enable-fault-tolerance (0.33)
+METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, SLEEP_STATE, LORA_INFO, ENGINE_HEALTHY, "process_start_time_seconds")
 
 
 class VllmSource(HttpSource):
@@ -105,6 +107,7 @@ class VllmSource(HttpSource):
         self.add_passthrough(observation, text)
         self._timing(payload, observation)
         lora_adapters(payload, models)
+        observation.series.extend(engine_health(payload))
         sleeping = sleeping_models(payload)
         model = min(models) if models else ""
         observation.model_states = MODEL_STATES
@@ -167,3 +170,13 @@ def lora_adapters(payload: Payload, models: dict[str, ModelSample]) -> None:
                 sample.set("lora_adapters_running", float(len(names)))
         with contextlib.suppress(ValueError):
             sample.set("lora_adapters_max", float(labels.get("max_lora", "")))
+
+
+def engine_health(payload: Payload) -> list[SeriesSample]:
+    """`vllm:engine_healthy{engine=rank}` (0.33, fault tolerance on): one series per data-parallel rank, 1 when
+    the API server's cached state says healthy; no model label upstream, so a target-level series."""
+    out = []
+    for labels, value in payload.get(ENGINE_HEALTHY)[:256]:
+        if value in (0.0, 1.0):
+            out.append(SeriesSample("engine_healthy", (("rank", str(labels.get("engine", ""))[:20]),), value))
+    return out

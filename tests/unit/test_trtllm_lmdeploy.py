@@ -108,3 +108,17 @@ async def test_vllm_request_phases_and_lengths_from_the_real_032_payload():
             assert pipe.value(f"llm_{ours}_sum") == pytest.approx(sum(v for _, v in upstream.get(theirs + "_sum")))
     finally:
         await close(pipe)
+
+
+async def test_vllm_033_engine_healthy_per_rank():
+    """vLLM 0.33 with --enable-fault-tolerance adds `vllm:engine_healthy{engine=<rank>}` (a GaugeMetricFamily
+    with the label `engine` only, in vllm/entrypoints/serve/instrumentator/metrics.py): one series per rank."""
+    text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text() + (
+        "# HELP vllm:engine_healthy Whether the engine reports healthy under fault tolerance.\n"
+        "# TYPE vllm:engine_healthy gauge\n"
+        'vllm:engine_healthy{engine="0"} 1.0\nvllm:engine_healthy{engine="1"} 0.0\n')
+    pipe = await polled("vllm", {"/health": Reply(200), "/metrics": Reply.text(text)})
+    try:
+        assert pipe.value("llm_engine_healthy", rank="0") == 1 and pipe.value("llm_engine_healthy", rank="1") == 0
+    finally:
+        await close(pipe)
