@@ -51,6 +51,7 @@ class ModelStatus:
     pid: int | None = None
     unload_reason: str | None = None  # with state UNLOADED: why it left, where the engine's answers tell
     appeared: bool = False  # new to an engine listing the exporter read before: it was not there, so not met loaded
+    load_started: float | None = None  # when the engine said this load began (a llama.cpp router's event stream)
 
 
 class Reason(enum.StrEnum):

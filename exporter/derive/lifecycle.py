@@ -34,6 +34,7 @@ BASIS_FIRST_SEEN_LOADING = "first_seen_loading"
 BASIS_POLL_BRACKET = "poll_bracket"
 BASIS_ENGINE_TIMESTAMPS = "engine_timestamps"
 BASIS_ENGINE_REPORTED = "engine_reported"
+BASIS_ENGINE_EVENTS = "engine_events"  # the engine's own event stream dated the load's start (llama.cpp router)
 
 # Load-duration histogram buckets: 0.1 s to 1 h.
 LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
@@ -141,7 +142,9 @@ class ModelLifecycle:
         kind = self._kind(previous)
         start = status.process_start
         if kind != KIND_WAKE and start is not None and start <= t:
-            return _Pending(kind, start, BASIS_PROCESS_START)
+            return _Pending(kind, start, BASIS_PROCESS_START)  # the spawn itself: a little before the event
+        if status.load_started is not None and status.load_started <= t:
+            return _Pending(kind, status.load_started, BASIS_ENGINE_EVENTS)
         return _Pending(kind, t, BASIS_FIRST_SEEN_LOADING)
 
     def _finish(self, previous: ModelState | None, seen_t: float | None, t: float, status: ModelStatus,
@@ -164,6 +167,9 @@ class ModelLifecycle:
         elif kind != KIND_WAKE and status.process_start is not None and seen_t is not None \
                 and status.process_start <= ready:
             seconds, basis = ready - status.process_start, BASIS_PROCESS_START
+        elif status.load_started is not None and kind != KIND_WAKE and seen_t is not None \
+                and seen_t - READY_SLACK <= status.load_started <= ready:
+            seconds, basis = ready - status.load_started, BASIS_ENGINE_EVENTS  # began after the previous poll
         elif status.reports_loading and seen_t is not None:
             seconds, basis = ready - seen_t, BASIS_POLL_BRACKET
         if seconds is not None and not 0 <= seconds < MAX_LOAD_SECONDS:

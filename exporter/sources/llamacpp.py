@@ -26,6 +26,8 @@ lists in /models: the source finds it in /proc (same host) for its start time an
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -67,6 +69,7 @@ PROPS_REFRESH_POLLS = 600  # re-read the router's /props now and then (build inf
 SINGLE_STATES = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
 ROUTER_STATES = tuple(ModelState)
 MAX_ROUTER_MODELS = 1000
+EVENTS_KEPT = 16  # status changes remembered per router model (the stream's exact transition times)
 MAX_SLOTS = 4096  # llama-server's -np; a /slots longer than this is refused (parse error) before any mapping
 DOCS = """\
 Beyond the table: `llm_kv_cache_query_tokens_total` = `prompt_tokens_cached_total` +
@@ -129,6 +132,89 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+class RouterEvents:
+    """A llama.cpp router's `GET /models/sse`, read in the background: the exact time of each model's status
+    change (`model_status` when a load starts, `status_change` to loaded, sleeping or unloaded), as this
+    exporter received it. The stream loads and wakes nothing (a GET to the router, never to a child). A dropped
+    stream reconnects after 1, 2, 4 ... 30 s; a build without it (404) is not asked again. Bounded: lines of
+    64 KiB, the last EVENTS_KEPT transitions per model, MAX_ROUTER_MODELS models."""
+
+    def __init__(self, http: HttpFetcher):
+        self.http = http
+        self.transitions: dict[str, list[tuple[float, str]]] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.supported: bool | None = None  # None until the first answer
+        self.connects = 0
+        self.backoff = 1.0
+
+    def start(self) -> None:
+        if self.task is None and self.supported is not False and self.http.session is not None:
+            self.task = asyncio.create_task(self._run(), name="llamacpp:models/sse")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+            self.task = None
+
+    def last(self, model: str, status: str, since: float | None = None) -> float | None:
+        """When `model` last changed to `status` (after `since`), by the stream."""
+        times = [t for t, s in self.transitions.get(model, ()) if s == status and (since is None or t >= since)]
+        return times[-1] if times else None
+
+    async def _run(self) -> None:
+        import aiohttp
+
+        while True:
+            try:
+                await self._read(aiohttp)
+                self.backoff = 1.0 if self.connects else self.backoff
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # refused, reset, a line too long, bad JSON: reconnect after a pause
+                pass
+            if self.supported is False:
+                return
+            await asyncio.sleep(self.backoff)
+            self.backoff = min(30.0, self.backoff * 2)
+
+    async def _read(self, aiohttp: Any) -> None:
+        http = self.http
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+        async with http.session.get(http.base_url + "/models/sse", headers=http.headers, ssl=http.ssl,
+                                    allow_redirects=False, timeout=timeout, read_bufsize=65536) as response:
+            if response.status == 404:
+                self.supported = False
+                return
+            if response.status != 200:
+                return
+            self.supported = True
+            self.connects += 1
+            self.backoff = 1.0
+            async for raw in response.content:  # one line each; longer than the buffer raises: reconnect
+                self._event(raw)
+
+    def _event(self, raw: bytes) -> None:
+        if not raw.startswith(b"data:"):
+            return
+        try:
+            event = json.loads(raw[5:].decode("utf-8", "replace"))
+        except (ValueError, RecursionError):
+            return
+        if not isinstance(event, dict) or event.get("event") not in ("model_status", "status_change"):
+            return
+        model, data = event.get("model"), event.get("data")
+        status = data.get("status") if isinstance(data, dict) else None
+        if not isinstance(model, str) or not model or not isinstance(status, str):
+            return
+        if model not in self.transitions and len(self.transitions) >= MAX_ROUTER_MODELS:
+            return
+        kept = self.transitions.setdefault(model[:200], [])
+        kept.append((clock.now(), status[:20]))
+        del kept[:-EVENTS_KEPT]
+
+
 @dataclass
 class _Metrics:
     """One server's (or one router child's) /metrics, mapped."""
@@ -164,6 +250,7 @@ class LlamaCppSource(HttpSource):
         self.same_host = is_loopback_url(target.url) or target.process is not None
         # router model → ((argv, state) when looked up, its child process or None when not visible)
         self.children: dict[str, tuple[tuple[tuple[str, ...], ModelState], ProcessInfo | None]] = {}
+        self.events = RouterEvents(self.http)  # router mode: /models/sse, started when a router is seen
 
     async def collect(self) -> Observation:
         http = self.http
@@ -235,7 +322,12 @@ class LlamaCppSource(HttpSource):
 
     # ------------------------------------------------------------------ router mode
 
+    async def close(self) -> None:
+        await self.events.stop()
+        await super().close()
+
     async def _collect_router(self, http: HttpFetcher) -> Observation:
+        self.events.start()
         response = await http.get("/models")
         expect_status(response, "/models")
         listing = _json(response, "/models")
@@ -262,9 +354,12 @@ class LlamaCppSource(HttpSource):
                 self.children.pop(model, None)
             if state is not ModelState.LOADED:
                 self.model_props.pop(model, None)
+            started = self.events.last(model, "loading")
             observation.lifecycle[model] = ModelStatus(
                 state, model=model, process_start=child.start_time if child else None,
-                reports_loading=True, pid=child.pid if child else None)
+                reports_loading=True, pid=child.pid if child else None, load_started=started,
+                ready_time=self.events.last(model, "loaded", started) if state is ModelState.LOADED else None,
+                ready_exact=state is ModelState.LOADED and self.events.last(model, "loaded", started) is not None)
             if state is ModelState.LOADED:
                 loaded.append(model)
         # Models no longer listed are forgotten (a router that lists fresh ids every poll grows nothing).
@@ -290,9 +385,7 @@ class LlamaCppSource(HttpSource):
             status = observation.lifecycle[model]
             ready = self._ready_time(metrics.ready_header)
             if ready is not None:
-                observation.lifecycle[model] = ModelStatus(
-                    status.state, model=model, process_start=status.process_start, ready_time=ready,
-                    ready_exact=True, reports_loading=True, pid=status.pid)
+                observation.lifecycle[model] = dataclasses.replace(status, ready_time=ready, ready_exact=True)
         observation.mapping_misses = tuple(sorted(misses))
         observation.notices = tuple(notices)
         return observation

@@ -199,7 +199,10 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
             assert abs(hist[model] - sum(truths)) <= INTERVAL * len(truths) + 0.05, (model, hist[model], truths)
         last = {labels["model"]: (labels["basis"], v) for labels, v in parse(body).get("llm_model_load_seconds")
                 if labels.get("target") == "router"}
-        assert all(basis in ("process_start", "first_seen_loading", "poll_bracket") for basis, _ in last.values())
+        # the children are on this host: each load is dated from the child's spawn (/proc), which precedes the
+        # router's `loading` event on /models/sse; the stream dates loads where /proc cannot see the child
+        # (tests/unit/test_llamacpp_router_events.py)
+        assert {basis for basis, _ in last.values()} == {"process_start"}, last
         RESULTS["router"] = {"exported_sum_vs_log": errors, "bases": last}
         assert set(server.models().values()) == {"unloaded"}
     finally:
