@@ -33,11 +33,9 @@ class FakeRouter:
             await response.prepare(request)
             self.streams.append(response)
             self.stream_opened.set()
-            try:
-                while response in self.streams:
-                    await asyncio.sleep(0.02)
-            finally:
-                return response
+            while response in self.streams:  # until the test drops it
+                await asyncio.sleep(0.02)
+            return response
         if request.path == "/models":
             return web.json_response({"data": [{"id": "m", "path": "/models/m.gguf",
                                                 "status": {"value": self.state, "args": []}}]})
