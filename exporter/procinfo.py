@@ -187,6 +187,47 @@ def processes_where(accept: Callable[[tuple[str, ...]], bool], proc_root: str = 
     return sorted(found, key=lambda p: p.start_since_boot)
 
 
+def command_line(pid: int, proc_root: str = "/proc") -> tuple[str, ...] | None:
+    """A process's argv (every user can read it), or None when it is gone."""
+    raw = _read(f"{proc_root}/{pid}/cmdline", 65536)
+    if not raw:
+        return None
+    return tuple(part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0"))
+
+
+def environment(pid: int, proc_root: str = "/proc") -> dict[str, str] | None:
+    """A process's environment, or None when this user may not read it (another user's process)."""
+    raw = _read(f"{proc_root}/{pid}/environ", 262144)
+    if raw is None:
+        return None
+    out = {}
+    for item in raw.split(b"\0"):
+        name, sep, value = item.partition(b"=")
+        if sep:
+            out[name.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+    return out
+
+
+def find_by_port(port: int, programs: tuple[str, ...], default_port: int | None = None,
+                 proc_root: str = "/proc") -> ProcessInfo | None:
+    """The oldest process of one of `programs` whose command line says it listens on `port` (`--port P`,
+    `--port=P`, or no --port at all when `port` is the program's default): how an engine beside the exporter
+    is found without `process:` and without privileges (every user can read every command line)."""
+
+    def listens(argv: tuple[str, ...]) -> bool:
+        if not argv or os.path.basename(argv[0]) not in programs:
+            return False
+        for i, arg in enumerate(argv):
+            if arg == "--port" and i + 1 < len(argv):
+                return argv[i + 1] == str(port)
+            if arg.startswith("--port="):
+                return arg[7:] == str(port)
+        return port == default_port
+
+    found = processes_where(listens, proc_root)
+    return found[0] if found else None
+
+
 def own_process() -> tuple[float, float, float, float, float, float] | None:
     """This process: virtual and resident memory (bytes), start time (Unix seconds), CPU seconds, open
     and maximum file descriptors, read as prometheus_client's ProcessCollector reads them."""

@@ -34,7 +34,7 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from .. import clock
 from ..config import TargetConfig, is_loopback_url
@@ -49,7 +49,7 @@ from ..observation import (
     Readiness,
     Reason,
 )
-from ..procinfo import ProcessInfo, find_by_argv, process_start
+from ..procinfo import ProcessInfo, command_line, environment, find_by_argv, find_by_port, process_start
 from .base import HttpFetcher, HttpSource, Response, SharedContext, expect_status, parse_metrics
 from .mapping import Feed, Upstream, apply
 
@@ -70,6 +70,7 @@ SINGLE_STATES = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
 ROUTER_STATES = tuple(ModelState)
 MAX_ROUTER_MODELS = 1000
 EVENTS_KEPT = 16  # status changes remembered per router model (the stream's exact transition times)
+PORT_SCAN_SECONDS = 30.0  # how often /proc is scanned for an unfound llama-server by its port
 MAX_SLOTS = 4096  # llama-server's -np; a /slots longer than this is refused (parse error) before any mapping
 DOCS = """\
 Beyond the table: `llm_kv_cache_query_tokens_total` = `prompt_tokens_cached_total` +
@@ -215,6 +216,73 @@ class RouterEvents:
         del kept[:-EVENTS_KEPT]
 
 
+def held_tokens(slot: dict[str, Any]) -> float:
+    """The tokens a busy slot holds in the KV cache. b11434's /slots counts the generated tokens in
+    `n_prompt_tokens` (494 = 468 cached + 17 processed + 9 decoded in tests/fixtures/llamacpp/b11434-slots-busy.json);
+    a build whose `n_prompt_tokens` is the prompt alone (cached + processed) holds the decoded ones on top: the
+    larger of the two readings is the one that counts every token once. Builds without the cached/processed
+    fields: prompt plus decoded."""
+    prompt = _number(slot.get("n_prompt_tokens"))
+    if prompt is None or prompt < 0:
+        return 0.0
+    tokens = slot.get("next_token")
+    decoded = sum(_number(t.get("n_decoded", 0)) or 0.0 for t in tokens if isinstance(t, dict)) \
+        if isinstance(tokens, list) else 0.0
+    cached, processed = _number(slot.get("n_prompt_tokens_cache")), _number(slot.get("n_prompt_tokens_processed"))
+    if cached is not None and processed is not None:
+        return max(prompt, cached + processed + decoded)
+    return prompt + decoded
+
+
+@dataclass(frozen=True)
+class KvLayout:
+    """How llama-server lays out its KV cache, from its command line (and environment, where readable)."""
+
+    unified: bool   # one pool shared by every slot: each slot reports the whole pool as its n_ctx
+
+
+def kv_layout(argv: tuple[str, ...], env: dict[str, str] | None) -> KvLayout | None:
+    """llama-server's rules (tools/server/server.cpp, common/arg.cpp at b11434): `-np`/`--parallel` defaults to
+    auto (-1), which means 4 slots sharing one unified pool; `-kvu`/`--kv-unified` and `-no-kvu` set it; each has
+    an environment variable (LLAMA_ARG_N_PARALLEL, LLAMA_ARG_KV_UNIFIED). None when it cannot be known: a flag
+    left to an environment this user may not read, or `--kv-unified-per-slot` (slots then report a capped
+    context, not the pool)."""
+    def flag(*names: str) -> str | None:
+        value = None
+        for i, arg in enumerate(argv):
+            for name in names:
+                if arg == name and i + 1 < len(argv):
+                    value = argv[i + 1]
+                elif arg.startswith(name + "="):
+                    value = arg[len(name) + 1:]
+        return value
+
+    if flag("--kv-unified-per-slot") is not None or (env is not None and env.get("LLAMA_ARG_KV_UNIFIED_PER_SLOT")):
+        return None
+    unified: bool | None = None
+    for arg in argv:
+        if arg in ("-kvu", "--kv-unified"):
+            unified = True
+        elif arg in ("-no-kvu", "--no-kv-unified"):
+            unified = False
+    parallel = flag("-np", "--parallel")
+    if parallel is None and env is not None:
+        parallel = env.get("LLAMA_ARG_N_PARALLEL")
+    if unified is None and env is not None and "LLAMA_ARG_KV_UNIFIED" in env:
+        unified = env["LLAMA_ARG_KV_UNIFIED"].lower() in ("1", "true", "on", "yes", "enabled")
+    if parallel is None and env is None:
+        return None  # not on the command line; the environment (which could set it) is not readable
+    try:
+        auto = parallel is None or int(parallel) < 0
+    except ValueError:
+        return None
+    if unified is None:
+        if env is None and not auto:
+            return None  # -np given: unified only if LLAMA_ARG_KV_UNIFIED says so, and it cannot be read
+        unified = auto  # auto parallel means 4 slots and a unified pool
+    return KvLayout(unified=unified)
+
+
 @dataclass
 class _Metrics:
     """One server's (or one router child's) /metrics, mapped."""
@@ -251,6 +319,11 @@ class LlamaCppSource(HttpSource):
         # router model → ((argv, state) when looked up, its child process or None when not visible)
         self.children: dict[str, tuple[tuple[tuple[str, ...], ModelState], ProcessInfo | None]] = {}
         self.events = RouterEvents(self.http)  # router mode: /models/sse, started when a router is seen
+        # The KV cache's layout (from the engine's command line): how much context the slots share
+        self.kv_layout: KvLayout | None = None
+        self.layouts: dict[int, KvLayout | None] = {}  # engine (or router child) pid → its layout
+        self.by_port: ProcessInfo | None = None
+        self.port_scanned = -PORT_SCAN_SECONDS
 
     async def collect(self) -> Observation:
         http = self.http
@@ -300,7 +373,7 @@ class LlamaCppSource(HttpSource):
                                   model_states=SINGLE_STATES)
         self._fill_from_props(self.props, sample)
         if metrics is not None:
-            self._map_slots(slots, metrics, sample)
+            self._map_slots(slots, metrics, sample, self.kv_layout)
             if self.slots_enabled:  # without /slots no task is ever counted: no estimate at all
                 observation.queue_probes[model_name] = self._probe(sample, slots)
             self.add_passthrough(observation, metrics.text)
@@ -374,7 +447,8 @@ class LlamaCppSource(HttpSource):
                 continue  # unloaded between /models and its /metrics: state only this poll
             metrics, slots = result
             sample = metrics.sample
-            self._map_slots(slots, metrics, sample)
+            child_pid = observation.lifecycle[model].pid
+            self._map_slots(slots, metrics, sample, self._layout_of(child_pid))
             observation.models[model] = sample
             if self.slots_enabled:
                 observation.queue_probes[model] = self._probe(sample, slots)
@@ -510,7 +584,8 @@ class LlamaCppSource(HttpSource):
                           frozenset(s["id"] for s in slots if s.get("is_processing") is True))
 
     @staticmethod
-    def _map_slots(slots: list[dict[str, Any]] | None, metrics: _Metrics, sample: ModelSample) -> None:
+    def _map_slots(slots: list[dict[str, Any]] | None, metrics: _Metrics, sample: ModelSample,
+                   layout: KvLayout | None = None) -> None:
         if slots is None:
             if not metrics.busy and sample.get("kv_cache_usage_ratio") is None:
                 sample.set("kv_cache_usage_ratio", 0.0)  # nothing in flight: no busy slot holds context
@@ -520,17 +595,13 @@ class LlamaCppSource(HttpSource):
         contexts = [n for n in (_number(s.get("n_ctx")) for s in slots) if n is not None and n > 0]
         if contexts:
             sample.set("context_size_tokens", float(max(contexts)))
-        if sample.get("kv_cache_usage_ratio") is None and contexts and len(contexts) == len(slots):
-            # Context fill of the busy slots: tokens held for running requests / total context cells.
-            used = 0.0
-            for slot in busy:
-                prompt = _number(slot.get("n_prompt_tokens"))
-                tokens = slot.get("next_token")
-                decoded = sum(_number(t.get("n_decoded", 0)) or 0.0 for t in tokens if isinstance(t, dict)) \
-                    if isinstance(tokens, list) else 0.0
-                if prompt is not None and prompt >= 0:
-                    used += min(prompt + float(decoded), _number(slot["n_ctx"]) or 0.0)
-            sample.set("kv_cache_usage_ratio", used / float(sum(contexts)))
+        if sample.get("kv_cache_usage_ratio") is None and contexts and len(contexts) == len(slots) \
+                and layout is not None:
+            # Tokens the busy slots hold in the KV cache, over its cells: one pool when unified (every slot
+            # reports the whole pool as n_ctx), else one pool per slot. Unknown layout: no ratio at all.
+            used = sum(min(held_tokens(slot), _number(slot["n_ctx"]) or 0.0) for slot in busy)
+            capacity = max(contexts) if layout.unified else float(sum(contexts))
+            sample.set("kv_cache_usage_ratio", min(used, capacity) / capacity)
 
     def _endpoints(self) -> dict[str, bool]:
         return {"metrics": self.metrics_enabled, "slots": self.slots_enabled}
@@ -563,3 +634,38 @@ class LlamaCppSource(HttpSource):
                 observation.engine_ready_time = ready
                 observation.engine_ready_exact = True
         self.locate_process(observation)
+        if observation.process_pid is None and self.same_host:
+            info = self._process_by_port()
+            if info is not None:
+                observation.process_pid = info.pid
+                if observation.process_start_time is None:
+                    observation.process_start_time = info.start_time
+                    observation.process_start_basis = "proc"
+        self.kv_layout = self._layout_of(observation.process_pid)
+
+    def _process_by_port(self) -> ProcessInfo | None:
+        """The llama-server beside the exporter, found by the port in its command line (no `process:` and no
+        privileges needed); looked for again at most every PORT_SCAN_SECONDS while not found."""
+        known = self.by_port
+        if known is not None and process_start(known.pid) is not None:
+            current = process_start(known.pid)
+            if current is not None and abs(current.start_since_boot - known.start_since_boot) < 0.02:
+                return known
+        now = time.monotonic()
+        if known is None and now - self.port_scanned < PORT_SCAN_SECONDS:
+            return None
+        self.port_scanned = now
+        port = urlsplit(self.target.url).port or (443 if self.target.url.startswith("https") else 80)
+        self.by_port = find_by_port(port, ("llama-server",), default_port=8080)
+        return self.by_port
+
+    def _layout_of(self, pid: int | None) -> KvLayout | None:
+        """The KV layout of an engine process (read once per process: its command line and environment)."""
+        if pid is None:
+            return None
+        if pid not in self.layouts:
+            if len(self.layouts) >= MAX_ROUTER_MODELS:
+                self.layouts.clear()
+            argv = command_line(pid)
+            self.layouts[pid] = kv_layout(argv, environment(pid)) if argv else None
+        return self.layouts[pid]

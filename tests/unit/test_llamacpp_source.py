@@ -81,10 +81,9 @@ async def test_under_load_running_waiting_and_cache_counters(server, pipe):
     assert pipe.value("llm_kv_cache_query_tokens_total") == 2844 + 1298
     assert pipe.value("llm_prompt_tokens_total") == 1298
     assert pipe.value("llm_generation_tokens_total") == 536
-    # KV usage from /slots context fill of the busy slots (this build exports no KV gauge)
-    slots = json.loads(fixture_text("b11434-slots-busy.json"))
-    used = sum(s["n_prompt_tokens"] + sum(t["n_decoded"] for t in s["next_token"]) for s in slots if s["is_processing"])
-    assert pipe.value("llm_kv_cache_usage_ratio") == pytest.approx(used / sum(s["n_ctx"] for s in slots))
+    # this build exports no KV gauge, and no llama-server process is found for this URL: the KV cache's layout
+    # (one pool or one per slot) is unknown, so no usage ratio is made up (it would be off by the slot count)
+    assert pipe.value("llm_kv_cache_usage_ratio") is None
 
 
 async def test_older_build_kv_usage_gauge_is_used(server, pipe):
@@ -222,3 +221,61 @@ async def test_a_clock_step_during_a_load_bends_no_duration(server, pipe, monkey
     assert seconds and seconds[0].sum < 5
     shown = pipe.value("llm_exporter_last_success_timestamp_seconds")
     assert abs(shown - (time.time() + 3600.0)) < 2  # the system's (stepped) Unix time
+
+
+@pytest.mark.parametrize("flags, unified", [
+    ((), True),                                # default: -np auto = 4 slots sharing one unified pool
+    (("-np", "4"), False),                     # -np given: one pool per slot
+    (("--parallel=2", "-kvu"), True),
+    (("-np", "2", "--kv-unified"), True),
+    (("-no-kvu",), False),
+])
+async def test_kv_usage_with_the_layout_from_the_engines_command_line(server, tmp_path, flags, unified):
+    """The llama-server beside the exporter is found by the port in its command line (no `process:`); its
+    flags say whether the slots share one KV pool (each slot then reports the whole pool as n_ctx) or have one
+    each. Usage = tokens the busy slots hold (b11434 counts decoded tokens in n_prompt_tokens) / the cells."""
+    import asyncio
+    import subprocess
+
+    (tmp_path / "serve").write_text("sleep 30\n")
+    argv = ["llama-server", "serve", "--port", str(server.port), *flags]
+    engine = subprocess.Popen(argv, executable="/bin/sh", cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
+    pipe = Pipeline("llamacpp", f"http://127.0.0.1:{server.port}", interval="200ms", timeout="190ms", window="1m")
+    try:
+        await asyncio.sleep(0.2)
+        for path, reply in ready_routes("b11434-metrics-load.prom", "b11434-slots-busy.json").items():
+            server.set(path, reply)
+        await pipe.poll()
+        await pipe.poll()
+        slots = [s for s in json.loads(fixture_text("b11434-slots-busy.json"))]
+        held = sum(s["n_prompt_tokens"] for s in slots if s["is_processing"])  # decoded already counted
+        capacity = max(s["n_ctx"] for s in slots) if unified else sum(s["n_ctx"] for s in slots)
+        assert pipe.state.life.process_pid == engine.pid
+        assert pipe.value("llm_kv_cache_usage_ratio") == pytest.approx(min(held, capacity) / capacity)
+    finally:
+        engine.kill()
+        engine.wait()
+        await pipe.close()
+
+
+def test_held_tokens_counts_each_token_once_in_both_slot_shapes():
+    from exporter.sources.llamacpp import held_tokens
+    b11434 = {"n_prompt_tokens": 494, "n_prompt_tokens_cache": 468, "n_prompt_tokens_processed": 17,
+              "next_token": [{"n_decoded": 9}]}
+    assert held_tokens(b11434) == 494
+    prompt_only = {"n_prompt_tokens": 485, "n_prompt_tokens_cache": 468, "n_prompt_tokens_processed": 17,
+                   "next_token": [{"n_decoded": 9}]}
+    assert held_tokens(prompt_only) == 494
+    assert held_tokens({"n_prompt_tokens": 100, "next_token": [{"n_decoded": 5}]}) == 105  # older shape
+    assert held_tokens({"n_prompt_tokens": "x"}) == 0
+
+
+def test_kv_layout_unknown_when_the_environment_could_decide_it():
+    from exporter.sources.llamacpp import KvLayout, kv_layout
+    assert kv_layout(("llama-server",), None) is None  # LLAMA_ARG_N_PARALLEL could be set: unreadable
+    assert kv_layout(("llama-server", "-np", "4"), None) is None  # LLAMA_ARG_KV_UNIFIED could be set
+    assert kv_layout(("llama-server", "-np", "4", "-no-kvu"), None) == KvLayout(unified=False)
+    assert kv_layout(("llama-server",), {"LLAMA_ARG_N_PARALLEL": "2"}) == KvLayout(unified=False)
+    assert kv_layout(("llama-server",), {"LLAMA_ARG_N_PARALLEL": "2", "LLAMA_ARG_KV_UNIFIED": "1"}) == \
+        KvLayout(unified=True)
+    assert kv_layout(("llama-server", "--kv-unified-per-slot", "512"), {}) is None  # slots report a cap
