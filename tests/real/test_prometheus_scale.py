@@ -118,7 +118,7 @@ scrape_configs:
         # Same path, same cost: within a small factor of the text scrape measured in the same run (the old
         # prometheus_client path was ~50x the text path here).
         assert om_seconds < 3 * text_seconds + 0.05, (om_seconds, text_seconds)
-        assert prom_seconds < 1.5 * prom_text_seconds + 0.05, (prom_seconds, prom_text_seconds)
+        assert prom_seconds < 2 * prom_text_seconds + 0.1, (prom_seconds, prom_text_seconds)  # was ~10x
     finally:
         for proc in (prometheus, replay):
             if proc is not None:
