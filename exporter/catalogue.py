@@ -41,7 +41,8 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("kv_cache_usage_ratio", "kv_cache_usage_ratio", "gauge",
                "Fraction of the KV cache in use (0-1)."),
     MetricSpec("kv_cache_hit_tokens", "kv_cache_hit_tokens", "counter",
-               "Prompt tokens served from the prefix/prompt cache."),
+               "Prompt tokens served from the prefix/prompt cache: the sum of the "
+               "usage.prompt_tokens_details.cached_tokens clients got."),
     MetricSpec("kv_cache_hit_tokens_by_tier", "kv_cache_hit_tokens_by_tier", "counter",
                "Prompt tokens served from the prefix cache, by the cache tier that held them (device, host, "
                "disk/storage, ...), where the engine tells (SGLang 0.5.23+, vLLM 0.32+).", ("tier",)),
@@ -55,9 +56,10 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                "Engine-reported prefix-cache hit ratio since engine start (vLLM V0 gauge); "
                "not windowed."),
     MetricSpec("prompt_tokens", "prompt_tokens", "counter",
-               "Prompt tokens computed by the engine (cache hits excluded where the engine "
-               "counts them apart)."),
-    MetricSpec("generation_tokens", "generation_tokens", "counter", "Tokens generated."),
+               "Prompt tokens of the requests served, cached or computed: the sum of the usage.prompt_tokens "
+               "clients got (computed vs cached: the kv_cache hit and query counters)."),
+    MetricSpec("generation_tokens", "generation_tokens", "counter",
+               "Tokens generated: the sum of the usage.completion_tokens clients got."),
     MetricSpec("preemptions", "preemptions", "counter", "Requests preempted by the scheduler."),
     MetricSpec("requests_finished", "requests_finished", "counter",
                "Requests finished, by finish reason.", ("reason",)),

@@ -58,13 +58,13 @@ U = Upstream
 MAPPING: tuple[Feed, ...] = (
     Feed("requests_running", "gauge", (U("llamacpp:requests_processing", "b2000-b11434+"),)),
     Feed("requests_waiting", "gauge", (U("llamacpp:requests_deferred", "b2000-b11434+"),)),
-    Feed("prompt_tokens", "counter", (U("llamacpp:prompt_tokens_total", "b2000-b11434+"),)),
     Feed("generation_tokens", "counter", (U("llamacpp:tokens_predicted_total", "b2000-b11434+"),)),
     Feed("kv_cache_hit_tokens", "counter", (U("llamacpp:prompt_tokens_cached_total", "recent builds"),)),
     Feed("kv_cache_usage_ratio", "gauge", (U("llamacpp:kv_cache_usage_ratio", "older builds (removed)"),),
          required=False),
 )
 METRICS_PREFIXES = ("llamacpp:",)
+COMPUTED_PROMPT_TOKENS = "llamacpp:prompt_tokens_total"  # computed only: prompt_tokens = this + cached
 PROPS_REFRESH_POLLS = 600  # re-read the router's /props now and then (build info)
 SINGLE_STATES = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
 ROUTER_STATES = tuple(ModelState)
@@ -73,8 +73,10 @@ EVENTS_KEPT = 16  # status changes remembered per router model (the stream's exa
 PORT_SCAN_SECONDS = 30.0  # how often /proc is scanned for an unfound llama-server by its port
 MAX_SLOTS = 4096  # llama-server's -np; a /slots longer than this is refused (parse error) before any mapping
 DOCS = """\
-Beyond the table: `llm_kv_cache_query_tokens_total` = `prompt_tokens_cached_total` +
-`prompt_tokens_total`; `llm_kv_cache_usage_ratio` falls back to the `/slots` context fill (above),
+Beyond the table: `llm_prompt_tokens_total` and `llm_kv_cache_query_tokens_total` are both
+`prompt_tokens_cached_total` + `prompt_tokens_total` (llama.cpp's `prompt_tokens_total` counts only the
+computed tokens, "excluding cached tokens": every prompt token a client was billed is the two together;
+absent when the build lacks the cached counter); `llm_kv_cache_usage_ratio` falls back to the `/slots` context fill (above),
 0 when nothing is in flight; `llm_slots` and `llm_context_size_tokens` come from `/props` (from
 `/slots` while it is read); `llm_token_queue_latency_seconds` is the estimate above;
 `llm_engine_info{build, model_path}` comes from `/props` (`model` = `--alias` or the model file
@@ -523,9 +525,15 @@ class LlamaCppSource(HttpSource):
             raise PollError(Reason.PARSE, "/metrics has no llamacpp: series (not a llama.cpp server?)")
         mapped, misses = apply(payload, MAPPING, "", chosen_by_key=self.fed_by)
         sample = mapped.get("", ModelSample())
-        cached, processed = sample.get("kv_cache_hit_tokens"), sample.get("prompt_tokens")
-        if cached is not None and processed is not None:
-            sample.set("kv_cache_query_tokens", cached + processed)
+        # llamacpp:prompt_tokens_total counts computed tokens only ("excluding cached tokens"): every prompt
+        # token of the requests served (what clients get as usage.prompt_tokens) is computed + cached, which
+        # is also what the cache was queried for. Without the cached counter neither is known: both absent.
+        computed = next((v for _, v in payload.get(COMPUTED_PROMPT_TOKENS)), None)
+        cached = sample.get("kv_cache_hit_tokens")
+        if cached is not None and computed is not None:
+            sample.set("kv_cache_query_tokens", cached + computed)
+            sample.set("prompt_tokens", cached + computed)
+            self.fed_by["prompt_tokens"] = f"{COMPUTED_PROMPT_TOKENS} + llamacpp:prompt_tokens_cached_total"
         return _Metrics(sample, misses, response.headers.get("Process-Start-Time-Unix"), text)
 
     async def _slots(self, http: HttpFetcher, path: str, notices: list[str]) -> list[dict[str, Any]] | None:

@@ -79,7 +79,7 @@ async def test_under_load_running_waiting_and_cache_counters(server, pipe):
     assert pipe.value("llm_requests_waiting") == 3
     assert pipe.value("llm_kv_cache_hit_tokens_total") == 2844
     assert pipe.value("llm_kv_cache_query_tokens_total") == 2844 + 1298
-    assert pipe.value("llm_prompt_tokens_total") == 1298
+    assert pipe.value("llm_prompt_tokens_total") == 1298 + 2844  # computed + cached: every prompt token
     assert pipe.value("llm_generation_tokens_total") == 536
     # this build exports no KV gauge, and no llama-server process is found for this URL: the KV cache's layout
     # (one pool or one per slot) is unknown, so no usage ratio is made up (it would be off by the slot count)

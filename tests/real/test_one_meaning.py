@@ -1,0 +1,110 @@
+"""One meaning per unified counter, proven against what the clients themselves were told: requests with a
+shared prefix through /v1/completions (streamed and not) on the real llama-server and the real vLLM; the
+exporter's counter deltas must equal the sums of the `usage` fields the clients received, exactly."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+import pytest
+
+from tests.real.test_llamacpp_real import LlamaServer
+from tests.real.test_vllm_real import VllmServer, model_dir  # noqa: F401 - the module's fixture
+from tests.support.net import ExporterProcess, free_port, value, wait_until
+
+pytestmark = pytest.mark.real_engine
+RESULTS: dict[str, dict[str, tuple[float, float]]] = {}
+COUNTERS = (("prompt", "llm_prompt_tokens_total"), ("completion", "llm_generation_tokens_total"),
+            ("cached", "llm_kv_cache_hit_tokens_total"))
+
+
+def completion(port: int, model: str, prompt: str, max_tokens: int, stream: bool) -> dict[str, int]:
+    """One /v1/completions request; the usage the client was told (the final chunk's, when streamed)."""
+    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=180)
+    conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200, response.read()[:300]
+    usage = None
+    if stream:
+        for line in response:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                usage = chunk.get("usage") or usage
+    else:
+        usage = json.loads(response.read())["usage"]
+    conn.close()
+    assert usage, "the server sent no usage"
+    details = usage.get("prompt_tokens_details") or {}
+    return {"prompt": usage["prompt_tokens"], "completion": usage["completion_tokens"],
+            "cached": details.get("cached_tokens") or 0, "has_cached": "cached_tokens" in details}
+
+
+def counters(body: str, target: str) -> dict[str, float | None]:
+    return {key: value(body, name, target=target) for key, name in COUNTERS}
+
+
+def prove(exporter: ExporterProcess, port: int, model: str, target: str, interval: float,
+          prefix: str) -> dict[str, tuple]:
+    wait_until(lambda: value(exporter.metrics(), "llm_ready", target=target) == 1, 30, what=f"{target} ready")
+    time.sleep(2 * interval)
+    before = counters(exporter.metrics(), target)
+    told = [completion(port, model, prefix + question, 8, stream)
+            for question, stream in (("What is a counter?", False), ("What is a gauge?", False),
+                                     ("What is a histogram?", True), ("What is a label?", True),
+                                     ("What is a scrape?", False))]
+    sums = {key: sum(t[key] for t in told) for key in ("prompt", "completion", "cached")}
+    assert sums["cached"] > 0, told  # the shared prefix was served from the cache at least once
+    expected = dict(sums)
+    time.sleep(3 * interval)  # a few polls after the last request
+
+    def settled() -> dict[str, float | None] | None:
+        after = counters(exporter.metrics(), target)
+        return after if all(after[k] is not None and before[k] is not None and after[k] - before[k] == expected[k]
+                            for k in expected) else None
+
+    try:
+        wait_until(settled, 10, interval=interval, what="exporter deltas equal to the clients' usage sums")
+    finally:
+        after = counters(exporter.metrics(), target)
+        RESULTS[target] = {k: ((after[k] or 0) - (before[k] or 0), expected[k]) for k in expected}
+        print(f"{target}: exporter delta vs client sum:", RESULTS[target])
+    return RESULTS[target]
+
+
+def test_llamacpp_counters_equal_the_usage_clients_got(llama_server_bin, tiny_gguf, tmp_path):
+    port, exporter_port = free_port(), free_port()
+    server = LlamaServer(llama_server_bin, tiny_gguf, port, tmp_path / "llama.log")
+    config = tmp_path / "exporter.yaml"
+    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: llama, engine: llamacpp, "
+                      f"url: 'http://127.0.0.1:{port}', interval: 200ms, timeout: 190ms}}\n")
+    server.start()
+    exporter = ExporterProcess(config, exporter_port)
+    try:
+        prove(exporter, port, "tiny", "llama", 0.2,
+              "You are a careful assistant for a monitoring project; answer briefly and precisely. " * 3)
+    finally:
+        exporter.stop()
+        server.stop()
+
+
+def test_vllm_counters_equal_the_usage_clients_got(vllm_python, model_dir, tmp_path):  # noqa: F811
+    port, exporter_port = free_port(), free_port()
+    server = VllmServer(vllm_python, model_dir, port, tmp_path / "vllm.log")
+    server.args.append("--enable-prompt-tokens-details")  # so clients are told cached_tokens
+    config = tmp_path / "exporter.yaml"
+    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: vllm, engine: vllm, "
+                      f"url: 'http://127.0.0.1:{port}', interval: 500ms, timeout: 450ms}}\n")
+    exporter = ExporterProcess(config, exporter_port)
+    server.start()
+    try:
+        # longer than vLLM's cache blocks, so whole blocks of it are shared (as in test_vllm_real.py)
+        prove(exporter, port, "tiny-llama", "vllm", 0.5,
+              "the model serves tokens from a cache while requests wait in a queue for a batch slot " * 12)
+    finally:
+        exporter.stop()
+        server.stop()
