@@ -130,7 +130,7 @@ LIFECYCLE_METRICS: tuple[MetricSpec, ...] = (
                "or on-demand load), wake (sleeping to ready).", ("kind",)),
     MetricSpec("model_load_duration", "model_load_duration_seconds", "histogram",
                "Durations of the loads the exporter saw complete and could date, by kind.", ("kind",)),
-    MetricSpec("model_load", "model_load_seconds", "gauge",
+    MetricSpec("model_load", "model_last_load_duration_seconds", "gauge",
                "Duration of the model's last load, by kind; basis says how it was dated (docs/metrics.md). "
                "Absent when it could not be measured.", ("kind", "basis")),
     MetricSpec("model_load_failures", "model_load_failures", "counter",

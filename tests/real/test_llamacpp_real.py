@@ -106,7 +106,7 @@ targets:
         server.start()
         body = wait_until(lambda: (lambda b: b if value(b, "llm_ready", target="llama") == 1 else None)(
             exporter.metrics()), 10, what="exporter to see ready")
-        load = value(body, "llm_model_load_seconds", target="llama", basis="process_start")
+        load = value(body, "llm_model_last_load_duration_seconds", target="llama", basis="process_start")
         metrics_text, ready_header = server.metrics()
         truth = int(ready_header) / 1e6 - proc_start_since_boot(server.proc.pid)  # the server's own timeline
         RESULTS["load"] = (load, truth, server.first_200 - server.spawned)
@@ -183,7 +183,7 @@ targets:
         assert value(body, "llm_kv_cache_hit_ratio", target="llama") is None  # fresh window, nothing moved
         _, header = server.metrics()
         new_truth = int(header) / 1e6 - proc_start_since_boot(server.proc.pid)
-        assert value(body, "llm_model_load_seconds", target="llama") == pytest.approx(new_truth, abs=0.05)
+        assert value(body, "llm_model_last_load_duration_seconds", target="llama") == pytest.approx(new_truth, abs=0.05)
         assert "engine restart detected" in exporter.logs()
     finally:
         print("llama.cpp real-server results:", RESULTS)

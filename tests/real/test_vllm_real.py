@@ -113,7 +113,7 @@ def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
             exporter.metrics()), 5, what="exporter to see ready")
         server_text = server.metrics()
         process_start = value(server_text, "process_start_time_seconds")
-        load = value(body, "llm_model_load_seconds", target="vllm", basis="process_start")
+        load = value(body, "llm_model_last_load_duration_seconds", target="vllm", basis="process_start")
         truth = server.first_200 - process_start
         RESULTS["load"] = (load, truth, server.first_200 - server.spawned)
         assert load is not None, body
@@ -194,7 +194,7 @@ def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
                                    and value(b, "llm_ready", target="vllm") == 1 else None)(exporter.metrics()),
                           10, what="restart detected")
         new_start = value(server.metrics(), "process_start_time_seconds")
-        new_load = value(body, "llm_model_load_seconds", target="vllm", basis="process_start")
+        new_load = value(body, "llm_model_last_load_duration_seconds", target="vllm", basis="process_start")
         RESULTS["reload"] = (new_load, server.first_200 - new_start)
         assert server.first_200 - new_start - 0.2 <= new_load <= server.first_200 - new_start + INTERVAL + 0.2
         assert value(body, "llm_kv_cache_hit_ratio", target="vllm") is None
@@ -222,7 +222,7 @@ def test_vllm_real_lora_adapters_and_start_load(vllm_python, model_dir, tmp_path
         body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="vllm", kind="start") == 1
                                    else None)(exporter.metrics()), 10, what="the start to be counted")
         start = value(server.metrics(), "process_start_time_seconds")
-        exported = value(body, "llm_model_load_seconds", target="vllm", kind="start", basis="process_start")
+        exported = value(body, "llm_model_last_load_duration_seconds", target="vllm", kind="start", basis="process_start")
         assert exported is not None and start <= server.first_200
         assert abs(exported - (server.first_200 - start)) <= 0.2 + 0.1, (exported, server.first_200 - start)
 

@@ -224,7 +224,7 @@ def test_dashboard_has_variables_rows_and_queries():
     rows = {p["title"] for p in dashboard["panels"] if p["type"] == "row"}
     assert {"Headline signals", "Throughput", "Queue and running", "GPUs", "Exporter health"} <= rows
     assert len(queries) >= 15
-    for metric in ("llm_model_load_seconds", "llm_token_queue_latency", "llm_kv_cache_hit_ratio",
+    for metric in ("llm_model_last_load_duration_seconds", "llm_token_queue_latency", "llm_kv_cache_hit_ratio",
                    "llm_gpu_process_memory_used_bytes", "llm_up"):
         assert any(metric in q for q in queries), metric
 

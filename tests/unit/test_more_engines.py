@@ -231,7 +231,7 @@ async def test_sglang_real_start_load_time_is_tokenizer_e2e():
         srv.set("/ready", Reply(200))
         await pipe.poll()
         assert pipe.value("llm_model_state", model="tiny-llama", state="loaded") == 1
-        assert pipe.value("llm_model_load_seconds", model="tiny-llama", kind="start",
+        assert pipe.value("llm_model_last_load_duration_seconds", model="tiny-llama", kind="start",
                           basis="engine_reported") == pytest.approx(12.677011202999893)
         assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="start") == 1
     finally:

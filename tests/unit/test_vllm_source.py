@@ -118,7 +118,7 @@ async def test_load_time_from_observed_refusal_then_ready():
         await pipe.poll()  # nothing listening on the port yet
         assert pipe.state.health.readiness is Readiness.DOWN and not pipe.state.health.up
         assert pipe.value("llm_exporter_poll_errors_total", reason="connect") == 1
-        assert pipe.value("llm_model_load_seconds") is None
+        assert pipe.value("llm_model_last_load_duration_seconds") is None
         started = time.time() - 5.0
         text = capture("idle").replace("process_start_time_seconds 1.79532376826e+09",
                                        f"process_start_time_seconds {started!r}")
@@ -129,7 +129,7 @@ async def test_load_time_from_observed_refusal_then_ready():
         load = pipe.state.life.lifecycles[""].last
         assert load.basis == BASIS_PROCESS_START
         assert 5.0 <= load.seconds <= ready_at - started
-        assert pipe.value("llm_model_load_seconds", basis="process_start") == load.seconds
+        assert pipe.value("llm_model_last_load_duration_seconds", basis="process_start") == load.seconds
     finally:
         await server.stop()
         await pipe.close()
@@ -323,7 +323,7 @@ async def test_sleep_state_and_wake(server, pipe):
     assert pipe.value("llm_model_state", model="tiny-llama", state="loaded") == 1
     assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="wake") == 1
     assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="start") == 0  # met loaded: not counted
-    assert pipe.value("llm_model_load_seconds", kind="wake") is None  # vLLM shows no state while waking
+    assert pipe.value("llm_model_last_load_duration_seconds", kind="wake") is None  # vLLM shows no state while waking
 
 
 def test_prefix_cache_hits_by_tier_on_the_real_032_payload():
