@@ -108,6 +108,9 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
         put("mapping_misses", {**base, "metric": metric}, float(count))
     for lifecycle in life.lifecycles.values():
         out.extend(lifecycle_samples(lifecycle, {**base, "model": lifecycle.model}, life.model_states, health.up))
+    for name, lifecycle in life.history.items():  # served before: counts only, no state
+        if all(name != current.model for current in life.lifecycles.values()):
+            out.extend(lifecycle_samples(lifecycle, {**base, "model": name}, life.model_states, False))
     if life.process_start is not None:
         put("engine_process_start_time", {**base, "basis": life.process_start[1]}, to_wall(life.process_start[0]))
     if not health.up:

@@ -70,6 +70,9 @@ class EngineLife:
     notices_seen: set[str] = field(default_factory=set)
     # Model lifecycles by slot ("" for a single-model engine's model, else the router's model id).
     lifecycles: dict[str, ModelLifecycle] = field(default_factory=dict)
+    # Models a single-model engine served before (restarted with another model): their counts continue
+    # when they come back, and stay exposed meanwhile (at most HISTORY_KEPT, oldest dropped first).
+    history: dict[str, ModelLifecycle] = field(default_factory=dict)
     model_states: tuple[ModelState, ...] = ()        # the states the engine can report
     last_refused: float | None = None                # the last poll that found nothing listening
     detected_engine: str | None = None               # `engine: auto`: what the target was identified as
@@ -132,6 +135,7 @@ def went_backwards(previous: ModelSample, current: ModelSample) -> bool:
 
 
 EVENTS_KEPT = 50
+HISTORY_KEPT = 64  # models a single-model target served before, kept with their counts
 
 
 class TargetState:
@@ -267,6 +271,16 @@ class TargetState:
         kept: dict[str, ModelLifecycle] = {}
         for slot, status in obs.lifecycle.items():
             lifecycle = life.lifecycles.get(slot)
+            if slot == "" and lifecycle is not None and status.model and lifecycle.model \
+                    and status.model != lifecycle.model:
+                # The engine now serves another model: each model keeps its own history.
+                successor = life.history.pop(status.model, None) or ModelLifecycle(KIND_START)
+                successor.take_over(lifecycle)
+                lifecycle.retire()
+                life.history[lifecycle.model] = lifecycle
+                while len(life.history) > HISTORY_KEPT:
+                    life.history.pop(next(iter(life.history)))
+                lifecycle = successor
             if lifecycle is None:
                 lifecycle = ModelLifecycle(KIND_START if slot == "" else KIND_LOAD)
                 if slot == "" and life.last_refused is not None:

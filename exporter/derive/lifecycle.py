@@ -92,6 +92,17 @@ class ModelLifecycle:
         self._ever_seen = True
         return []
 
+    def take_over(self, other: ModelLifecycle) -> None:
+        """This model now runs in `other`'s slot (a single-model engine restarted with another model): the
+        transition in flight there (a load under way, what the last poll saw) is this model's."""
+        self.state, self._pending = other.state, other._pending
+        self._seen_t, self._ever_seen = other._seen_t, other._ever_seen
+        self.pid = other.pid
+
+    def retire(self) -> None:
+        """No longer served (another model took its slot): its counts stay, nothing is in flight."""
+        self.state, self._pending, self.loaded_at, self.pid = None, None, None, None
+
     def restarted(self) -> None:
         """A new engine process life was detected while it looked loaded all along."""
         if self.state is ModelState.LOADED:

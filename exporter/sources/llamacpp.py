@@ -236,6 +236,23 @@ def held_tokens(slot: dict[str, Any]) -> float:
     return prompt + decoded
 
 
+def argv_model(argv: tuple[str, ...]) -> str:
+    """The model a llama-server command line serves, named as /props names it: `-a`/`--alias`, else the
+    `-m`/`--model` file's name; "" when neither is given (`-hf` downloads: /props names it once ready)."""
+    alias = model = ""
+    for i, arg in enumerate(argv):
+        following = argv[i + 1] if i + 1 < len(argv) else ""
+        if arg in ("-a", "--alias"):
+            alias = following
+        elif arg.startswith("--alias="):
+            alias = arg[8:]
+        elif arg in ("-m", "--model"):
+            model = following
+        elif arg.startswith("--model="):
+            model = arg[8:]
+    return (alias or os.path.basename(model))[:200]
+
+
 @dataclass(frozen=True)
 class KvLayout:
     """How llama-server lays out its KV cache, from its command line (and environment, where readable)."""
@@ -324,6 +341,8 @@ class LlamaCppSource(HttpSource):
         # The KV cache's layout (from the engine's command line): how much context the slots share
         self.kv_layout: KvLayout | None = None
         self.layouts: dict[int, KvLayout | None] = {}  # engine (or router child) pid → its layout
+        self.argvs: dict[int, tuple[str, ...]] = {}     # ... and its command line
+        self.argv_model = ""  # the model the engine process was started with (its command line), if known
         self.by_port: ProcessInfo | None = None
         self.port_scanned = -PORT_SCAN_SECONDS
 
@@ -569,6 +588,10 @@ class LlamaCppSource(HttpSource):
     # ------------------------------------------------------------------ mapping
 
     def _model_name(self) -> str:
+        """The name clients use for the model: the process's own `--alias` or `-m` file name when its command line
+        is known (right from its start, while it loads), else /props' (known once it is ready)."""
+        if self.argv_model:
+            return self.argv_model
         alias, path = self.props.get("model_alias"), self.props.get("model_path")
         if isinstance(alias, str) and alias and alias != path:
             return alias[:200]  # set with --alias (or -hf's repo name)
@@ -650,6 +673,8 @@ class LlamaCppSource(HttpSource):
                     observation.process_start_time = info.start_time
                     observation.process_start_basis = "proc"
         self.kv_layout = self._layout_of(observation.process_pid)
+        argv = self.argvs.get(observation.process_pid) if observation.process_pid is not None else None
+        self.argv_model = argv_model(argv) if argv else ""
 
     def _process_by_port(self) -> ProcessInfo | None:
         """The llama-server beside the exporter, found by the port in its command line (no `process:` and no
@@ -674,6 +699,8 @@ class LlamaCppSource(HttpSource):
         if pid not in self.layouts:
             if len(self.layouts) >= MAX_ROUTER_MODELS:
                 self.layouts.clear()
+                self.argvs.clear()
             argv = command_line(pid)
+            self.argvs[pid] = argv or ()
             self.layouts[pid] = kv_layout(argv, environment(pid)) if argv else None
         return self.layouts[pid]

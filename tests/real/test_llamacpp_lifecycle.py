@@ -312,3 +312,35 @@ def test_sidecar_first_crash_and_restart_never_count_downtime(llama_server_bin, 
         (tmp_path.parent / "llamacpp-lifecycle-results.json").write_text(json.dumps(RESULTS, default=str))
         exporter.stop()
         server.stop()
+
+
+def test_each_model_keeps_its_own_history_across_restarts(llama_server_bin, models_dir, tmp_path):
+    """A single-model llama-server restarted with small, medium, medium, small: each model's own start count
+    and load histogram, exactly (the model is named from the process's command line, found by its port,
+    from the moment it starts loading)."""
+    from exporter.promparse import parse
+    port, exporter_port = free_port(), free_port()
+    exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port), exporter_port)
+    server = None
+    try:
+        for model in ("small", "medium", "medium", "small"):
+            server = LoggedServer(llama_server_bin, ["-m", str(models_dir / f"{model}.gguf")], port)
+            server.start()
+            wait_until(lambda m=model: value(exporter.metrics(), "llm_model_state", target="llama",
+                                             model=f"{m}.gguf", state="loaded") == 1, 10, what=f"{model} loaded")
+            server.stop()
+            wait_until(lambda: value(exporter.metrics(), "llm_up", target="llama") == 0, 5, what="down")
+        body = exporter.metrics()
+        starts = {labels["model"]: v for labels, v in parse(body).get("llm_model_loads_total")
+                  if labels.get("target") == "llama" and labels.get("kind") == "start"}
+        timed = {labels["model"]: v for labels, v in parse(body).get("llm_model_load_duration_seconds_count")
+                 if labels.get("target") == "llama"}
+        RESULTS["per_model"] = {"starts": starts, "timed": timed}
+        assert starts == {"small.gguf": 2, "medium.gguf": 2}, starts
+        assert timed == {"small.gguf": 2, "medium.gguf": 2}, timed
+        assert value(body, "llm_model_load_failures_total", target="llama", model="small.gguf") == 0
+    finally:
+        print("per-model results:", RESULTS.get("per_model"))
+        exporter.stop()
+        if server is not None:
+            server.stop()
