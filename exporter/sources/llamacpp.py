@@ -76,7 +76,8 @@ DOCS = """\
 Beyond the table: `llm_prompt_tokens_total` and `llm_kv_cache_query_tokens_total` are both
 `prompt_tokens_cached_total` + `prompt_tokens_total` (llama.cpp's `prompt_tokens_total` counts only the
 computed tokens, "excluding cached tokens": every prompt token a client was billed is the two together;
-absent when the build lacks the cached counter); `llm_kv_cache_usage_ratio` falls back to the `/slots` context fill (above),
+absent when the build lacks the cached counter); `llm_kv_cache_usage_ratio` falls back to the `/slots`
+context fill (above),
 0 when nothing is in flight; `llm_slots` and `llm_context_size_tokens` come from `/props` (from
 `/slots` while it is read); `llm_token_queue_latency_seconds` is the estimate above;
 `llm_engine_info{build, model_path}` comes from `/props` (`model` = `--alias` or the model file

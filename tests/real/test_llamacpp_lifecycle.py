@@ -197,7 +197,8 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
         for model, truths in durations.items():
             errors.append((model, hist[model], sum(truths)))
             assert abs(hist[model] - sum(truths)) <= INTERVAL * len(truths) + 0.05, (model, hist[model], truths)
-        last = {labels["model"]: (labels["basis"], v) for labels, v in parse(body).get("llm_model_last_load_duration_seconds")
+        last = {labels["model"]: (labels["basis"], v)
+                for labels, v in parse(body).get("llm_model_last_load_duration_seconds")
                 if labels.get("target") == "router"}
         # the children are on this host: each load is dated from the child's spawn (/proc), which precedes the
         # router's `loading` event on /models/sse; the stream dates loads where /proc cannot see the child
@@ -236,7 +237,8 @@ def test_sleeping_server_is_never_woken_and_wakes_are_counted(llama_server_bin, 
         body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="llama", kind="wake") == 1
                                    else None)(exporter.metrics()), 5, what="the wake to be counted")
         RESULTS["sleep"] = {"slept_s": sent - asleep, "wake_counted": 1,
-                            "wake_seconds": value(body, "llm_model_last_load_duration_seconds", target="llama", kind="wake")}
+                            "wake_seconds": value(body, "llm_model_last_load_duration_seconds", target="llama",
+                                                  kind="wake")}
         # A single-model llama-server shows no loading state while it wakes: counted, not dated.
         assert value(body, "llm_model_last_load_duration_seconds", target="llama", kind="wake") is None
         assert value(body, "llm_model_loads_total", target="llama", kind="start") == 0  # met loaded: not a load
@@ -293,7 +295,8 @@ def test_sidecar_first_crash_and_restart_never_count_downtime(llama_server_bin, 
                                        == len(measured) + 1 else None)(exporter.metrics()), 5, what="a start load")
             exported = value(body, "llm_model_last_load_duration_seconds", target="llama", kind="start")
             from exporter.promparse import parse
-            basis = next((labels["basis"] for labels, _ in parse(body).get("llm_model_last_load_duration_seconds")), None)
+            basis = next((labels["basis"] for labels, _ in parse(body).get("llm_model_last_load_duration_seconds")),
+                         None)
             measured.append({"life": life, "exported": exported, "truth": truth, "basis": basis})
             # Without `process:` the exporter finds this llama-server by the port in its command line, so the
             # start is dated by the process itself: the server's own timeline, to the millisecond. Never the

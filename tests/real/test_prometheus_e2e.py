@@ -123,8 +123,10 @@ scrape_configs:
         # ---- headline series with the expected labels
         live = 'job="llm-exporter"'  # the recorded GPU captures also carry target="llama" series
         for expr, labels in [
-            (f'llm_model_last_load_duration_seconds{{{live},target="llama",basis="process_start"}}', {"engine": "llamacpp"}),
-            (f'llm_model_last_load_duration_seconds{{{live},target="vllm",basis="engine_timestamps"}}', {"engine": "vllm"}),
+            (f'llm_model_last_load_duration_seconds{{{live},target="llama",basis="process_start"}}',
+             {"engine": "llamacpp"}),
+            (f'llm_model_last_load_duration_seconds{{{live},target="vllm",basis="engine_timestamps"}}',
+             {"engine": "vllm"}),
             (f'llm_token_queue_latency_seconds_count{{{live},target="llama"}}', {"model": "tiny-llama.gguf"}),
             (f'llm_token_queue_latency_seconds_bucket{{{live},target="vllm",le="0.3"}}', {"model": "tiny-llama"}),
             (f'llm_token_queue_latency_mean_seconds{{{live},target="vllm"}}', {"model": "tiny-llama"}),

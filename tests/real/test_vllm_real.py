@@ -222,7 +222,8 @@ def test_vllm_real_lora_adapters_and_start_load(vllm_python, model_dir, tmp_path
         body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="vllm", kind="start") == 1
                                    else None)(exporter.metrics()), 10, what="the start to be counted")
         start = value(server.metrics(), "process_start_time_seconds")
-        exported = value(body, "llm_model_last_load_duration_seconds", target="vllm", kind="start", basis="process_start")
+        exported = value(body, "llm_model_last_load_duration_seconds", target="vllm", kind="start",
+                         basis="process_start")
         assert exported is not None and start <= server.first_200
         assert abs(exported - (server.first_200 - start)) <= 0.2 + 0.1, (exported, server.first_200 - start)
 

@@ -102,7 +102,7 @@ async def test_unloaded_before_its_keep_alive_is_evicted_and_a_new_load_is_count
     server.set("/api/ps", Reply(200, body("ps-loaded.txt"), {"Content-Type": "application/json"}))
     await pipe.poll()
     assert pipe.value("llm_model_loads_total", kind="load", **model) == 1
-    assert pipe.value("llm_model_last_load_duration_seconds", **model) is None  # no runner seen: no duration, not a guess
+    assert pipe.value("llm_model_last_load_duration_seconds", **model) is None  # no runner: no duration, no guess
 
 
 async def test_a_model_not_yet_in_tags_that_appears_is_a_load(server, pipe):
@@ -125,7 +125,8 @@ async def test_a_load_is_dated_by_its_runner_process(server, pipe, tmp_path):
         await asyncio.sleep(0.3)
         server.set("/api/ps", Reply(200, body("ps-loaded.txt"), {"Content-Type": "application/json"}))
         await pipe.poll()
-        seconds = pipe.value("llm_model_last_load_duration_seconds", kind="load", basis="process_start", model="tiny:latest")
+        seconds = pipe.value("llm_model_last_load_duration_seconds", kind="load", basis="process_start",
+                             model="tiny:latest")
         assert seconds is not None and 0.2 < seconds < 5
         assert pipe.state.model_pids() == {runner.pid: "tiny:latest"}
     finally:
