@@ -152,6 +152,9 @@ class Poller:
             raise
         except PollError as error:
             events = self.state.record_failure(error, clock.now(), time.monotonic() - started)
+            for model in events.failed:
+                self.notices.emit(logging.WARNING, "target %s (%s): model %s failed to load", target.name,
+                                  target.engine, model or "?")
             if events.went_down:
                 self.changes.emit(logging.WARNING, "target %s (%s) down: %s: %s", target.name, target.engine,
                                   error.reason.value, error)
@@ -173,6 +176,9 @@ class Poller:
             self.changes.emit(logging.INFO, "target %s (%s) is %s", target.name, target.engine, readiness)
         for notice in events.notices:
             self.notices.emit(logging.WARNING, "target %s (%s): %s", target.name, target.engine, notice)
+        for model in events.failed:
+            self.notices.emit(logging.WARNING, "target %s (%s): model %s failed to load", target.name,
+                              target.engine, model or "?")
         for model, load in events.loads:
             if load.seconds is None:
                 self.notices.emit(logging.INFO, "target %s (%s): model %s ready (%s; duration unknown)",

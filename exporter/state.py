@@ -47,6 +47,7 @@ class PollEvents:
     restarted: bool = False
     notices: list[str] = field(default_factory=list)              # engine conditions seen for the first time
     loads: list[tuple[str, LoadRecord]] = field(default_factory=list)  # (model, load) completed this poll
+    failed: list[str] = field(default_factory=list)  # models whose load failed this poll
 
 
 @dataclass
@@ -188,8 +189,15 @@ class TargetState:
             health.readiness = Readiness.DOWN
             self.life.last_refused = now
             for lifecycle in self.life.lifecycles.values():
+                before = lifecycle.failures
                 lifecycle.gone(now)
+                if lifecycle.failures > before:
+                    events.failed.append(lifecycle.model)
+        self._record_failed_loads(now, events)
         return events
+
+    def _record_failed_loads(self, now: float, events: PollEvents) -> None:
+        self.events.extend((now, f"model {model or '?'} failed to load") for model in events.failed)
 
     def record_success(self, obs: Observation, now: float, duration: float) -> PollEvents:
         """Apply one observation; returns what changed."""
@@ -200,6 +208,7 @@ class TargetState:
         elif events.readiness_changed:
             self.events.append((now, f"readiness: {obs.readiness.value}"))
         self.events.extend((now, f"notice: {notice}") for notice in events.notices)
+        self._record_failed_loads(now, events)
         self.events.extend((now, f"model {model or '?'} ready ({load.kind})"
                             + (f" after {load.seconds:.3f}s (basis {load.basis})" if load.seconds is not None else ""))
                            for model, load in events.loads)
@@ -238,7 +247,7 @@ class TargetState:
             life.instance_id = obs.instance_id
 
         health.readiness = obs.readiness
-        events.loads = self._apply_lifecycle(obs, now)
+        events.loads, events.failed = self._apply_lifecycle(obs, now)
         if obs.readiness is not Readiness.READY:
             # Loading or dead: there are no model values to show, and windows must not bridge the gap.
             report.clear_exposed()
@@ -262,11 +271,13 @@ class TargetState:
         self.report.series_dropped += dropped
         return kept
 
-    def _apply_lifecycle(self, obs: Observation, now: float) -> list[tuple[str, LoadRecord]]:
+    def _apply_lifecycle(self, obs: Observation, now: float) -> tuple[list[tuple[str, LoadRecord]], list[str]]:
+        """Feed each model's status to its lifecycle; returns the loads completed and the loads failed."""
         life = self.life
         loads: list[tuple[str, LoadRecord]] = []
+        failed: list[str] = []
         if not obs.lifecycle:
-            return loads
+            return loads, failed
         life.model_states = obs.model_states
         kept: dict[str, ModelLifecycle] = {}
         for slot, status in obs.lifecycle.items():
@@ -287,10 +298,13 @@ class TargetState:
                     lifecycle.gone(life.last_refused)  # seen not running: what comes next is a start
                 elif status.appeared:
                     lifecycle.gone(now)  # absent from the engine's last answer: this is a load seen happening
+            before = lifecycle.failures
             loads.extend((lifecycle.model, load) for load in lifecycle.observe(now, status))
+            if lifecycle.failures > before:
+                failed.append(lifecycle.model)
             kept[slot] = lifecycle
         life.lifecycles = kept  # models no longer listed by the engine are forgotten
-        return loads
+        return loads, failed
 
     def _detect_restart(self, obs: Observation) -> bool:
         life = self.life

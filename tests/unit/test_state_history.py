@@ -44,3 +44,29 @@ def test_a_load_that_fails_is_charged_to_the_model_being_loaded():
     failures = {labels["model"]: value for key, _, labels, value in target_samples(state, {})
                 if key == "model_load_failures"}
     assert failures == {"beta": 1, "alpha": 0}
+
+
+def test_a_failed_load_is_logged_once_and_in_the_debug_events(caplog):
+    import asyncio
+
+    from exporter.poller import Poller
+    from exporter.sources.base import Source
+
+    class Script(Source):
+        steps = [Observation(Readiness.LOADING, lifecycle={"": ModelStatus(ModelState.LOADING, model="beta")}),
+                 PollError(Reason.CONNECT, "refused"), PollError(Reason.CONNECT, "refused")]
+
+        async def collect(self) -> Observation:
+            step = self.steps.pop(0)
+            if isinstance(step, PollError):
+                raise step
+            return step
+
+    target = load_config_text("targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}).targets[0]
+    state = TargetState(target)
+    poller = Poller(Script(target), state)
+    for _ in range(3):
+        asyncio.run(poller.poll())
+    lines = [r.getMessage() for r in caplog.records if "failed to load" in r.getMessage()]
+    assert lines == ["target t (llamacpp): model beta failed to load"]
+    assert [text for _, text in state.events if "failed to load" in text] == ["model beta failed to load"]
