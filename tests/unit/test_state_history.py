@@ -52,12 +52,13 @@ def test_a_failed_load_is_logged_once_and_in_the_debug_events(caplog):
     from exporter.poller import Poller
     from exporter.sources.base import Source
 
-    class Script(Source):
-        steps = [Observation(Readiness.LOADING, lifecycle={"": ModelStatus(ModelState.LOADING, model="beta")}),
-                 PollError(Reason.CONNECT, "refused"), PollError(Reason.CONNECT, "refused")]
+    steps: list[Observation | PollError] = [
+        Observation(Readiness.LOADING, lifecycle={"": ModelStatus(ModelState.LOADING, model="beta")}),
+        PollError(Reason.CONNECT, "refused"), PollError(Reason.CONNECT, "refused")]
 
+    class Script(Source):
         async def collect(self) -> Observation:
-            step = self.steps.pop(0)
+            step = steps.pop(0)
             if isinstance(step, PollError):
                 raise step
             return step
