@@ -435,6 +435,9 @@ class LlamaCppSource(HttpSource):
                 self.props, self.polls_since_props = props, 0
         self.polls_since_props += 1
         observation = Observation(Readiness.READY, endpoints=self._endpoints(), model_states=ROUTER_STATES)
+        router = self._process_by_port() if self.same_host else None
+        if router is not None:  # the router's own life: a new process is a restart (its children are apart)
+            observation.instance_id = f"router:{router.pid}:{router.start_since_boot:.2f}"
         loaded: list[str] = []
         paths: dict[str, str] = {}
         for entry in entries[:MAX_ROUTER_MODELS]:

@@ -347,3 +347,25 @@ def test_each_model_keeps_its_own_history_across_restarts(llama_server_bin, mode
         exporter.stop()
         if server is not None:
             server.stop()
+
+
+def test_a_killed_and_restarted_router_counts_one_restart(llama_server_bin, models_dir, tmp_path):
+    """The --models-dir router is killed and started again (no `process:`: found by its port)."""
+    port, exporter_port = free_port(), free_port()
+    server = LoggedServer(llama_server_bin, ["--models-dir", str(models_dir), "--models-max", "1"], port)
+    server.start()
+    exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port, "router"), exporter_port)
+    try:
+        wait_until(lambda: value(exporter.metrics(), "llm_up", target="router") == 1, 10, what="router up")
+        time.sleep(3 * INTERVAL)
+        assert value(exporter.metrics(), "llm_engine_restarts_total", target="router") == 0
+        server.stop(signal.SIGKILL)
+        wait_until(lambda: value(exporter.metrics(), "llm_up", target="router") == 0, 5, what="router down")
+        server.start()
+        wait_until(lambda: value(exporter.metrics(), "llm_engine_restarts_total", target="router") == 1, 10,
+                   what="one restart counted")
+        time.sleep(3 * INTERVAL)
+        assert value(exporter.metrics(), "llm_engine_restarts_total", target="router") == 1
+    finally:
+        exporter.stop()
+        server.stop()
