@@ -208,14 +208,14 @@ def environment(pid: int, proc_root: str = "/proc") -> dict[str, str] | None:
     return out
 
 
-def find_by_port(port: int, programs: tuple[str, ...], default_port: int | None = None,
+def find_by_port(port: int, is_engine: Callable[[tuple[str, ...]], bool], default_port: int | None = None,
                  proc_root: str = "/proc") -> ProcessInfo | None:
-    """The oldest process of one of `programs` whose command line says it listens on `port` (`--port P`,
+    """The oldest engine process (`is_engine` accepts its command line) that says it listens on `port` (`--port P`,
     `--port=P`, or no --port at all when `port` is the program's default): how an engine beside the exporter
     is found without `process:` and without privileges (every user can read every command line)."""
 
     def listens(argv: tuple[str, ...]) -> bool:
-        if not argv or os.path.basename(argv[0]) not in programs:
+        if not argv or not is_engine(argv):
             return False
         for i, arg in enumerate(argv):
             if arg == "--port" and i + 1 < len(argv):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import abc
 import asyncio
 import json
+import os
 import ssl
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -18,9 +20,9 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..catalogue import BY_KEY
-from ..config import TargetConfig, read_small_file
+from ..config import TargetConfig, is_loopback_url, read_small_file
 from ..observation import ModelState, ModelStatus, Observation, PollError, Readiness, Reason
-from ..procinfo import ProcessFinder
+from ..procinfo import ProcessFinder, ProcessInfo, find_by_port, process_start
 from ..promparse import LabelCache, Payload, PromParseError, parse
 from .mapping import Feed, apply, mapped_keys, prefixes
 
@@ -166,6 +168,7 @@ def expect_status(response: Response, path: str, *ok: int) -> None:
 
 
 OFF_LOOP_BYTES = 256 * 1024  # /metrics bodies larger than this are parsed off the event loop
+PORT_SCAN_SECONDS = 5.0      # how often /proc is scanned for an engine not found by its port
 
 
 @dataclass
@@ -248,11 +251,45 @@ class Source(abc.ABC):
 class HttpSource(Source):
     """A source that polls its target over HTTP: owns the target's bounded fetcher."""
 
+    # The engine's program names in /proc (see is_engine_process) and the port it listens on without --port:
+    # with them, the engine process beside the exporter is found by the port in its command line.
+    process_programs: ClassVar[tuple[str, ...]] = ()
+    default_port: ClassVar[int | None] = None
+
+    def is_engine_process(self, argv: tuple[str, ...]) -> bool:
+        return bool(argv) and os.path.basename(argv[0]) in self.process_programs
+
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
         if self.shared.session is None:
             raise ValueError("an HTTP source needs the exporter's HTTP client (SharedContext.session)")
         self.http = HttpFetcher(self.shared.session, target)
+        self._by_port: ProcessInfo | None = None
+        self._port_scanned = -PORT_SCAN_SECONDS
+
+    @property
+    def same_host(self) -> bool:
+        """The engine runs beside the exporter (a loopback URL, or a `process:` to find it by)."""
+        return is_loopback_url(self.target.url) or self.target.process is not None
+
+    def process_by_port(self) -> ProcessInfo | None:
+        """The engine process beside the exporter, found by the port in its command line (no `process:`, no
+        privileges: every user can read command lines); looked for again at most every PORT_SCAN_SECONDS while
+        not found, and followed while it lives."""
+        if not self.process_programs or not is_loopback_url(self.target.url):
+            return None
+        known = self._by_port
+        if known is not None:
+            current = process_start(known.pid)
+            if current is not None and abs(current.start_since_boot - known.start_since_boot) < 0.02:
+                return known
+        now = time.monotonic()
+        if known is None and now - self._port_scanned < PORT_SCAN_SECONDS:
+            return None
+        self._port_scanned = now
+        port = urlsplit(self.target.url).port or (443 if self.target.url.startswith("https") else 80)
+        self._by_port = find_by_port(port, self.is_engine_process, self.default_port)
+        return self._by_port
 
     async def still_loading(self) -> bool:
         """GET /health: True on 503 (the engine is up but still loading), fine on 200, a failure else."""

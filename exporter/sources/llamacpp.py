@@ -34,10 +34,10 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from .. import clock
-from ..config import TargetConfig, is_loopback_url
+from ..config import TargetConfig
 from ..observation import (
     InfoSample,
     ModelSample,
@@ -49,7 +49,7 @@ from ..observation import (
     Readiness,
     Reason,
 )
-from ..procinfo import ProcessInfo, command_line, environment, find_by_argv, find_by_port, process_start
+from ..procinfo import ProcessInfo, command_line, environment, find_by_argv, process_start
 from .base import HttpFetcher, HttpSource, Response, SharedContext, expect_status, parse_metrics
 from .mapping import Feed, Upstream, apply
 
@@ -70,7 +70,6 @@ SINGLE_STATES = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
 ROUTER_STATES = tuple(ModelState)
 MAX_ROUTER_MODELS = 1000
 EVENTS_KEPT = 16  # status changes remembered per router model (the stream's exact transition times)
-PORT_SCAN_SECONDS = 30.0  # how often /proc is scanned for an unfound llama-server by its port
 MAX_SLOTS = 4096  # llama-server's -np; a /slots longer than this is refused (parse error) before any mapping
 DOCS = """\
 Beyond the table: `llm_prompt_tokens_total` and `llm_kv_cache_query_tokens_total` are both
@@ -324,6 +323,8 @@ class LlamaCppSource(HttpSource):
     metrics_prefix = "llamacpp:"
     detect_probe = ("/props", "default_generation_settings")
     docs = DOCS
+    process_programs = ("llama-server",)
+    default_port = 8080
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
@@ -335,7 +336,6 @@ class LlamaCppSource(HttpSource):
         self.props: dict[str, Any] = {}
         self.polls_since_props = PROPS_REFRESH_POLLS
         self.instance: str | None = None
-        self.same_host = is_loopback_url(target.url) or target.process is not None
         # router model → ((argv, state) when looked up, its child process or None when not visible)
         self.children: dict[str, tuple[tuple[tuple[str, ...], ModelState], ProcessInfo | None]] = {}
         self.events = RouterEvents(self.http)  # router mode: /models/sse, started when a router is seen
@@ -344,8 +344,6 @@ class LlamaCppSource(HttpSource):
         self.layouts: dict[int, KvLayout | None] = {}  # engine (or router child) pid → its layout
         self.argvs: dict[int, tuple[str, ...]] = {}     # ... and its command line
         self.argv_model = ""  # the model the engine process was started with (its command line), if known
-        self.by_port: ProcessInfo | None = None
-        self.port_scanned = -PORT_SCAN_SECONDS
 
     async def collect(self) -> Observation:
         http = self.http
@@ -435,7 +433,7 @@ class LlamaCppSource(HttpSource):
                 self.props, self.polls_since_props = props, 0
         self.polls_since_props += 1
         observation = Observation(Readiness.READY, endpoints=self._endpoints(), model_states=ROUTER_STATES)
-        router = self._process_by_port() if self.same_host else None
+        router = self.process_by_port() if self.same_host else None
         if router is not None:  # the router's own life: a new process is a restart (its children are apart)
             observation.instance_id = f"router:{router.pid}:{router.start_since_boot:.2f}"
         loaded: list[str] = []
@@ -670,7 +668,7 @@ class LlamaCppSource(HttpSource):
                 observation.engine_ready_exact = True
         self.locate_process(observation)
         if observation.process_pid is None and self.same_host:
-            info = self._process_by_port()
+            info = self.process_by_port()
             if info is not None:
                 observation.process_pid = info.pid
                 if observation.process_start_time is None:
@@ -679,22 +677,6 @@ class LlamaCppSource(HttpSource):
         self.kv_layout = self._layout_of(observation.process_pid)
         argv = self.argvs.get(observation.process_pid) if observation.process_pid is not None else None
         self.argv_model = argv_model(argv) if argv else ""
-
-    def _process_by_port(self) -> ProcessInfo | None:
-        """The llama-server beside the exporter, found by the port in its command line (no `process:` and no
-        privileges needed); looked for again at most every PORT_SCAN_SECONDS while not found."""
-        known = self.by_port
-        if known is not None and process_start(known.pid) is not None:
-            current = process_start(known.pid)
-            if current is not None and abs(current.start_since_boot - known.start_since_boot) < 0.02:
-                return known
-        now = time.monotonic()
-        if known is None and now - self.port_scanned < PORT_SCAN_SECONDS:
-            return None
-        self.port_scanned = now
-        port = urlsplit(self.target.url).port or (443 if self.target.url.startswith("https") else 80)
-        self.by_port = find_by_port(port, ("llama-server",), default_port=8080)
-        return self.by_port
 
     def _layout_of(self, pid: int | None) -> KvLayout | None:
         """The KV layout of an engine process (read once per process: its command line and environment)."""

@@ -23,7 +23,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from ..config import TargetConfig, is_loopback_url
+from ..config import TargetConfig
 from ..observation import InfoSample, ModelSample, ModelState, ModelStatus, Observation, PollError, Readiness, Reason
 from ..procinfo import ProcessInfo, processes_where
 from .base import HttpSource, SharedContext, expect_status
@@ -78,7 +78,6 @@ class OllamaSource(HttpSource):
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
-        self.same_host = is_loopback_url(target.url) or target.process is not None
         self.version: str | None = None
         self.installed: list[str] = []
         self.polls_since_tags = TAGS_EVERY

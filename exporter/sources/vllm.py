@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 
 from .. import clock
 from ..observation import (
@@ -20,7 +21,9 @@ from ..observation import (
     ModelState,
     ModelStatus,
     Observation,
+    PollError,
     Readiness,
+    Reason,
     SeriesSample,
 )
 from ..promparse import Payload
@@ -93,9 +96,33 @@ class VllmSource(HttpSource):
     metrics_prefix = "vllm:"
     detect_probe = ("/version", "version")
     docs = DOCS
+    default_port = 8000
+    process_programs = ("vllm",)
+    served_model = ""  # the model it served last (named while it loads again)
+
+    def is_engine_process(self, argv: tuple[str, ...]) -> bool:
+        return is_vllm(argv)
 
     async def collect(self) -> Observation:
-        health = await self.http.get("/health")
+        try:
+            health = await self.http.get("/health")
+        except PollError as error:
+            # vLLM binds its port only once the model is loaded: refused while its process runs is loading.
+            if error.reason is not Reason.CONNECT:
+                raise
+            observation = Observation(Readiness.LOADING, model_states=MODEL_STATES + (ModelState.LOADING,))
+            self.locate_process(observation)
+            if observation.process_pid is None and self.same_host:
+                info = self.process_by_port()
+                if info is not None:
+                    observation.process_pid, observation.process_start_time = info.pid, info.start_time
+                    observation.process_start_basis = "proc"
+            if observation.process_pid is None:
+                raise  # nothing running: down, as before
+            observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.served_model,
+                                                    process_start=observation.process_start_time,
+                                                    pid=observation.process_pid)
+            return observation
         if health.status in (500, 503):
             return Observation(Readiness.DOWN, notices=(f"/health answered {health.status}: engine is dead",))
         expect_status(health, "/health")
@@ -110,6 +137,7 @@ class VllmSource(HttpSource):
         observation.series.extend(engine_health(payload))
         sleeping = sleeping_models(payload)
         model = min(models) if models else ""
+        self.served_model = model or self.served_model
         observation.model_states = MODEL_STATES
         observation.lifecycle[""] = ModelStatus(
             ModelState.SLEEPING if model in sleeping else ModelState.LOADED, model=model,
@@ -180,3 +208,8 @@ def engine_health(payload: Payload) -> list[SeriesSample]:
         if value in (0.0, 1.0):
             out.append(SeriesSample("engine_healthy", (("rank", str(labels.get("engine", ""))[:20]),), value))
     return out
+
+
+def is_vllm(argv: tuple[str, ...]) -> bool:
+    """`vllm serve ...` or `python -m vllm.entrypoints.openai.api_server ...`."""
+    return os.path.basename(argv[0]) == "vllm" or any(a.startswith("vllm.entrypoints") for a in argv[1:4])

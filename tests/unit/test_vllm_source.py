@@ -330,3 +330,26 @@ def test_prefix_cache_hits_by_tier_on_the_real_032_payload():
     models = mapped(capture("after-prefix"))
     assert models["tiny-llama"].get("kv_cache_hit_tokens_by_tier", tier="device") == 1280
     assert models["tiny-llama"].get("kv_cache_hit_tokens") == 1280  # the total is unchanged
+
+
+async def test_refused_while_its_process_runs_is_loading_not_down(tmp_path):
+    """vLLM binds its port only once loaded: refused while a vLLM process that names the port runs (found by
+    the port in its command line, no `process:`) is a loading engine, not a down target."""
+    import subprocess
+
+    from tests.support.net import free_port
+    port = free_port()
+    (tmp_path / "serve").write_text("sleep 30\n")
+    engine = subprocess.Popen(["vllm", "serve", "--port", str(port)], executable="/bin/sh", cwd=tmp_path)
+    pipe = Pipeline("vllm", f"http://127.0.0.1:{port}")
+    try:
+        await pipe.poll()
+        assert pipe.value("llm_up") == 1 and pipe.value("llm_ready") == 0
+        assert pipe.value("llm_model_state", state="loading") == 1
+        assert pipe.state.life.process_pid == engine.pid
+    finally:
+        engine.kill()
+        engine.wait()
+    await pipe.poll()  # the process is gone: refused is down again
+    assert pipe.value("llm_up") == 0
+    await pipe.close()
