@@ -108,3 +108,69 @@ def test_vllm_counters_equal_the_usage_clients_got(vllm_python, model_dir, tmp_p
     finally:
         exporter.stop()
         server.stop()
+
+
+def test_llamacpp_kv_usage_follows_the_fill_the_clients_know(llama_server_bin, tiny_gguf, tmp_path):
+    """Two long streams, one per slot (`-np 2 -c 4096`: two pools of 2048 cells, 4096 in all): every sample of
+    llm_kv_cache_usage_ratio while both stream equals (prompt tokens + tokens streamed so far) / 4096 as the
+    clients count them, within the tokens generated between the exporter's poll and the sample."""
+    import threading
+
+    port, exporter_port = free_port(), free_port()
+    server = LlamaServer(llama_server_bin, tiny_gguf, port, tmp_path / "llama.log")
+    config = tmp_path / "exporter.yaml"
+    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: llama, engine: llamacpp, "
+                      f"url: 'http://127.0.0.1:{port}', interval: 200ms, timeout: 190ms}}\n")
+    server.start()
+    exporter = ExporterProcess(config, exporter_port)
+    streamed = [0, 0]
+    prompts = [0, 0]
+    active = [False, False]
+
+    def stream(i: int) -> None:
+        body = {"model": "tiny", "prompt": f"Stream number {i}: " + "tell me about metrics and caches. " * 20,
+                "max_tokens": 600, "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
+                "ignore_eos": True}
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        active[i] = True
+        for line in response:
+            if line.startswith(b"data: {"):
+                chunk = json.loads(line[6:])
+                if chunk.get("usage"):
+                    prompts[i] = chunk["usage"]["prompt_tokens"]
+                elif chunk.get("choices"):
+                    streamed[i] += 1
+        active[i] = False
+        conn.close()
+
+    try:
+        wait_until(lambda: value(exporter.metrics(), "llm_ready", target="llama") == 1, 30, what="ready")
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        samples = []  # (exporter ratio, tokens streamed by each client at the sample, time)
+        while any(t.is_alive() for t in threads):
+            before = tuple(streamed)
+            ratio = value(exporter.metrics(), "llm_kv_cache_usage_ratio", target="llama")
+            if all(active) and min(before) > 5:
+                samples.append((ratio, before, tuple(streamed), time.monotonic()))
+            time.sleep(0.1)
+        for thread in threads:
+            thread.join()
+        assert len(samples) >= 5, samples
+        rate = (sum(streamed) / max(1e-9, samples[-1][3] - samples[0][3])) if samples else 0  # both streams
+        slack = rate * 0.5 / 4096  # a poll interval and a scrape apart, at the measured token rate
+        errors = []
+        for ratio, at_start, at_end, _ in samples:
+            assert ratio is not None
+            low = (sum(prompts) + sum(at_start)) / 4096 - slack
+            high = (sum(prompts) + sum(at_end)) / 4096 + 2 / 4096
+            errors.append(round(ratio - (sum(prompts) + sum(at_start)) / 4096, 4))
+            assert low <= ratio <= high, (ratio, low, high)
+        RESULTS["kv_usage"] = {"samples": len(samples), "max_error": max(map(abs, errors)), "slack": slack}
+        print("llama kv usage vs client fill:", RESULTS["kv_usage"])
+    finally:
+        exporter.stop()
+        server.stop()
