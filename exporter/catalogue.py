@@ -83,6 +83,9 @@ ENGINE_METRICS: tuple[MetricSpec, ...] = (
                "Time between consecutive output tokens, as the engine measures it."),
     MetricSpec("request_latency", "request_latency_seconds", "histogram",
                "End-to-end request latency, as the engine measures it."),
+    MetricSpec("time_per_output_token", "time_per_output_token_seconds", "histogram",
+               "Per finished request: its mean time per output token after the first, as the engine measures it. "
+               "One observation per request, not per token: not the inter-token latency."),
     MetricSpec("request_prefill", "request_prefill_seconds", "histogram",
                "Per finished request: time in the prefill phase (first scheduled to first token), as the engine "
                "measures it."),

@@ -29,7 +29,7 @@ MAPPING: tuple[Feed, ...] = (
          label_as="reason"),
     Feed("token_queue_latency", "histogram", (U("trtllm_request_queue_time_seconds", V),)),
     Feed("time_to_first_token", "histogram", (U("trtllm_time_to_first_token_seconds", V),)),
-    Feed("inter_token_latency", "histogram", (U("trtllm_time_per_output_token_seconds", V),)),
+    Feed("time_per_output_token", "histogram", (U("trtllm_time_per_output_token_seconds", V),)),
     Feed("request_latency", "histogram", (U("trtllm_e2e_request_latency_seconds", V),)),
     Feed("request_prefill", "histogram", (U("trtllm_request_prefill_time_seconds", V),), required=False),
     Feed("request_decode", "histogram", (U("trtllm_request_decode_time_seconds", V),), required=False),
@@ -40,8 +40,9 @@ Text at `GET /prometheus/metrics` (`/metrics` is TensorRT-LLM's JSON iteration s
 readiness from `GET /health`. `model_name`/`engine_type` label every series; they are combined per
 model. `trtllm_prompt_tokens_total` counts every prompt token of finished requests (cached ones
 included), so it is the query counter of the token hit ratio; `trtllm_kv_cache_hit_rate` (one
-iteration's block hit rate) is not used. `trtllm_time_per_output_token_seconds` (per request) is the
-inter-token latency, as SGLang's. Built from the engine's own metrics code (no server runs here)."""
+iteration's block hit rate) is not used. `trtllm_time_per_output_token_seconds` is observed once per
+finished request: `llm_time_per_output_token_seconds`, not the inter-token latency (absent). Built
+from the engine's own metrics code (no server runs here)."""
 
 
 class TrtllmSource(PrometheusTextSource):

@@ -60,6 +60,8 @@ MAPPING: tuple[Feed, ...] = (
     Feed("inter_token_latency", "histogram", (U("vllm:inter_token_latency_seconds", "0.11-0.33"),
                                               U("vllm:time_per_output_token_seconds", "0.4-0.10"))),
     Feed("request_latency", "histogram", (U("vllm:e2e_request_latency_seconds", "0.4-0.33"),)),
+    Feed("time_per_output_token", "histogram", (U("vllm:request_time_per_output_token_seconds", "0.11-0.33"),),
+         required=False),
     Feed("request_prefill", "histogram", (U("vllm:request_prefill_time_seconds", "0.7-0.33"),), required=False),
     Feed("request_decode", "histogram", (U("vllm:request_decode_time_seconds", "0.7-0.33"),), required=False),
     Feed("request_inference", "histogram", (U("vllm:request_inference_time_seconds", "0.7-0.33"),),

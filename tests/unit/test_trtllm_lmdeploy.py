@@ -43,9 +43,10 @@ async def test_trtllm_text_lives_at_another_path():
         assert pipe.value("llm_kv_cache_hit_tokens_total", **m) == CACHED
         assert pipe.value("llm_kv_cache_query_tokens_total", **m) == PROMPT
         assert pipe.value("llm_requests_finished_total", reason="stop", **m) == 3
-        for family in ("token_queue_latency_seconds", "time_to_first_token_seconds", "inter_token_latency_seconds",
-                       "request_latency_seconds", "request_prefill_seconds", "request_decode_seconds",
-                       "request_inference_seconds"):
+        assert pipe.value("llm_inter_token_latency_seconds_count", **m) is None  # per request: not ITL
+        for family in ("token_queue_latency_seconds", "time_to_first_token_seconds",
+                       "time_per_output_token_seconds", "request_latency_seconds", "request_prefill_seconds",
+                       "request_decode_seconds", "request_inference_seconds"):
             assert pipe.value(f"llm_{family}_count", **m) == 3, family
         assert pipe.value("llm_request_prefill_seconds_sum", **m) == pytest.approx(0.12 + 0.18 + 0.14)
         assert pipe.value("llm_request_inference_seconds_sum", **m) == pytest.approx(0.12 + 0.9 + 0.18 + 1.2 + 0.14
