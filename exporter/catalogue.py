@@ -141,8 +141,9 @@ LIFECYCLE_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("model_loaded_time", "model_loaded_timestamp_seconds", "gauge",
                "Unix time the model's current load finished (absent unless the model is loaded)."),
     MetricSpec("model_unloads", "model_unloads", "counter",
-               "Unloads the exporter saw, by the reason the engine's answers tell: expired (its keep-alive ran "
-               "out) or evicted (unloaded before it, to make room or on request). Ollama.", ("reason",)),
+               "Unloads the exporter saw, by the reason the engine's answers tell: Ollama expired (its keep-alive "
+               "ran out) or evicted (before it); a llama.cpp router evicted (another model started loading: "
+               "--models-max) or requested.", ("reason",)),
 )
 
 # Per-target metrics kept by the exporter itself.

@@ -339,6 +339,7 @@ class LlamaCppSource(HttpSource):
         # router model → ((argv, state) when looked up, its child process or None when not visible)
         self.children: dict[str, tuple[tuple[tuple[str, ...], ModelState], ProcessInfo | None]] = {}
         self.events = RouterEvents(self.http)  # router mode: /models/sse, started when a router is seen
+        self.router_states: dict[str, ModelState] = {}  # each router model's state at the previous poll
         # The KV cache's layout (from the engine's command line): how much context the slots share
         self.kv_layout: KvLayout | None = None
         self.layouts: dict[int, KvLayout | None] = {}  # engine (or router child) pid → its layout
@@ -458,6 +459,7 @@ class LlamaCppSource(HttpSource):
                 ready_exact=state is ModelState.LOADED and self.events.last(model, "loaded", started) is not None)
             if state is ModelState.LOADED:
                 loaded.append(model)
+        self._unload_reasons(observation)
         # Models no longer listed are forgotten (a router that lists fresh ids every poll grows nothing).
         for table in (self.children, self.model_props):
             for gone in [m for m in table if m not in paths]:
@@ -486,6 +488,21 @@ class LlamaCppSource(HttpSource):
         observation.mapping_misses = tuple(sorted(misses))
         observation.notices = tuple(notices)
         return observation
+
+    def _unload_reasons(self, observation: Observation) -> None:
+        """A model that left loaded (or sleeping) for unloaded: `evicted` when another model started loading
+        since the previous poll (the router made room: --models-max), else `requested` (POST /models/unload,
+        or its idle unload). The router's answers tell no more; a failed child shows as `failed`, a failure."""
+        now = {model: status.state for model, status in observation.lifecycle.items()}
+        before = self.router_states
+        busy = (ModelState.LOADING, ModelState.LOADED)
+        arriving = any(state is ModelState.LOADING or (state is ModelState.LOADED and before.get(model) not in busy)
+                       for model, state in now.items())
+        for model, state in now.items():
+            if state is ModelState.UNLOADED and before.get(model) in (ModelState.LOADED, ModelState.SLEEPING):
+                observation.lifecycle[model] = dataclasses.replace(
+                    observation.lifecycle[model], unload_reason="evicted" if arriving else "requested")
+        self.router_states = now
 
     @staticmethod
     def _router_entry(entry: Any) -> tuple[str, ModelState, tuple[str, ...], str] | None:

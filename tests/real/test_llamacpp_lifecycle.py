@@ -123,6 +123,11 @@ def models_dir(tmp_path_factory):
     return out
 
 
+def parse_body(body: str, name: str) -> list:
+    from exporter.promparse import parse
+    return parse(body).get(name)
+
+
 def _states(body: str, target: str = "router") -> dict[str, str]:
     from exporter.promparse import parse
     return {labels["model"]: labels["state"] for labels, v in parse(body).get("llm_model_state")
@@ -186,6 +191,12 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
         loads = {m: value(body, "llm_model_loads_total", target="router", model=m, kind="load")
                  for m in ("small", "medium", "large")}
         assert loads == {"small": 1, "medium": 2, "large": 1}, loads
+        # --models-max 1: each swap evicted the model before; the last one was unloaded on request
+        unloads = {(labels["model"], labels["reason"]): v for labels, v in parse_body(body, "llm_model_unloads_total")
+                   if labels.get("target") == "router"}
+        RESULTS["router_unloads"] = unloads
+        assert unloads == {("medium", "evicted"): 1, ("small", "evicted"): 1, ("large", "evicted"): 1,
+                           ("medium", "requested"): 1}, unloads
         errors = []
         # every load's duration, against the server's own log (spawn line → child's "model loaded")
         durations = {m: [] for m in ("small", "medium", "large")}
