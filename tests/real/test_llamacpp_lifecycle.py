@@ -380,3 +380,34 @@ def test_a_killed_and_restarted_router_counts_one_restart(llama_server_bin, mode
     finally:
         exporter.stop()
         server.stop()
+
+
+def test_a_corrupt_model_in_a_router_is_one_failure_of_that_model(llama_server_bin, models_dir, tmp_path):
+    """A router whose --models-dir holds a corrupt GGUF: loading it fails; the failure is counted once, on that
+    model, and logged once."""
+    import shutil
+    broken_dir = tmp_path / "models"
+    broken_dir.mkdir()
+    shutil.copy(models_dir / "small.gguf", broken_dir / "small.gguf")
+    (broken_dir / "broken.gguf").write_bytes(b"GGUF" + b"\xff" * 4096)
+    port, exporter_port = free_port(), free_port()
+    server = LoggedServer(llama_server_bin, ["--models-dir", str(broken_dir), "--models-max", "1"], port)
+    server.start()
+    exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port, "router"), exporter_port)
+    try:
+        wait_until(lambda: len(_states(exporter.metrics())) == 2, 10, what="two models listed")
+        try:
+            server.post("/models/load", {"model": "broken"})
+        except urllib.error.HTTPError:
+            pass  # the router may answer the load with an error itself
+        body = wait_until(lambda: (lambda b: b if value(b, "llm_model_load_failures_total", target="router",
+                                                       model="broken") == 1 else None)(exporter.metrics()),
+                          30, what="the failure counted")
+        time.sleep(4 * INTERVAL)
+        body = exporter.metrics()
+        assert value(body, "llm_model_load_failures_total", target="router", model="broken") == 1
+        assert value(body, "llm_model_load_failures_total", target="router", model="small") == 0
+        assert exporter.logs().count("model broken failed to load") == 1, exporter.logs()[-2000:]
+    finally:
+        exporter.stop()
+        server.stop()
