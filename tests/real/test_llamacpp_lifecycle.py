@@ -410,3 +410,28 @@ def test_a_corrupt_model_in_a_router_is_one_failure_of_that_model(llama_server_b
     finally:
         exporter.stop()
         server.stop()
+
+
+def test_a_process_killed_while_loading_is_one_failure_of_the_model_it_was_loading(llama_server_bin, tmp_path):
+    """A llama-server killed (SIGKILL) while it loads a model (a ~700 MB GGUF read with direct I/O, so the
+    load lasts a few polls): one failure, charged to that model (named from the command line while it loads,
+    before /props can say), logged once."""
+    from tests.support.tiny_gguf import write_model
+    big = tmp_path / "big.gguf"
+    write_model(str(big), layers=6, hidden=1536, heads=24, ffn=4096, context=1024)
+    port, exporter_port = free_port(), free_port()
+    exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port), exporter_port)
+    server = LoggedServer(llama_server_bin, ["-m", str(big), "-lm", "dio"], port)
+    try:
+        server.start(wait_ready=False)
+        wait_until(lambda: value(exporter.metrics(), "llm_model_state", target="llama", model="big.gguf",
+                                 state="loading") == 1, 20, interval=0.05, what="the exporter to see it loading")
+        server.stop(signal.SIGKILL)
+        wait_until(lambda: value(exporter.metrics(), "llm_up", target="llama") == 0, 5, what="down")
+        body = exporter.metrics()
+        assert value(body, "llm_model_load_failures_total", target="llama", model="big.gguf") == 1, body
+        assert value(body, "llm_model_loads_total", target="llama", model="big.gguf", kind="start") == 0
+        assert exporter.logs().count("model big.gguf failed to load") == 1, exporter.logs()[-2000:]
+    finally:
+        exporter.stop()
+        server.stop()
