@@ -37,7 +37,7 @@ from run import free_port, proc_peak_rss_bytes, proc_rss_bytes, wait_http  # noq
 
 from exporter.promparse import parse  # noqa: E402
 
-HOSTILE_SERVER = r'''
+HOSTILE_SERVER = r"""
 import asyncio, json, sys
 from aiohttp import web
 VLLM = open(sys.argv[2]).read()
@@ -104,20 +104,29 @@ async def handle(req):
 app = web.Application()
 app.router.add_route("*", "/{t:.*}", handle)
 web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-'''
+"""
 
 VLLM = ROOT / "tests" / "fixtures" / "vllm-real" / "v0.32.0-metrics-after-prefix.prom"
 LC = ROOT / "tests" / "fixtures" / "llamacpp"
 
 
 class Scenario:
-    def __init__(self, name: str, what: str, bad: str | None = None, attack: Callable[[int], Callable[[], None]]
-                 | None = None, web_auth: bool = False, fd_soft_limit: int | None = None, big_exposition: bool = False):
+    def __init__(
+        self,
+        name: str,
+        what: str,
+        bad: str | None = None,
+        attack: Callable[[int], Callable[[], None]] | None = None,
+        web_auth: bool = False,
+        fd_soft_limit: int | None = None,
+        big_exposition: bool = False,
+    ):
         self.name, self.what, self.bad, self.attack = name, what, bad, attack
         self.web_auth, self.fd_soft_limit, self.big_exposition = web_auth, fd_soft_limit, big_exposition
 
 
 # ---------------------------------------------------------------- client attacks (each returns a stopper)
+
 
 def _loop_in_thread(body: Callable[[threading.Event], None]) -> Callable[[], None]:
     stop = threading.Event()
@@ -127,6 +136,7 @@ def _loop_in_thread(body: Callable[[threading.Event], None]) -> Callable[[], Non
     def stopper() -> None:
         stop.set()
         thread.join(10)
+
     return stopper
 
 
@@ -138,13 +148,17 @@ def wrong_passwords(port: int) -> Callable[[], None]:
                 k += 1
                 auth = "Basic " + base64.b64encode(f"prom:wrong{i}-{k}".encode()).decode()
                 with contextlib.suppress(Exception):
-                    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
-                                                                  headers={"Authorization": auth}), timeout=5)
+                    urllib.request.urlopen(
+                        urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Authorization": auth}),
+                        timeout=5,
+                    )
+
         workers = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(8)]
         for w in workers:
             w.start()
         for w in workers:
             w.join()
+
     return _loop_in_thread(body)
 
 
@@ -160,6 +174,7 @@ def slow_readers(port: int) -> Callable[[], None]:
     def stopper() -> None:
         for sock in socks:
             sock.close()
+
     return stopper
 
 
@@ -183,6 +198,7 @@ def slowloris(port: int) -> Callable[[], None]:
             stop.wait(1.0)
         for sock in socks:
             sock.close()
+
     return _loop_in_thread(body)
 
 
@@ -197,6 +213,7 @@ def malformed(port: int) -> Callable[[], None]:
                 except OSError:
                     pass
             stop.wait(0.05)
+
     return _loop_in_thread(body)
 
 
@@ -204,14 +221,18 @@ def concurrent_scrapes(port: int) -> Callable[[], None]:
     def body(stop: threading.Event) -> None:
         def one() -> None:
             with contextlib.suppress(Exception):
-                urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
-                                                              headers={"Accept-Encoding": "gzip"}), timeout=20).read()
+                urllib.request.urlopen(
+                    urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"}),
+                    timeout=20,
+                ).read()
+
         while not stop.is_set():
             threads = [threading.Thread(target=one, daemon=True) for _ in range(200)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
+
     return _loop_in_thread(body)
 
 
@@ -223,16 +244,26 @@ SCENARIOS = [
     Scenario("M1 manymodels", "10,000 models x 7 families (3.5 MB)", bad="manymodels"),
     Scenario("M1 hugeslots", "70,000-slot /slots (7.3 MB)", bad="hugeslots"),
     Scenario("M9 hugewait", "requests_deferred 1e308", bad="hugewait"),
-    Scenario("H3 wrong passwords", "8 clients, wrong passwords for a real user", attack=wrong_passwords,
-             web_auth=True),
-    Scenario("baseline, 300 targets", "ctl and 300 pass-through targets, no attack: the H4 and M2 rows' baseline",
-             big_exposition=True),
-    Scenario("H4 slow readers", "40 clients that ask and never read (300 more targets: ~10 MB exposition)",
-             attack=slow_readers, big_exposition=True),
+    Scenario("H3 wrong passwords", "8 clients, wrong passwords for a real user", attack=wrong_passwords, web_auth=True),
+    Scenario(
+        "baseline, 300 targets",
+        "ctl and 300 pass-through targets, no attack: the H4 and M2 rows' baseline",
+        big_exposition=True,
+    ),
+    Scenario(
+        "H4 slow readers",
+        "40 clients that ask and never read (300 more targets: ~10 MB exposition)",
+        attack=slow_readers,
+        big_exposition=True,
+    ),
     Scenario("H5 slowloris", "1,100 half-sent heads, soft fd limit 1,024", attack=slowloris, fd_soft_limit=1024),
     Scenario("M7 malformed", "2,000 malformed requests a second", attack=malformed),
-    Scenario("M2 200 gzip scrapes", "200 concurrent gzip scrapes, again and again", attack=concurrent_scrapes,
-             big_exposition=True),
+    Scenario(
+        "M2 200 gzip scrapes",
+        "200 concurrent gzip scrapes, again and again",
+        attack=concurrent_scrapes,
+        big_exposition=True,
+    ),
 ]
 
 
@@ -250,21 +281,29 @@ def run(scenario: Scenario, seconds: float, upstream: int, workdir: Path) -> dic
     bad = scenario.bad
     engine = "llamacpp" if bad in ("router", "hugeslots", "hugewait") else "vllm"
     config = workdir / f"{scenario.name.split()[0]}.yaml"
-    text = (f"listen: 127.0.0.1:{port}\ntargets:\n"
-            f"  - name: ctl\n    engine: vllm\n    url: http://127.0.0.1:{upstream}/good\n"
-            f"    interval: 500ms\n    timeout: 500ms\n")
+    text = (
+        f"listen: 127.0.0.1:{port}\ntargets:\n"
+        f"  - name: ctl\n    engine: vllm\n    url: http://127.0.0.1:{upstream}/good\n"
+        f"    interval: 500ms\n    timeout: 500ms\n"
+    )
     if scenario.big_exposition:  # 300 more vLLM targets with pass-through: a ~10 MB exposition
-        text += "".join(f"  - {{name: big{i}, engine: vllm, url: 'http://127.0.0.1:{upstream}/good', interval: 5s, "
-                        f"timeout: 4s, passthrough: true}}\n" for i in range(300))
+        text += "".join(
+            f"  - {{name: big{i}, engine: vllm, url: 'http://127.0.0.1:{upstream}/good', interval: 5s, "
+            f"timeout: 4s, passthrough: true}}\n"
+            for i in range(300)
+        )
     if bad:
-        text += f"  - name: bad\n    engine: {engine}\n    url: http://127.0.0.1:{upstream}/{bad}\n" \
-                f"    interval: 1s\n    timeout: 1s\n"
+        text += (
+            f"  - name: bad\n    engine: {engine}\n    url: http://127.0.0.1:{upstream}/{bad}\n"
+            f"    interval: 1s\n    timeout: 1s\n"
+        )
     config.write_text(text)
     args = [sys.executable, "-m", "exporter", "--config", str(config)]
     headers: dict[str, str] = {}
     if scenario.web_auth:
         web = workdir / "web.yml"
         import bcrypt
+
         hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(10)).decode()
         web.write_text(f"basic_auth_users: {{prom: '{hashed}'}}\n")
         args += ["--web.config.file", str(web)]
@@ -273,6 +312,7 @@ def run(scenario: Scenario, seconds: float, upstream: int, workdir: Path) -> dic
     def limits() -> None:
         if scenario.fd_soft_limit:
             import resource
+
             _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (scenario.fd_soft_limit, hard))
 
@@ -319,11 +359,21 @@ def run(scenario: Scenario, seconds: float, upstream: int, workdir: Path) -> dic
         log.close()
     log_bytes = (workdir / f"{scenario.name.split()[0]}.log").stat().st_size
     latencies.sort()
-    return {"name": scenario.name, "what": scenario.what, "rss_mib": rss / 2**20, "hwm_mib": hwm / 2**20,
-            "lag_s": lag, "seconds": elapsed_run, "ctl_polls": polls, "ctl_expected": elapsed_run / 0.5,
-            "ctl_errors": errors_ctl, "scrape_p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
-            "scrape_max_ms": 1000 * latencies[-1] if latencies else None, "scrape_failures": failures,
-            "log_kib": log_bytes / 1024}
+    return {
+        "name": scenario.name,
+        "what": scenario.what,
+        "rss_mib": rss / 2**20,
+        "hwm_mib": hwm / 2**20,
+        "lag_s": lag,
+        "seconds": elapsed_run,
+        "ctl_polls": polls,
+        "ctl_expected": elapsed_run / 0.5,
+        "ctl_errors": errors_ctl,
+        "scrape_p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else None,
+        "scrape_max_ms": 1000 * latencies[-1] if latencies else None,
+        "scrape_failures": failures,
+        "log_kib": log_bytes / 1024,
+    }
 
 
 def _scrape(port: int, headers: dict[str, str]) -> tuple[float, str]:
@@ -335,12 +385,17 @@ def _scrape(port: int, headers: dict[str, str]) -> tuple[float, str]:
 
 
 def table(rows: list[dict[str, object]], seconds: float) -> str:
-    lines = ["## Hostile: the reliability report's attacks (bench/hostile.py)", "",
-             f"`.venv/bin/python bench/hostile.py --seconds {seconds:g} --write`: a fresh exporter per row, a control "
-             "target `ctl` (vLLM 0.32 payload, 500 ms) beside each attack, a legitimate scraper once a second. "
-             "The baseline row is measured in the same run.", "",
-             "| attack | what | RSS / peak | peak ÷ its baseline | loop lag (s, sum) | ctl polls / schedule | "
-             "ctl errors | scrape p50 / max | scrape failures | log |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Hostile: the reliability report's attacks (bench/hostile.py)",
+        "",
+        f"`.venv/bin/python bench/hostile.py --seconds {seconds:g} --write`: a fresh exporter per row, a control "
+        "target `ctl` (vLLM 0.32 payload, 500 ms) beside each attack, a legitimate scraper once a second. "
+        "The baseline row is measured in the same run.",
+        "",
+        "| attack | what | RSS / peak | peak ÷ its baseline | loop lag (s, sum) | ctl polls / schedule | "
+        "ctl errors | scrape p50 / max | scrape failures | log |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     baselines = {r["name"]: r for r in rows if str(r["name"]).startswith("baseline")}
     worst = ("", 0.0)
     for r in rows:
@@ -350,12 +405,18 @@ def table(rows: list[dict[str, object]], seconds: float) -> str:
         if not str(r["name"]).startswith("baseline") and growth > worst[1]:
             worst = (str(r["name"]), growth)
         p50 = f"{r['scrape_p50_ms']:.0f} / {r['scrape_max_ms']:.0f} ms" if r["scrape_p50_ms"] is not None else "—"
-        lines.append(f"| {r['name']} | {r['what']} | {r['rss_mib']:.0f} / {r['hwm_mib']:.0f} MiB | {growth:.2f}× | "
-                     f"{r['lag_s']:.2f} | {r['ctl_polls']:.0f} / {r['ctl_expected']:.0f} | {r['ctl_errors']:.0f} | "
-                     f"{p50} | {r['scrape_failures']} | {r['log_kib']:.0f} KiB |")
-    lines += ["", f"The largest peak against its own baseline is {worst[0]} at {worst[1]:.2f}×. "
-              "At 404e8c1 the same attacks reached 1.8 GiB (H1), 2.5 GiB (H2) and 1.1 GiB (H4), and H3/H5 made "
-              "/healthz or every scrape fail (shared/reviews/reliability-404e8c1.md).", ""]
+        lines.append(
+            f"| {r['name']} | {r['what']} | {r['rss_mib']:.0f} / {r['hwm_mib']:.0f} MiB | {growth:.2f}× | "
+            f"{r['lag_s']:.2f} | {r['ctl_polls']:.0f} / {r['ctl_expected']:.0f} | {r['ctl_errors']:.0f} | "
+            f"{p50} | {r['scrape_failures']} | {r['log_kib']:.0f} KiB |"
+        )
+    lines += [
+        "",
+        f"The largest peak against its own baseline is {worst[0]} at {worst[1]:.2f}×. "
+        "At 404e8c1 the same attacks reached 1.8 GiB (H1), 2.5 GiB (H2) and 1.1 GiB (H4), and H3/H5 made "
+        "/healthz or every scrape fail (shared/reviews/reliability-404e8c1.md).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -374,9 +435,18 @@ def main() -> int:
         server = workdir / "hostile_server.py"
         server.write_text(HOSTILE_SERVER)
         upstream = free_port()
-        srv = subprocess.Popen([sys.executable, str(server), str(upstream), str(VLLM),
-                                str(LC / "b11434-metrics-idle-after-load.prom"), str(LC / "b11434-props.json")],
-                               cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        srv = subprocess.Popen(
+            [
+                sys.executable,
+                str(server),
+                str(upstream),
+                str(VLLM),
+                str(LC / "b11434-metrics-idle-after-load.prom"),
+                str(LC / "b11434-props.json"),
+            ],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         try:
             wait_http(f"http://127.0.0.1:{upstream}/good/health")
             rows = []
@@ -401,7 +471,7 @@ def _publish(text: str, write: bool) -> int:
         marker = "## Hostile: the reliability report's attacks (bench/hostile.py)"
         if marker in current:
             head, _, rest = current.partition(marker)
-            tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+            tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
             current = head + text + tail
         else:
             current = current.rstrip("\n") + "\n\n" + text

@@ -37,11 +37,13 @@ from run import FIXTURES, Replay, free_port, polls_total, proc_cpu_seconds, scra
 PAYLOAD = FIXTURES / "v0.32.0-metrics-after-load.prom"
 SCRAPE_EVERY = 15.0
 # Stage → the function whose cumulative time is that stage (file, function name).
-STAGES = (("fetch (HTTP, bodies read)", "sources/base.py", "get"),
-          ("parse", "promparse.py", "parse"),
-          ("mapping", "sources/mapping.py", "apply"),
-          ("state and derivations", "state.py", "record_success"),
-          ("text rendering", "collector.py", "_target_lines"))
+STAGES = (
+    ("fetch (HTTP, bodies read)", "sources/base.py", "get"),
+    ("parse", "promparse.py", "parse"),
+    ("mapping", "sources/mapping.py", "apply"),
+    ("state and derivations", "state.py", "record_success"),
+    ("text rendering", "collector.py", "_target_lines"),
+)
 
 
 async def _floor(url: str, targets: int, seconds: float, paced: bool = True) -> dict[str, float]:
@@ -80,25 +82,48 @@ async def _floor(url: str, targets: int, seconds: float, paced: bool = True) -> 
 
 
 def floor_run(replay: Replay, targets: int, seconds: float, paced: bool = True) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--floor-child", f"http://127.0.0.1:{replay.port}",
-                          str(targets), str(seconds), "paced" if paced else "tight"],
-                         capture_output=True, text=True, cwd=ROOT, check=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--floor-child",
+            f"http://127.0.0.1:{replay.port}",
+            str(targets),
+            str(seconds),
+            "paced" if paced else "tight",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     result["ms_per_poll"] = 1e3 * result["cpu_s"] / max(result["polls"], 1)
     return result
 
 
-def exporter_run(tree: Path, replay: Replay, targets: int, seconds: float, profile: bool, tmp: Path
-                 ) -> dict[str, object]:
+def exporter_run(
+    tree: Path, replay: Replay, targets: int, seconds: float, profile: bool, tmp: Path
+) -> dict[str, object]:
     port = free_port()
     config = tmp / f"pollcost-{port}.yaml"
     lines = [f"listen: 127.0.0.1:{port}", "targets:"]
-    lines += [f"  - {{name: t{i:03d}, engine: vllm, url: 'http://127.0.0.1:{replay.port}/t/{i}', interval: 1s}}"
-              for i in range(targets)]
+    lines += [
+        f"  - {{name: t{i:03d}, engine: vllm, url: 'http://127.0.0.1:{replay.port}/t/{i}', interval: 1s}}"
+        for i in range(targets)
+    ]
     config.write_text("\n".join(lines) + "\n")
     prof = tmp / f"pollcost-{port}.prof"
-    cmd = [sys.executable, *(["-m", "cProfile", "-o", str(prof)] if profile else []), "-m", "exporter",
-           "--config", str(config), "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        *(["-m", "cProfile", "-o", str(prof)] if profile else []),
+        "-m",
+        "exporter",
+        "--config",
+        str(config),
+        "--log-level",
+        "warning",
+    ]
     env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/metrics"
@@ -130,34 +155,47 @@ def stages(prof: Path, polls: float) -> dict[str, float]:
         cum = sum(entry[3] for (file, _, func), entry in stats.items() if file.endswith(path) and func == function)
         out[name] = 1e3 * cum / max(polls, 1)
         total += out[name]
-    poll = sum(entry[3] for (file, _, func), entry in stats.items()
-               if re.search(r"exporter/poller\.py$", file) and func == "_poll")
-    render_in_poll = sum(entry[3] for (file, _, func), entry in stats.items()
-                         if file.endswith("collector.py") and func == "refresh")
+    poll = sum(
+        entry[3]
+        for (file, _, func), entry in stats.items()
+        if re.search(r"exporter/poller\.py$", file) and func == "_poll"
+    )
+    render_in_poll = sum(
+        entry[3] for (file, _, func), entry in stats.items() if file.endswith("collector.py") and func == "refresh"
+    )
     out["poll, all of it (under cProfile)"] = 1e3 * (poll + render_in_poll) / max(polls, 1)
     return out
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> str:
     """The per-stage profile, before and after, as a markdown section."""
-    lines = ["## Where a poll's time goes, before and after (bench/pollcost.py --profile)", "",
-             "20 vLLM targets at 1 s, 60 s, scraped every 15 s; ms of CPU per poll under cProfile (which "
-             "inflates every figure alike: read the shares). Before: main at 357d40c (this round's start); "
-             "after: this commit.", "",
-             "| stage | before | after |", "|---|---|---|"]
+    lines = [
+        "## Where a poll's time goes, before and after (bench/pollcost.py --profile)",
+        "",
+        "20 vLLM targets at 1 s, 60 s, scraped every 15 s; ms of CPU per poll under cProfile (which "
+        "inflates every figure alike: read the shares). Before: main at 357d40c (this round's start); "
+        "after: this commit.",
+        "",
+        "| stage | before | after |",
+        "|---|---|---|",
+    ]
     for stage in before["profile"]:
         lines.append(f"| {stage} | {before['profile'][stage]:.2f} ms | {after['profile'][stage]:.2f} ms |")
     for name, key in (("CPU per poll, without cProfile", "ms_per_poll"),):
         lines.append(f"| **{name}** | **{before['exporter'][key]:.2f} ms** | **{after['exporter'][key]:.2f} ms** |")
-    lines.append(f"| ÷ the back-to-back floor | {before['ratio_back_to_back']:.2f}× | "
-                 f"{after['ratio_back_to_back']:.2f}× |")
+    lines.append(
+        f"| ÷ the back-to-back floor | {before['ratio_back_to_back']:.2f}× | {after['ratio_back_to_back']:.2f}× |"
+    )
     lines.append(f"| ÷ the paced floor | {before['ratio']:.2f}× | {after['ratio']:.2f}× |")
-    lines += ["", "What was cut, as the profile showed it: text rendering after every poll (now only before an "
-              "expected scrape: polls more frequent than scrapes render only what a scrape reads; label "
-              "prefixes and numbers are memoised), the histogram mapping (bucket bounds checked by counting, "
-              "`le` parsed once per distinct value), the retry wrapper (tenacity only after a transient "
-              "failure), and prometheus_client on the text path (the exporter formats its own numbers and "
-              "process_* metrics). Fetch and parse are the floor itself."]
+    lines += [
+        "",
+        "What was cut, as the profile showed it: text rendering after every poll (now only before an "
+        "expected scrape: polls more frequent than scrapes render only what a scrape reads; label "
+        "prefixes and numbers are memoised), the histogram mapping (bucket bounds checked by counting, "
+        "`le` parsed once per distinct value), the retry wrapper (tenacity only after a transient "
+        "failure), and prometheus_client on the text path (the exporter formats its own numbers and "
+        "process_* metrics). Fetch and parse are the floor itself.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -168,8 +206,12 @@ def main() -> int:
     parser.add_argument("--tree", type=Path, default=ROOT)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--floor-child", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--compare", nargs=2, metavar=("BEFORE.json", "AFTER.json"),
-                        help="write bench/poll-profile.md from two --profile runs (before and after)")
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("BEFORE.json", "AFTER.json"),
+        help="write bench/poll-profile.md from two --profile runs (before and after)",
+    )
     args = parser.parse_args()
     if args.compare:
         before, after = (json.loads(Path(path).read_text()) for path in args.compare)
@@ -191,9 +233,13 @@ def measure(tree: Path, targets: int, seconds: float, profile: bool) -> dict[str
             tight = floor_run(replay, 1, seconds / 4, paced=False)
             exporter = exporter_run(tree, replay, targets, seconds, False, Path(tmp))
             per_poll = float(exporter["ms_per_poll"])  # type: ignore[arg-type]
-            result: dict[str, object] = {"floor": floor, "floor_back_to_back": tight, "exporter": exporter,
-                                         "ratio": per_poll / floor["ms_per_poll"],
-                                         "ratio_back_to_back": per_poll / tight["ms_per_poll"]}
+            result: dict[str, object] = {
+                "floor": floor,
+                "floor_back_to_back": tight,
+                "exporter": exporter,
+                "ratio": per_poll / floor["ms_per_poll"],
+                "ratio_back_to_back": per_poll / tight["ms_per_poll"],
+            }
             if profile:
                 result["profile"] = exporter_run(tree, replay, targets, seconds, True, Path(tmp))["stages"]
         finally:

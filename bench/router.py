@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import free_port, polls_total, proc_cpu_seconds, proc_peak_rss_bytes, scrape, wait_http  # noqa: E402
 
 LC = ROOT / "tests" / "fixtures" / "llamacpp"
-FAKE_ROUTER = '''
+FAKE_ROUTER = """
 import json, sys
 from aiohttp import web
 lc, port, models, loaded = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -53,18 +53,24 @@ app.router.add_get("/metrics", get_metrics)
 app.router.add_get("/models", get_models)
 app.router.add_get("/props", get_props)
 web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-'''
+"""
 
 
 def run(tmp: Path, models: int, loaded: int, seconds: float) -> dict:
     fake_port, exporter_port = free_port(), free_port()
     fake = subprocess.Popen([sys.executable, "-c", FAKE_ROUTER, str(LC), str(fake_port), str(models), str(loaded)])
     config = tmp / f"router-{models}.yaml"
-    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: r, engine: llamacpp, "
-                      f"url: 'http://127.0.0.1:{fake_port}', interval: 500ms, timeout: 450ms}}\n")
+    config.write_text(
+        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: r, engine: llamacpp, "
+        f"url: 'http://127.0.0.1:{fake_port}', interval: 500ms, timeout: 450ms}}\n"
+    )
     wait_http(f"http://127.0.0.1:{fake_port}/props")
-    exporter = subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(config), "--log-level", "warning"],
-                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exporter = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--config", str(config), "--log-level", "warning"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         url = f"http://127.0.0.1:{exporter_port}/metrics"
         wait_http(f"http://127.0.0.1:{exporter_port}/healthz")
@@ -77,11 +83,18 @@ def run(tmp: Path, models: int, loaded: int, seconds: float) -> dict:
         elapsed = time.monotonic() - t0
         cpu = proc_cpu_seconds(exporter.pid) - cpu0
         polls = sum(polls_total(body).values()) - sum(polls0.values())
-        states = body.count('llm_model_state{') if models else 0
-        return {"models": models, "loaded": loaded, "seconds": elapsed, "cpu_pct": 100 * cpu / elapsed,
-                "cpu_ms_per_poll": 1e3 * cpu / max(polls, 1), "polls": polls,
-                "hwm_mib": proc_peak_rss_bytes(exporter.pid) / 2**20, "state_series": states,
-                "body_kib": len(body) / 1024}
+        states = body.count("llm_model_state{") if models else 0
+        return {
+            "models": models,
+            "loaded": loaded,
+            "seconds": elapsed,
+            "cpu_pct": 100 * cpu / elapsed,
+            "cpu_ms_per_poll": 1e3 * cpu / max(polls, 1),
+            "polls": polls,
+            "hwm_mib": proc_peak_rss_bytes(exporter.pid) / 2**20,
+            "state_series": states,
+            "body_kib": len(body) / 1024,
+        }
     finally:
         exporter.terminate()
         exporter.wait(10)
@@ -98,18 +111,29 @@ def main() -> int:
         single = run(Path(tmp), 0, 0, args.seconds)
         router = run(Path(tmp), 10, 3, args.seconds)
     rows = [("single model (baseline)", single), ("router: 10 models, 3 loaded", router)]
-    lines = ["## Router mode (bench/router.py)", "",
-             f"One llama.cpp target polled every 500 ms for {args.seconds:.0f} s, real b11434 payload from a fake "
-             "router in its own process; both rows measured in the same run.", "",
-             "| target | exporter CPU | CPU per poll | peak RSS | /metrics body |", "|---|---|---|---|---|"]
+    lines = [
+        "## Router mode (bench/router.py)",
+        "",
+        f"One llama.cpp target polled every 500 ms for {args.seconds:.0f} s, real b11434 payload from a fake "
+        "router in its own process; both rows measured in the same run.",
+        "",
+        "| target | exporter CPU | CPU per poll | peak RSS | /metrics body |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in rows:
-        lines.append(f"| {name} | {r['cpu_pct']:.1f} % of a core | {r['cpu_ms_per_poll']:.2f} ms | "
-                     f"{r['hwm_mib']:.0f} MiB | {r['body_kib']:.0f} KiB |")
+        lines.append(
+            f"| {name} | {r['cpu_pct']:.1f} % of a core | {r['cpu_ms_per_poll']:.2f} ms | "
+            f"{r['hwm_mib']:.0f} MiB | {r['body_kib']:.0f} KiB |"
+        )
     ratio = router["cpu_ms_per_poll"] / max(single["cpu_ms_per_poll"], 1e-9)
-    lines += ["", f"A router poll (GET /models + three /metrics?model=) costs **{ratio:.1f}×** a single-model poll "
-              "(GET /metrics + /props); RSS grows by "
-              f"{router['hwm_mib'] - single['hwm_mib']:.1f} MiB for ten models' lifecycles and three models' "
-              "windows.", ""]
+    lines += [
+        "",
+        f"A router poll (GET /models + three /metrics?model=) costs **{ratio:.1f}×** a single-model poll "
+        "(GET /metrics + /props); RSS grows by "
+        f"{router['hwm_mib'] - single['hwm_mib']:.1f} MiB for ten models' lifecycles and three models' "
+        "windows.",
+        "",
+    ]
     text = "\n".join(lines)
     print(text)
     print(json.dumps({"single": single, "router": router}), file=sys.stderr)
@@ -120,7 +144,7 @@ def main() -> int:
         marker = "## Router mode (bench/router.py)"
         if marker in current:
             head, _, rest = current.partition(marker)
-            tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+            tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
             current = head + text + tail
         else:
             current = current.rstrip("\n") + "\n\n" + text

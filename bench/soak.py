@@ -41,16 +41,32 @@ def main() -> int:
         tmpdir = Path(tmp)
         garbage = tmpdir / "garbage.bin"
         garbage.write_bytes(bytes(range(256)) * 64)
-        spec = {"/health": {"status": 200}, "/metrics": {"file": str(PAYLOAD)},
-                "/flap/health": {"status": 200}, "/flap/metrics": {"file": str(PAYLOAD), "fault": "flap"},
-                "/hang/health": {"status": 200}, "/hang/metrics": {"status": 200, "fault": "hang"},
-                "/garbage/health": {"status": 200}, "/garbage/metrics": {"file": str(garbage)},
-                "/err/health": {"status": 200}, "/err/metrics": {"status": 503}}
+        spec = {
+            "/health": {"status": 200},
+            "/metrics": {"file": str(PAYLOAD)},
+            "/flap/health": {"status": 200},
+            "/flap/metrics": {"file": str(PAYLOAD), "fault": "flap"},
+            "/hang/health": {"status": 200},
+            "/hang/metrics": {"status": 200, "fault": "hang"},
+            "/garbage/health": {"status": 200},
+            "/garbage/metrics": {"file": str(garbage)},
+            "/err/health": {"status": 200},
+            "/err/metrics": {"status": 503},
+        }
         (tmpdir / "spec.json").write_text(json.dumps(spec))
         replay_port, port = free_port(), free_port()
-        replay = subprocess.Popen([sys.executable, str(ROOT / "tests" / "support" / "replay.py"), "--port",
-                                   str(replay_port), "--spec", str(tmpdir / "spec.json")],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        replay = subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "support" / "replay.py"),
+                "--port",
+                str(replay_port),
+                "--spec",
+                str(tmpdir / "spec.json"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_http(f"http://127.0.0.1:{replay_port}/health")
         lines = [f"listen: 127.0.0.1:{port}", f"defaults: {{interval: {args.interval}, timeout: 2s}}", "targets:"]
         healthy = []
@@ -62,8 +78,12 @@ def main() -> int:
                 healthy.append(f"t{i:03d}")
         (tmpdir / "config.yaml").write_text("\n".join(lines) + "\n")
         log = open(tmpdir / "exporter.log", "w")
-        exporter = subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(tmpdir / "config.yaml")],
-                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "exporter", "--config", str(tmpdir / "config.yaml")],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         url = f"http://127.0.0.1:{port}/metrics"
         wait_http(url)
         samples = []
@@ -73,11 +93,16 @@ def main() -> int:
                 _, body = scrape(url)
                 payload = parse(body, ("llm_exporter_asyncio_tasks", "process_open_fds", "llm_exporter_polls_total"))
                 polls = {lab["target"]: v for lab, v in payload.get("llm_exporter_polls_total")}
-                samples.append({"t": time.monotonic() - started, "rss": proc_rss_bytes(exporter.pid),
-                                "cpu": proc_cpu_seconds(exporter.pid),
-                                "tasks": payload.get("llm_exporter_asyncio_tasks")[0][1],
-                                "fds": payload.get("process_open_fds")[0][1],
-                                "polls": {t: polls.get(t, 0) for t in healthy}})
+                samples.append(
+                    {
+                        "t": time.monotonic() - started,
+                        "rss": proc_rss_bytes(exporter.pid),
+                        "cpu": proc_cpu_seconds(exporter.pid),
+                        "tasks": payload.get("llm_exporter_asyncio_tasks")[0][1],
+                        "fds": payload.get("process_open_fds")[0][1],
+                        "polls": {t: polls.get(t, 0) for t in healthy},
+                    }
+                )
                 time.sleep(10)
         finally:
             exporter.terminate()
@@ -93,29 +118,48 @@ def main() -> int:
     per_target = [last["polls"][t] - first["polls"][t] for t in healthy]
     on_schedule = sum(1 for n in per_target if n >= 0.95 * expected) / len(per_target)
     checks = [
-        ("RSS drift after warm-up < 5 %", abs(rss_drift) < 0.05, f"{100 * rss_drift:+.2f} % "
-         f"({first['rss'] / 2**20:.1f} → {last['rss'] / 2**20:.1f} MiB)"),
-        ("asyncio tasks constant", len({s["tasks"] for s in steady}) == 1,
-         f"{min(s['tasks'] for s in steady):.0f}–{max(s['tasks'] for s in steady):.0f}"),
-        ("open fds constant", max(s["fds"] for s in steady) - min(s["fds"] for s in steady) <= 2,
-         f"{min(s['fds'] for s in steady):.0f}–{max(s['fds'] for s in steady):.0f}"),
-        ("healthy polls on schedule", on_schedule >= 1.0,
-         f"{100 * on_schedule:.0f} % of {len(healthy)} healthy targets got ≥ 95 % of {expected:.0f} expected polls "
-         f"(min {min(per_target):.0f})"),
+        (
+            "RSS drift after warm-up < 5 %",
+            abs(rss_drift) < 0.05,
+            f"{100 * rss_drift:+.2f} % ({first['rss'] / 2**20:.1f} → {last['rss'] / 2**20:.1f} MiB)",
+        ),
+        (
+            "asyncio tasks constant",
+            len({s["tasks"] for s in steady}) == 1,
+            f"{min(s['tasks'] for s in steady):.0f}–{max(s['tasks'] for s in steady):.0f}",
+        ),
+        (
+            "open fds constant",
+            max(s["fds"] for s in steady) - min(s["fds"] for s in steady) <= 2,
+            f"{min(s['fds'] for s in steady):.0f}–{max(s['fds'] for s in steady):.0f}",
+        ),
+        (
+            "healthy polls on schedule",
+            on_schedule >= 1.0,
+            f"{100 * on_schedule:.0f} % of {len(healthy)} healthy targets got ≥ 95 % of {expected:.0f} expected polls "
+            f"(min {min(per_target):.0f})",
+        ),
     ]
     cpu = (last["cpu"] - first["cpu"]) / (last["t"] - first["t"])
-    out = ["# Soak", "", f"Machine: {machine()}.  ",
-           f"Command: `.venv/bin/python bench/soak.py --minutes {args.minutes:g} --write` "
-           f"({time.strftime('%Y-%m-%d')}).",
-           "", f"{args.targets} replayed vLLM 0.32 targets at {args.interval}; one in five misbehaves "
-           f"({', '.join(KINDS)} in turn). Warm-up {warmup:.0f} s, then {last['t'] - first['t']:.0f} s measured. "
-           f"Exporter CPU {100 * cpu:.1f} % of a core; {len(log_lines)} log lines in all.", "",
-           "| check | result | measured |", "|---|---|---|"]
+    out = [
+        "# Soak",
+        "",
+        f"Machine: {machine()}.  ",
+        f"Command: `.venv/bin/python bench/soak.py --minutes {args.minutes:g} --write` ({time.strftime('%Y-%m-%d')}).",
+        "",
+        f"{args.targets} replayed vLLM 0.32 targets at {args.interval}; one in five misbehaves "
+        f"({', '.join(KINDS)} in turn). Warm-up {warmup:.0f} s, then {last['t'] - first['t']:.0f} s measured. "
+        f"Exporter CPU {100 * cpu:.1f} % of a core; {len(log_lines)} log lines in all.",
+        "",
+        "| check | result | measured |",
+        "|---|---|---|",
+    ]
     out += [f"| {name} | {'pass' if ok else 'FAIL'} | {text} |" for name, ok, text in checks]
     out += ["", "| minute | RSS (MiB) | asyncio tasks | open fds |", "|---|---|---|---|"]
     for sample in samples[::6]:
-        out.append(f"| {sample['t'] / 60:.1f} | {sample['rss'] / 2**20:.1f} | {sample['tasks']:.0f} | "
-                   f"{sample['fds']:.0f} |")
+        out.append(
+            f"| {sample['t'] / 60:.1f} | {sample['rss'] / 2**20:.1f} | {sample['tasks']:.0f} | {sample['fds']:.0f} |"
+        )
     text = "\n".join(out) + "\n"
     print(text)
     if args.write:

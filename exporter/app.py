@@ -28,13 +28,12 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("llm_exporter")
-RELOAD_SPACING = 1.0   # seconds between the starts of two reloads
+RELOAD_SPACING = 1.0  # seconds between the starts of two reloads
 RELOAD_TIMEOUT = 10.0  # seconds to read and check the config (and the files it names)
 
 
 def make_session(max_connections: int = 256) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=4, ttl_dns_cache=60,
-                                     keepalive_timeout=30)
+    connector = aiohttp.TCPConnector(limit=max_connections, limit_per_host=4, ttl_dns_cache=60, keepalive_timeout=30)
     return aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
@@ -189,10 +188,14 @@ class Exporter:
         if new.listen != self.config.listen:
             log.warning("config reload: listen changed to %s; restart the exporter to apply it", new.listen)
         wanted = {t.name: t for t in new.targets}
-        keep = {name for name in self.pollers
-                if name in self.states and self.states[name].target.same_poller(wanted.get(name))}
-        await asyncio.gather(*(p.stop() for name, p in self.pollers.items() if name not in keep),
-                             return_exceptions=True)
+        keep = {
+            name
+            for name in self.pollers
+            if name in self.states and self.states[name].target.same_poller(wanted.get(name))
+        }
+        await asyncio.gather(
+            *(p.stop() for name, p in self.pollers.items() if name not in keep), return_exceptions=True
+        )
         started = self._apply(new)
         if self.running:
             for poller in started:

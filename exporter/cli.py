@@ -48,28 +48,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-exporter",
         description="Prometheus exporter for LLM inference servers (llama.cpp, vLLM, SGLang, TGI, TensorRT-LLM, "
-                    "LMDeploy, Ollama, "
-                    "NVIDIA GPUs): model load time, token queue latency, KV-cache hit ratio.")
-    parser.add_argument("--config", metavar="FILE",
-                        help="YAML config (default: $LLM_EXPORTER_CONFIG when that file exists, "
-                             "else the embedded default config)")
-    parser.add_argument("--listen", metavar="HOST:PORT", default=os.environ.get("LLM_EXPORTER_LISTEN") or None,
-                        help="address to serve /metrics on (overrides the config; default: $LLM_EXPORTER_LISTEN)")
+        "LMDeploy, Ollama, "
+        "NVIDIA GPUs): model load time, token queue latency, KV-cache hit ratio.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="YAML config (default: $LLM_EXPORTER_CONFIG when that file exists, else the embedded default config)",
+    )
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default=os.environ.get("LLM_EXPORTER_LISTEN") or None,
+        help="address to serve /metrics on (overrides the config; default: $LLM_EXPORTER_LISTEN)",
+    )
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
-    parser.add_argument("--healthcheck", action="store_true",
-                        help="exit 0 when the exporter that this config (and --listen) describes answers /healthz "
-                             "on this host, else 1 (a container HEALTHCHECK)")
-    parser.add_argument("--once", action="store_true",
-                        help="poll every target once, print the exposition to stdout and exit")
+    parser.add_argument(
+        "--healthcheck",
+        action="store_true",
+        help="exit 0 when the exporter that this config (and --listen) describes answers /healthz "
+        "on this host, else 1 (a container HEALTHCHECK)",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="poll every target once, print the exposition to stdout and exit"
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", default="text", choices=("text", "json"))
-    parser.add_argument("--web.max-requests", dest="max_requests", type=_positive, default=40, metavar="N",
-                        help="maximum /metrics bodies (and debug views) being built at once; more get HTTP 503 "
-                             "(default 40); scrapes of unchanged state share one body")
-    parser.add_argument("--web.config.file", dest="web_config", metavar="FILE",
-                        default=os.environ.get("LLM_EXPORTER_WEB_CONFIG") or None,
-                        help="TLS and basic auth for this endpoint (Prometheus exporter-toolkit format; "
-                             "default: $LLM_EXPORTER_WEB_CONFIG)")
+    parser.add_argument(
+        "--web.max-requests",
+        dest="max_requests",
+        type=_positive,
+        default=40,
+        metavar="N",
+        help="maximum /metrics bodies (and debug views) being built at once; more get HTTP 503 "
+        "(default 40); scrapes of unchanged state share one body",
+    )
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config",
+        metavar="FILE",
+        default=os.environ.get("LLM_EXPORTER_WEB_CONFIG") or None,
+        help="TLS and basic auth for this endpoint (Prometheus exporter-toolkit format; "
+        "default: $LLM_EXPORTER_WEB_CONFIG)",
+    )
     parser.add_argument("--version", action="version", version=f"llm-exporter {__version__}")
     return parser
 
@@ -149,8 +170,9 @@ def _announced(config_path: str | None) -> str | None:
         return None
 
 
-def _healthcheck(config: Config, web_config: WebConfig | None, config_path: str | None = None,
-                 listen_override: str | None = None) -> int:
+def _healthcheck(
+    config: Config, web_config: WebConfig | None, config_path: str | None = None, listen_override: str | None = None
+) -> int:
     import ssl
     import urllib.request
 
@@ -209,8 +231,13 @@ async def _reload_web_config(holder: WebConfigHolder) -> None:
         log.info("web config reloaded from %s", holder.path)
 
 
-async def _serve(config: Config, config_path: str | None, max_requests: int,
-                 web_config: WebConfigHolder | None = None, listen_override: str | None = None) -> int:
+async def _serve(
+    config: Config,
+    config_path: str | None,
+    max_requests: int,
+    web_config: WebConfigHolder | None = None,
+    listen_override: str | None = None,
+) -> int:
     loop = asyncio.get_running_loop()
     raise_fd_limit()
     exporter = Exporter(config, config_path, listen_override)
@@ -231,8 +258,9 @@ async def _serve(config: Config, config_path: str | None, max_requests: int,
 
     host, port = config.host_port
     runner = await start_runner(build_app(exporter, max_requests, web_config), shutdown_timeout=0.5)
-    site = web.TCPSite(runner, host, port, reuse_address=True,
-                       ssl_context=web_config.ssl_context if web_config else None)
+    site = web.TCPSite(
+        runner, host, port, reuse_address=True, ssl_context=web_config.ssl_context if web_config else None
+    )
     try:
         await site.start()
     except OSError as exc:
@@ -240,12 +268,19 @@ async def _serve(config: Config, config_path: str | None, max_requests: int,
         await runner.cleanup()
         return 1
     await exporter.start()
-    log.info("llm-exporter %s listening on %s:%d with %d targets (config: %s)", __version__, host, port,
-             len(exporter.config.targets), exporter.config.source)
+    log.info(
+        "llm-exporter %s listening on %s:%d with %d targets (config: %s)",
+        __version__,
+        host,
+        port,
+        len(exporter.config.targets),
+        exporter.config.source,
+    )
     probe_host = "127.0.0.1" if host in ("", "0.0.0.0") else "::1" if host == "::" else host
     scheme = "https" if web_config is not None and web_config.ssl_context is not None else "http"
-    announced = _announce(config_path, f"{scheme}://{'[' + probe_host + ']' if ':' in probe_host else probe_host}"
-                                       f":{port}/healthz")
+    announced = _announce(
+        config_path, f"{scheme}://{'[' + probe_host + ']' if ':' in probe_host else probe_host}:{port}/healthz"
+    )
     await stop.wait()
     if announced is not None:
         with contextlib.suppress(OSError):

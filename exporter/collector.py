@@ -51,7 +51,7 @@ class ExporterStatus:
     loop and the polls run)."""
 
     def __init__(self) -> None:
-        self.loop_lag = CumulativeHistogram(LAG_BUCKETS)    # event-loop wake-ups later than asked
+        self.loop_lag = CumulativeHistogram(LAG_BUCKETS)  # event-loop wake-ups later than asked
         self.poll_delay = CumulativeHistogram(LAG_BUCKETS)  # polls started later than their schedule
         self.config_reload_ok = False
         self.config_reload_time: float | None = None
@@ -63,8 +63,10 @@ class ExporterStatus:
 
 
 def exporter_samples(status: ExporterStatus) -> list[Sample]:
-    out: list[Sample] = [("build_info", "", {"version": __version__}, 1.0),
-                         ("config_reload_ok", "", {}, 1.0 if status.config_reload_ok else 0.0)]
+    out: list[Sample] = [
+        ("build_info", "", {"version": __version__}, 1.0),
+        ("config_reload_ok", "", {}, 1.0 if status.config_reload_ok else 0.0),
+    ]
     if status.config_reload_time is not None:
         out.append(("config_reload_time", "", {}, status.config_reload_time))
     if status.tasks is not None:
@@ -72,8 +74,10 @@ def exporter_samples(status: ExporterStatus) -> list[Sample]:
     if status.render_seconds is not None:
         out.append(("render_duration", "", {}, status.render_seconds))
     out.extend(("scrapes", "_total", {"format": fmt}, float(n)) for fmt, n in status.scrapes.items())
-    out.extend(("connections_dropped", "_total", {"reason": reason}, float(n))
-               for reason, n in status.connections_dropped.items())
+    out.extend(
+        ("connections_dropped", "_total", {"reason": reason}, float(n))
+        for reason, n in status.connections_dropped.items()
+    )
     for key, hist in (("event_loop_lag", status.loop_lag), ("poll_delay", status.poll_delay)):
         for bound, cumulative in hist.buckets():
             out.append((key, "_bucket", {"le": _go_float(bound)}, cumulative))
@@ -137,8 +141,9 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
             put(key, {**labels, **dict(extra)}, value)
     for family in report.passthrough:
         key = PASSTHROUGH + family.name
-        out.extend((key, name[len(family.name):], {**dict(pairs), **base}, value)
-                   for name, pairs, value in family.samples)
+        out.extend(
+            (key, name[len(family.name) :], {**dict(pairs), **base}, value) for name, pairs, value in family.samples
+        )
     return out
 
 
@@ -160,8 +165,9 @@ def family_header(namespace: str, key: str, raw: dict[str, RawFamily]) -> tuple[
     return name, family.kind, family.help
 
 
-def lifecycle_samples(lifecycle: ModelLifecycle, labels: dict[str, str], states: tuple[ModelState, ...],
-                      up: bool) -> list[Sample]:
+def lifecycle_samples(
+    lifecycle: ModelLifecycle, labels: dict[str, str], states: tuple[ModelState, ...], up: bool
+) -> list[Sample]:
     """One model's lifecycle: its state (only while the target answers), loads, durations, failures."""
     out: list[Sample] = []
     if up and lifecycle.state is not None:
@@ -263,7 +269,7 @@ def _go_float(value: float) -> str:
     text = repr(float(value))
     dot = text.find(".")
     if value > 0 and dot > 6:  # Go switches to an exponent sooner than Python
-        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1:]}".rstrip("0.")
+        mantissa = f"{text[0]}.{text[1:dot]}{text[dot + 1 :]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     return text
 
@@ -287,7 +293,7 @@ class ScrapeClock:
         if not self.times:
             return False  # nobody scrapes yet: render at the first scrape
         if len(self.times) == 1:
-            return True   # the scrape interval is not known yet
+            return True  # the scrape interval is not known yet
         gap = min(b - a for a, b in itertools.pairwise(self.times))
         return self.times[-1] + gap <= t
 
@@ -316,8 +322,12 @@ class TextRenderer:
         joins = any(series.join_pids for series in state.report.series)
         owners = owners_of() if joins else {}
         cached = self._cache.get(state.target.name)
-        if cached is not None and cached[0] == state.version and cached[1] == self.namespace \
-                and (not joins or cached[2] == owners):
+        if (
+            cached is not None
+            and cached[0] == state.version
+            and cached[1] == self.namespace
+            and (not joins or cached[2] == owners)
+        ):
             return cached[3]
         raw = {PASSTHROUGH + f.name: f for f in state.report.passthrough}
         lines: dict[str, list[str]] = {}
@@ -383,7 +393,7 @@ def _family_header(key: str, name: str, kind: str, help_text: str, openmetrics: 
         help_text = help_text.replace("\\", r"\\").replace("\n", r"\n")
     # a pass-through family keeps the engine's HELP, still escaped as on the text-format wire
     if openmetrics:
-        help_text = help_text.replace('"', r'\"')
+        help_text = help_text.replace('"', r"\"")
         if kind == "counter" and name.endswith("_total"):
             name = name[:-6]
         kind = "unknown" if kind == "untyped" else kind

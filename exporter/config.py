@@ -29,8 +29,7 @@ ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3,
-               "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+_SIZE_UNITS = {None: 1, "B": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
 DEFAULT_LISTEN = "0.0.0.0:9787"
 DEFAULT_PORT = 9787
 
@@ -38,8 +37,7 @@ DEFAULT_PORT = 9787
 class ConfigError(Exception):
     """A configuration problem, with where it is."""
 
-    def __init__(self, message: str, *, source: str = "<config>", line: int | None = None,
-                 key: str | None = None):
+    def __init__(self, message: str, *, source: str = "<config>", line: int | None = None, key: str | None = None):
         self.source, self.line, self.key = source, line, key
         where = source + (f":{line}" if line else "")
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
@@ -57,8 +55,9 @@ class ConfigErrors(ConfigError):
 
 # --------------------------------------------------------------------------- parsing helpers
 
+
 def parse_duration(value: Any) -> float:
-    """"500ms", "5s", "1m", "1.5h" → seconds. A bare number is refused: `5` could mean seconds or
+    """ "500ms", "5s", "1m", "1.5h" → seconds. A bare number is refused: `5` could mean seconds or
     milliseconds, so the unit is required."""
     if isinstance(value, bool):
         raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {value!r}")
@@ -156,8 +155,9 @@ async def read_off_loop(call: Callable[[], Any], limit_s: float, what: str) -> A
         async with asyncio.timeout(limit_s):
             return await future
     except TimeoutError:
-        raise ConfigError(f"reading {what} did not finish within {limit_s:g}s (a hung mount or a FIFO?)",
-                          source=what) from None
+        raise ConfigError(
+            f"reading {what} did not finish within {limit_s:g}s (a hung mount or a FIFO?)", source=what
+        ) from None
 
 
 def parse_size(value: Any) -> int:
@@ -183,8 +183,18 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-ENGINE_ENDPOINTS = ("/metrics", "/health", "/healthz", "/props", "/slots", "/models", "/v1", "/info",
-                    "/version", "/get_server_info")
+ENGINE_ENDPOINTS = (
+    "/metrics",
+    "/health",
+    "/healthz",
+    "/props",
+    "/slots",
+    "/models",
+    "/v1",
+    "/info",
+    "/version",
+    "/get_server_info",
+)
 
 
 def validate_url(value: str) -> str:
@@ -198,14 +208,18 @@ def validate_url(value: str) -> str:
     except ValueError as exc:
         raise ValueError(f"bad port in URL {redact_url(value)!r}: {exc}") from None
     if parts.query or parts.fragment:
-        raise ValueError(f"the URL must not carry a query or fragment ({redact_url(value)!r}): give the server's "
-                         "base URL, the exporter adds each endpoint's path")
+        raise ValueError(
+            f"the URL must not carry a query or fragment ({redact_url(value)!r}): give the server's "
+            "base URL, the exporter adds each endpoint's path"
+        )
     path = parts.path.rstrip("/")
     endpoint = next((e for e in ENGINE_ENDPOINTS if path == e or path.endswith(e)), None)
     if endpoint is not None:
         base = value[: value.rstrip("/").rfind(endpoint)]
-        raise ValueError(f"the URL ends in the endpoint {endpoint} ({value!r}): give the server's base URL "
-                         f"({base or value!r}), the exporter adds each endpoint's path")
+        raise ValueError(
+            f"the URL ends in the endpoint {endpoint} ({value!r}): give the server's base URL "
+            f"({base or value!r}), the exporter adds each endpoint's path"
+        )
     return value.rstrip("/")
 
 
@@ -240,15 +254,19 @@ class Document:
             raise ConfigError("invalid YAML: nested too deeply", source=source) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            raise ConfigError(f"invalid YAML: {getattr(exc, 'problem', None) or exc}", source=source,
-                              line=mark.line + 1 if mark else None) from None
+            raise ConfigError(
+                f"invalid YAML: {getattr(exc, 'problem', None) or exc}",
+                source=source,
+                line=mark.line + 1 if mark else None,
+            ) from None
         self.data = self._convert(node, ()) if node is not None else {}
 
     def _convert(self, node: yaml.Node, path: tuple[Any, ...]) -> Any:
         self.nodes += 1
         if self.nodes > MAX_NODES or len(path) > MAX_DEPTH:
-            raise self.error("config too large or too deeply nested (recursive or exploding YAML aliases?)",
-                             path[:MAX_DEPTH], node)
+            raise self.error(
+                "config too large or too deeply nested (recursive or exploding YAML aliases?)", path[:MAX_DEPTH], node
+            )
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
@@ -277,9 +295,13 @@ class Document:
         try:
             return expand_env(value, self.environ)
         except KeyError as missing:
-            raise ConfigError(f"environment variable ${{{missing.args[0]}}} is not set and has no "
-                              f"default (write ${{{missing.args[0]}:-default}} to give one)",
-                              source=self.source, line=self.lines.get(path), key=_dotted(path)) from None
+            raise ConfigError(
+                f"environment variable ${{{missing.args[0]}}} is not set and has no "
+                f"default (write ${{{missing.args[0]}:-default}} to give one)",
+                source=self.source,
+                line=self.lines.get(path),
+                key=_dotted(path),
+            ) from None
 
     def error(self, message: str, path: tuple[Any, ...], node: yaml.Node | None = None) -> ConfigError:
         line = node.start_mark.line + 1 if node is not None else self.line(path)
@@ -301,7 +323,6 @@ def _dotted(path: tuple[Any, ...]) -> str:
 # --------------------------------------------------------------------------- schema
 
 
-
 class Validator:
     def __init__(self, doc: Document):
         self.doc = doc
@@ -318,8 +339,15 @@ class Validator:
                 raise self.doc.error(f"unknown key {key!r}{suggestion}", path + (key,))
         return value
 
-    def field(self, mapping: dict[str, Any], key: str, path: tuple[Any, ...],
-              convert: Callable[[Any], Any], default: Any = None, required: bool = False) -> Any:
+    def field(
+        self,
+        mapping: dict[str, Any],
+        key: str,
+        path: tuple[Any, ...],
+        convert: Callable[[Any], Any],
+        default: Any = None,
+        required: bool = False,
+    ) -> Any:
         if key not in mapping or mapping[key] is None:
             if required:
                 raise self.doc.error(f"missing required key {key!r}", path)
@@ -329,8 +357,9 @@ class Validator:
         except (ValueError, TypeError) as exc:
             raise self.doc.error(str(exc), path + (key,)) from None
 
-    def values(self, cls: type, mapping: dict[str, Any], path: tuple[Any, ...], inherited: Any = None
-               ) -> dict[str, Any]:
+    def values(
+        self, cls: type, mapping: dict[str, Any], path: tuple[Any, ...], inherited: Any = None
+    ) -> dict[str, Any]:
         """The values of a section's plain keys, parsed as its fields say; a missing key takes its default,
         or the `defaults:` entry it inherits (from `inherited`)."""
         out: dict[str, Any] = {}
@@ -354,8 +383,15 @@ def _close_match(word: str, choices: Sequence[str], cutoff: float) -> list[str]:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "nothing",
+    }.get(type(value), type(value).__name__)
 
 
 def _string(value: Any) -> str:
@@ -399,13 +435,17 @@ def _engine(value: Any, engines: Mapping[str, bool]) -> str:
     if engine not in engines:
         names = sorted(engines)
         hint = _close_match(engine, names, 0.5)
-        raise ValueError(f"unknown engine {engine!r}" + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                         + f"; known engines: {', '.join(names)}")
+        raise ValueError(
+            f"unknown engine {engine!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; known engines: {', '.join(names)}"
+        )
     return engine
 
 
-def _str_map(value: Any, what: str, name_re: re.Pattern[str], reserved: frozenset[str] = frozenset()
-             ) -> tuple[tuple[str, str], ...]:
+def _str_map(
+    value: Any, what: str, name_re: re.Pattern[str], reserved: frozenset[str] = frozenset()
+) -> tuple[tuple[str, str], ...]:
     if not isinstance(value, dict):
         raise ValueError(f"expected a mapping of {what}, got {_kind(value)}")
     out = []
@@ -449,12 +489,17 @@ def _regex(value: Any) -> str:
 # (`Validator.values`); docs/config's example is checked against the same fields (tests/unit/test_config.py).
 
 
-def key(parse: Callable[[Any], Any] | None, default: Any = None, *, required: bool = False,
-        inherit: str = "", repr: bool = True) -> Any:
+def key(
+    parse: Callable[[Any], Any] | None,
+    default: Any = None,
+    *,
+    required: bool = False,
+    inherit: str = "",
+    repr: bool = True,
+) -> Any:
     """A config key: `parse` turns its YAML value into the field's value (None: a nested section or a
     rule of build_config); `inherit` names the `defaults:` entry that is its default."""
-    return field(default=default, repr=repr,
-                 metadata={"parse": parse, "required": required, "inherit": inherit})
+    return field(default=default, repr=repr, metadata={"parse": parse, "required": required, "inherit": inherit})
 
 
 def _labels(value: Any) -> tuple[tuple[str, str], ...]:
@@ -480,8 +525,9 @@ def _passthrough(value: Any) -> str:
         return ""
     if value == "all":
         return "all"
-    raise ValueError(f"expected true (the engine's own families), all (every family of its payload) or false, "
-                     f"got {value!r}")
+    raise ValueError(
+        f"expected true (the engine's own families), all (every family of its payload) or false, got {value!r}"
+    )
 
 
 def _target_name(value: Any) -> str:
@@ -496,8 +542,8 @@ class ProcessMatch:
     """How to find a target's engine process on this host (or a shared PID namespace)."""
 
     pid_file: str | None = key(_string)
-    name: str | None = key(_string)      # exact /proc/<pid>/comm
-    cmdline: str | None = key(_regex)    # regular expression searched in the command line
+    name: str | None = key(_string)  # exact /proc/<pid>/comm
+    cmdline: str | None = key(_regex)  # regular expression searched in the command line
 
 
 @dataclass(frozen=True)
@@ -521,7 +567,7 @@ class Defaults:
 class TargetConfig:
     name: str = key(_target_name, "", required=True)
     engine: str = key(None, "", required=True)  # checked against the registered sources
-    url: str = key(_url, "")                     # required unless the engine polls no HTTP endpoint
+    url: str = key(_url, "")  # required unless the engine polls no HTTP endpoint
     interval: float = key(parse_interval, 0.0, inherit="interval")
     timeout: float = key(parse_duration, 0.0, inherit="timeout")  # also at most the interval
     window: float = key(parse_duration, 0.0, inherit="window")
@@ -563,8 +609,9 @@ def config_keys(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if "parse" in f.metadata)
 
 
-def build_config(data: Any, doc: Document, engines: Mapping[str, bool] | None = None, check_files: bool = True
-                 ) -> Config:
+def build_config(
+    data: Any, doc: Document, engines: Mapping[str, bool] | None = None, check_files: bool = True
+) -> Config:
     """`engines`: engine name → whether it needs a url (default: the registered sources); `check_files`:
     whether the files a target names (TLS, bearer token) must be readable here (False only to check a
     config meant for another host, like the shipped examples)."""
@@ -572,14 +619,18 @@ def build_config(data: Any, doc: Document, engines: Mapping[str, bool] | None = 
     v = Validator(doc)
     top = v.mapping(data, (), config_keys(Config))
     values = v.values(Config, top, ())
-    defaults = Defaults(**v.values(Defaults, v.mapping(top.get("defaults"), ("defaults",), config_keys(Defaults)),
-                                   ("defaults",)))
+    defaults = Defaults(
+        **v.values(Defaults, v.mapping(top.get("defaults"), ("defaults",), config_keys(Defaults)), ("defaults",))
+    )
     raw_targets = top.get("targets") or []
     if not isinstance(raw_targets, list):
         raise doc.error(f"expected a list of targets, got {_kind(raw_targets)}", ("targets",))
     if not raw_targets:
-        raise doc.error("the config defines no targets (an empty file, or one with comments only?): "
-                        "the exporter would monitor nothing", ("targets",))
+        raise doc.error(
+            "the config defines no targets (an empty file, or one with comments only?): "
+            "the exporter would monitor nothing",
+            ("targets",),
+        )
     targets: list[TargetConfig] = []
     seen: dict[str, int] = {}
     errors: list[ConfigError] = []
@@ -595,8 +646,15 @@ def build_config(data: Any, doc: Document, engines: Mapping[str, bool] | None = 
     return Config(**values, defaults=defaults, targets=tuple(targets), source=doc.source)
 
 
-def _target(v: Validator, raw: Any, path: tuple[Any, ...], defaults: Defaults, engines: Mapping[str, bool],
-            seen: dict[str, int], check_files: bool) -> TargetConfig:
+def _target(
+    v: Validator,
+    raw: Any,
+    path: tuple[Any, ...],
+    defaults: Defaults,
+    engines: Mapping[str, bool],
+    seen: dict[str, int],
+    check_files: bool,
+) -> TargetConfig:
     """One target: its keys from the schema, then the rules that tie keys together."""
     doc = v.doc
     t = v.mapping(raw, path, config_keys(TargetConfig))
@@ -616,11 +674,15 @@ def _target(v: Validator, raw: Any, path: tuple[Any, ...], defaults: Defaults, e
     if t.get("timeout") is None:
         values["timeout"] = min(defaults.timeout, interval)  # the default timeout never exceeds the interval
     if values["timeout"] > interval:
-        raise doc.error(f"timeout ({values['timeout']:g}s) must not exceed interval ({interval:g}s): "
-                        "polls of one target never overlap", path + ("timeout",))
+        raise doc.error(
+            f"timeout ({values['timeout']:g}s) must not exceed interval ({interval:g}s): "
+            "polls of one target never overlap",
+            path + ("timeout",),
+        )
     if values["window"] < 2 * interval:
-        raise doc.error(f"window ({values['window']:g}s) must cover at least two polls (interval {interval:g}s)",
-                        path + ("window",))
+        raise doc.error(
+            f"window ({values['window']:g}s) must cover at least two polls (interval {interval:g}s)", path + ("window",)
+        )
     if t.get("process") is not None:
         process = ProcessMatch(**v.section(ProcessMatch, t["process"], path + ("process",)))
         if not (process.pid_file or process.name or process.cmdline):
@@ -632,8 +694,9 @@ def _target(v: Validator, raw: Any, path: tuple[Any, ...], defaults: Defaults, e
             raise doc.error("cert_file and key_file go together", path + ("tls",))
         values["tls"] = tls
     if values["bearer_token_file"] and any(k.lower() == "authorization" for k, _ in values["headers"]):
-        raise doc.error("give either bearer_token_file or an Authorization header, not both",
-                        path + ("bearer_token_file",))
+        raise doc.error(
+            "give either bearer_token_file or an Authorization header, not both", path + ("bearer_token_file",)
+        )
     files: list[tuple[tuple[str, ...], str | None]] = [(("bearer_token_file",), values["bearer_token_file"])]
     if values.get("tls") is not None:
         files += [(("tls", key), getattr(values["tls"], key)) for key in ("ca_file", "cert_file", "key_file")]
@@ -657,14 +720,19 @@ def _unreadable(path: str, certificates: bool = False) -> str | None:
     return None
 
 
-def load_config_text(text: str, source: str = "<config>",
-                     environ: dict[str, str] | os._Environ[str] | None = None, check_files: bool = True) -> Config:
+def load_config_text(
+    text: str,
+    source: str = "<config>",
+    environ: dict[str, str] | os._Environ[str] | None = None,
+    check_files: bool = True,
+) -> Config:
     doc = Document(text, source, os.environ if environ is None else environ)
     return build_config(doc.data, doc, check_files=check_files)
 
 
-def load_config(path: str | None, environ: dict[str, str] | os._Environ[str] | None = None,
-                check_files: bool = True) -> Config:
+def load_config(
+    path: str | None, environ: dict[str, str] | os._Environ[str] | None = None, check_files: bool = True
+) -> Config:
     """Load FILE, or the embedded default config when path is None."""
     if path is None:
         from importlib import resources  # only for the embedded default

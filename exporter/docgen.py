@@ -1,7 +1,7 @@
 """Renders the generated parts of docs/metrics.md from the catalogue and the sources' mapping tables.
 
-    python -m exporter.docgen            # rewrite docs/metrics.md in place
-    python -m exporter.docgen --check    # exit 1 when docs/metrics.md is stale (used by the tests)
+python -m exporter.docgen            # rewrite docs/metrics.md in place
+python -m exporter.docgen --check    # exit 1 when docs/metrics.md is stale (used by the tests)
 """
 
 from __future__ import annotations
@@ -43,8 +43,11 @@ def _table(specs: tuple[MetricSpec, ...], base_labels: str) -> str:
 
 
 def _mapping_table(table: tuple[Feed, ...], model_label: str) -> str:
-    rows = [f"| unified | upstream, most preferred first (chosen by presence) | versions | unit | combined per "
-            f"`{model_label}` by | required |", "|---|---|---|---|---|---|"]
+    rows = [
+        f"| unified | upstream, most preferred first (chosen by presence) | versions | unit | combined per "
+        f"`{model_label}` by | required |",
+        "|---|---|---|---|---|---|",
+    ]
     for feed in table:
         for index, upstream in enumerate(feed.upstream):
             unit = {"help": "tokens or blocks, from HELP", "": ""}.get(upstream.unit, upstream.unit)
@@ -53,8 +56,10 @@ def _mapping_table(table: tuple[Feed, ...], model_label: str) -> str:
             if feed.const_labels:
                 extra = " (" + ", ".join(f'{k}="{v}"' for k, v in feed.const_labels) + ")"
             key = f"`{feed.key}`{extra}" if index == 0 else "↳ else"
-            rows.append(f"| {key} | `{upstream.name}` ({feed.kind}) | {upstream.versions} | {unit} | {how} | "
-                        f"{'yes' if feed.required and index == 0 else ''} |")
+            rows.append(
+                f"| {key} | `{upstream.name}` ({feed.kind}) | {upstream.versions} | {unit} | {how} | "
+                f"{'yes' if feed.required and index == 0 else ''} |"
+            )
     return "\n".join(rows)
 
 
@@ -68,9 +73,10 @@ def blocks() -> dict[str, str]:
         "info-metrics": _table(INFO_METRICS, "target, engine"),
         "exporter-metrics": _table(EXPORTER_METRICS, ""),
         "engine-list": _engine_list(),
-        "process-metrics": "\n".join(["| metric | type | labels | meaning |", "|---|---|---|---|"]
-                                       + [f"| `{name}` | {kind} |  | {help_text} |"
-                                          for name, kind, help_text in PROCESS_FAMILIES]),
+        "process-metrics": "\n".join(
+            ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+            + [f"| `{name}` | {kind} |  | {help_text} |" for name, kind, help_text in PROCESS_FAMILIES]
+        ),
         "engine-mappings": _engine_sections(),
     }
 
@@ -80,8 +86,10 @@ def _engine_list() -> str:
     rows = ["| `engine:` | engine | polls | auto-detected by |", "|---|---|---|---|"]
     for engine, source in sorted(REGISTRY.items()):
         polls = "HTTP (`url`)" if source.needs_url else "local (no `url`)"
-        hints = [f"`{source.metrics_prefix}` families" if source.metrics_prefix else "",
-                 f"`{source.detect_probe[0]}` answering `{source.detect_probe[1]}`" if source.detect_probe else ""]
+        hints = [
+            f"`{source.metrics_prefix}` families" if source.metrics_prefix else "",
+            f"`{source.detect_probe[0]}` answering `{source.detect_probe[1]}`" if source.detect_probe else "",
+        ]
         rows.append(f"| `{engine}` | {source.title or engine} | {polls} | {', '.join(h for h in hints if h) or '—'} |")
     return "\n".join(rows)
 
@@ -95,8 +103,11 @@ def _engine_sections() -> str:
             continue
         parts += [f"### {source.title or engine} (`engine: {engine}`)", ""]
         if source.mapping:
-            label = f"`{source.model_label}`" if source.model_label and not source.model_label.startswith("(") \
+            label = (
+                f"`{source.model_label}`"
+                if source.model_label and not source.model_label.startswith("(")
                 else source.model_label or "(none: one model)"
+            )
             parts += [_mapping_table(source.mapping, label.strip("`")), ""]
         if source.docs:
             parts += [source.docs, ""]

@@ -50,8 +50,7 @@ def sysfs_cache_bytes(level: int, root: str = CPU0_CACHES) -> int | None:
     return None
 
 
-def cpu_info_labels(info: dict[str, Any], l2: int | None = None, l3: int | None = None
-                    ) -> tuple[tuple[str, str], ...]:
+def cpu_info_labels(info: dict[str, Any], l2: int | None = None, l3: int | None = None) -> tuple[tuple[str, str], ...]:
     """Labels of llm_host_cpu_info from py-cpuinfo's dict; `l2`/`l3` (the kernel's) win over its own."""
     flags = {str(f) for f in info.get("flags") or [] if isinstance(f, str)}
     count = info.get("count")
@@ -74,8 +73,14 @@ async def read_host_cpu() -> tuple[tuple[str, str], ...]:
     info: dict[str, Any] = {}
     try:
         child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cpuinfo", "--json",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "cpuinfo",
+            "--json",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         try:
             assert child.stdout is not None
             async with asyncio.timeout(CPUINFO_SECONDS):

@@ -23,8 +23,9 @@ class RateLimited:
     """A token bucket for log lines a client or an upstream can cause: at most `burst` per `window`
     seconds; the next line that gets through says how many were held back."""
 
-    def __init__(self, logger: logging.Logger, burst: int = 3, window: float = 60.0,
-                 note: str = "more like this not logged"):
+    def __init__(
+        self, logger: logging.Logger, burst: int = 3, window: float = 60.0, note: str = "more like this not logged"
+    ):
         self.logger = logger
         self.note = note
         self.burst, self.window = burst, window
@@ -67,8 +68,7 @@ class _ClientNoise(logging.Filter):
         exc = record.exc_info[1] if record.exc_info else None
         kind = type(exc).__name__ if exc is not None else "error"
         if self.what == "accept":
-            self.limiter.emit(logging.WARNING, "cannot accept connections: %s (file descriptors exhausted?)",
-                              kind)
+            self.limiter.emit(logging.WARNING, "cannot accept connections: %s (file descriptors exhausted?)", kind)
         else:
             self.limiter.emit(logging.WARNING, "malformed or failed HTTP request from a client: %s", kind)
         return False
@@ -85,8 +85,10 @@ class _OneLine(logging.Formatter):
             message += " | " + self.formatException(record.exc_info)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
         if self.as_json:
-            return json.dumps({"ts": stamp, "level": record.levelname.lower(), "logger": record.name,
-                               "msg": message}, ensure_ascii=False)
+            return json.dumps(
+                {"ts": stamp, "level": record.levelname.lower(), "logger": record.name, "msg": message},
+                ensure_ascii=False,
+            )
         message = _CONTROL.sub(_escape_control, message)
         return f"{stamp} {record.levelname.lower():<7} {record.name}: {message}"
 

@@ -14,8 +14,8 @@ LabelPairs = tuple[tuple[str, str], ...]
 
 
 class Readiness(enum.Enum):
-    DOWN = "down"          # nothing answered (connection refused, engine dead)
-    LOADING = "loading"    # the engine answered that it is still loading the model
+    DOWN = "down"  # nothing answered (connection refused, engine dead)
+    LOADING = "loading"  # the engine answered that it is still loading the model
     READY = "ready"
 
 

@@ -22,7 +22,7 @@ MAX_LABEL_VALUE = 200  # characters, as the unified `model` label; a longer valu
 
 @dataclass(frozen=True)
 class RawFamily:
-    name: str                      # sanitised family name, without namespace
+    name: str  # sanitised family name, without namespace
     kind: str
     help: str
     samples: tuple[tuple[str, tuple[tuple[str, str], ...], float], ...]  # (sanitised sample name, labels, value)
@@ -57,6 +57,9 @@ def families(text: str, prefix: str, reserved: frozenset[str], max_series: int) 
     out = []
     for family, kept in grouped.items():
         kind = payload.types.get(family, "untyped")
-        out.append(RawFamily(sanitise(family), kind if kind in KINDS else "untyped",
-                             payload.helps.get(family, ""), tuple(kept)))
+        out.append(
+            RawFamily(
+                sanitise(family), kind if kind in KINDS else "untyped", payload.helps.get(family, ""), tuple(kept)
+            )
+        )
     return out, dropped

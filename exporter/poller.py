@@ -66,9 +66,12 @@ async def _retry(source: Source, deadline: float) -> Observation:
         def __call__(self, retry_state: object) -> bool:
             return time.monotonic() + 0.1 >= deadline
 
-    retrying = AsyncRetrying(retry=retry_if_exception_type(TransientPollError),
-                             stop=stop_any(stop_after_attempt(RETRIES), BudgetSpent()),
-                             wait=wait_exponential(multiplier=0.1, max=0.5), reraise=True)
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(TransientPollError),
+        stop=stop_any(stop_after_attempt(RETRIES), BudgetSpent()),
+        wait=wait_exponential(multiplier=0.1, max=0.5),
+        reraise=True,
+    )
     await asyncio.sleep(0.05)  # the first backoff, before tenacity's own
     async for attempt in retrying:
         with attempt:
@@ -77,8 +80,13 @@ async def _retry(source: Source, deadline: float) -> Observation:
 
 
 class Poller:
-    def __init__(self, source: Source, state: TargetState, on_update: Callable[[TargetState], None] | None = None,
-                 delays: CumulativeHistogram | None = None):
+    def __init__(
+        self,
+        source: Source,
+        state: TargetState,
+        on_update: Callable[[TargetState], None] | None = None,
+        delays: CumulativeHistogram | None = None,
+    ):
         self.source = source
         self.state = state
         self.delays = delays  # how late each poll starts (llm_exporter_poll_delay_seconds)
@@ -140,8 +148,12 @@ class Poller:
         except Exception:  # pragma: no cover - the state itself is broken: log, keep the task alive
             went_down = True
         if went_down:
-            log.error("target %s (%s): unexpected error while polling", target.name, target.engine,
-                      exc_info=(type(error), error, error.__traceback__))
+            log.error(
+                "target %s (%s): unexpected error while polling",
+                target.name,
+                target.engine,
+                exc_info=(type(error), error, error.__traceback__),
+            )
 
     async def _poll(self) -> None:
         target = self.state.target
@@ -153,11 +165,18 @@ class Poller:
         except PollError as error:
             events = self.state.record_failure(error, clock.now(), time.monotonic() - started)
             for model in events.failed:
-                self.notices.emit(logging.WARNING, "target %s (%s): model %s failed to load", target.name,
-                                  target.engine, model or "?")
+                self.notices.emit(
+                    logging.WARNING, "target %s (%s): model %s failed to load", target.name, target.engine, model or "?"
+                )
             if events.went_down:
-                self.changes.emit(logging.WARNING, "target %s (%s) down: %s: %s", target.name, target.engine,
-                                  error.reason.value, error)
+                self.changes.emit(
+                    logging.WARNING,
+                    "target %s (%s) down: %s: %s",
+                    target.name,
+                    target.engine,
+                    error.reason.value,
+                    error,
+                )
         except Exception as error:  # a bug in a source must not kill the poller
             self._internal_error(error, time.monotonic() - started)
         else:
@@ -177,12 +196,27 @@ class Poller:
         for notice in events.notices:
             self.notices.emit(logging.WARNING, "target %s (%s): %s", target.name, target.engine, notice)
         for model in events.failed:
-            self.notices.emit(logging.WARNING, "target %s (%s): model %s failed to load", target.name,
-                              target.engine, model or "?")
+            self.notices.emit(
+                logging.WARNING, "target %s (%s): model %s failed to load", target.name, target.engine, model or "?"
+            )
         for model, load in events.loads:
             if load.seconds is None:
-                self.notices.emit(logging.INFO, "target %s (%s): model %s ready (%s; duration unknown)",
-                                  target.name, target.engine, model or "?", load.kind)
+                self.notices.emit(
+                    logging.INFO,
+                    "target %s (%s): model %s ready (%s; duration unknown)",
+                    target.name,
+                    target.engine,
+                    model or "?",
+                    load.kind,
+                )
             else:
-                self.notices.emit(logging.INFO, "target %s (%s): model %s ready (%s) after %.2fs (basis %s)",
-                                  target.name, target.engine, model or "?", load.kind, load.seconds, load.basis)
+                self.notices.emit(
+                    logging.INFO,
+                    "target %s (%s): model %s ready (%s) after %.2fs (basis %s)",
+                    target.name,
+                    target.engine,
+                    model or "?",
+                    load.kind,
+                    load.seconds,
+                    load.basis,
+                )

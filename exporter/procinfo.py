@@ -23,7 +23,7 @@ _PAGESIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 @dataclass(frozen=True)
 class ProcessInfo:
     pid: int
-    start_time: float        # Unix seconds, sub-second precise (see boot_relative_to_unix)
+    start_time: float  # Unix seconds, sub-second precise (see boot_relative_to_unix)
     start_since_boot: float  # seconds since boot, as the kernel reports it
 
 
@@ -59,7 +59,7 @@ def _stat_fields(pid: int) -> list[bytes] | None:
     if not stat:
         return None
     try:
-        return stat[stat.rindex(b")") + 2:].split()
+        return stat[stat.rindex(b")") + 2 :].split()
     except ValueError:
         return None
 
@@ -208,8 +208,9 @@ def environment(pid: int, proc_root: str = "/proc") -> dict[str, str] | None:
     return out
 
 
-def find_by_port(port: int, is_engine: Callable[[tuple[str, ...]], bool], default_port: int | None = None,
-                 proc_root: str = "/proc") -> ProcessInfo | None:
+def find_by_port(
+    port: int, is_engine: Callable[[tuple[str, ...]], bool], default_port: int | None = None, proc_root: str = "/proc"
+) -> ProcessInfo | None:
     """The oldest engine process (`is_engine` accepts its command line) that says it listens on `port` (`--port P`,
     `--port=P`, or no --port at all when `port` is the program's default): how an engine beside the exporter
     is found without `process:` and without privileges (every user can read every command line)."""
@@ -240,9 +241,14 @@ def own_process() -> tuple[float, float, float, float, float, float] | None:
     try:
         btime = next(float(line.split()[1]) for line in stat.splitlines() if line.startswith(b"btime "))
         fds = float(len(os.listdir("/proc/self/fd")))
-        return (float(fields[20]), float(fields[21]) * _PAGESIZE, float(fields[19]) / _CLK_TCK + btime,
-                (float(fields[11]) + float(fields[12])) / _CLK_TCK, fds,
-                float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
+        return (
+            float(fields[20]),
+            float(fields[21]) * _PAGESIZE,
+            float(fields[19]) / _CLK_TCK + btime,
+            (float(fields[11]) + float(fields[12])) / _CLK_TCK,
+            fds,
+            float(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+        )
     except (StopIteration, ValueError, IndexError, OSError):
         return None
 

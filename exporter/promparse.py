@@ -67,8 +67,8 @@ class LabelCache:
     (unique 1 MB label values every poll once grew it by 15 MiB a poll): a block longer than
     MAX_CACHED_BLOCK is parsed and not kept, and the cache starts over when it holds `max_bytes`."""
 
-    MAX_CACHED_BLOCK = 512   # characters; engines' real label blocks are well under this
-    MAX_NAMES = 20_000       # sample names remembered as wanted or not, per prefix set
+    MAX_CACHED_BLOCK = 512  # characters; engines' real label blocks are well under this
+    MAX_NAMES = 20_000  # sample names remembered as wanted or not, per prefix set
 
     def __init__(self, max_entries: int = 20_000, max_bytes: int = 8 * 1024 * 1024):
         self.entries: dict[str, Labels] = {}
@@ -156,8 +156,12 @@ def _wanted_blocks(text: str, prefixes: tuple[str, ...]) -> list[str]:
     return lines
 
 
-def parse(text: str, prefixes: tuple[str, ...] | None = None,
-          label_cache: LabelCache | None = None, max_samples: int | None = None) -> Payload:
+def parse(
+    text: str,
+    prefixes: tuple[str, ...] | None = None,
+    label_cache: LabelCache | None = None,
+    max_samples: int | None = None,
+) -> Payload:
     """Parse a /metrics payload.
 
     prefixes: keep only families whose name starts with one of these; the blocks of other
@@ -193,7 +197,7 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
             if close < brace:
                 raise _error(text, raw, "unterminated label set")
             name = line[:brace].rstrip()
-            block = line[brace + 1:close]
+            block = line[brace + 1 : close]
             labels = labels_cache.get(block)
             if labels is None:
                 if len(block) > MAX_LABEL_BLOCK:
@@ -201,11 +205,11 @@ def parse(text: str, prefixes: tuple[str, ...] | None = None,
                     # label text would also cost the regex engine hundreds of megabytes.
                     raise _error(text, raw, f"label set longer than {MAX_LABEL_BLOCK} characters")
                 labels = label_cache.parse(block, text, raw)
-            rest = line[close + 2:]
-            if line[close + 1:close + 2] == " " and " " not in rest and "\t" not in rest and rest:
+            rest = line[close + 2 :]
+            if line[close + 1 : close + 2] == " " and " " not in rest and "\t" not in rest and rest:
                 fields = [rest]  # the common case: exactly "} value"
             else:
-                rest = line[close + 1:]
+                rest = line[close + 1 :]
                 if rest and rest[0] not in " \t":
                     raise _error(text, raw, "missing space after labels")
                 fields = rest.split()

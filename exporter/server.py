@@ -39,11 +39,11 @@ log = logging.getLogger("llm_exporter.server")
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what prometheus_client answers too
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
-HEAD_TIMEOUT = 10.0       # seconds for a client to send a whole request head
-WRITE_TIMEOUT = 30.0      # seconds for a client to read a whole response (Prometheus' longest default timeout)
-CHUNK = 32 * 1024         # bytes handed to the socket at a time
-MAX_CONNECTIONS = 512     # open connections; the oldest idle one is closed beyond this
-BODY_MAX_AGE = 1.0        # seconds a body of unchanged targets is reused (the exporter's own metrics age that much)
+HEAD_TIMEOUT = 10.0  # seconds for a client to send a whole request head
+WRITE_TIMEOUT = 30.0  # seconds for a client to read a whole response (Prometheus' longest default timeout)
+CHUNK = 32 * 1024  # bytes handed to the socket at a time
+MAX_CONNECTIONS = 512  # open connections; the oldest idle one is closed beyond this
+BODY_MAX_AGE = 1.0  # seconds a body of unchanged targets is reused (the exporter's own metrics age that much)
 
 
 class ScrapeLimit:
@@ -146,7 +146,7 @@ async def send(request: web.Request, body: bytes, headers: dict[str, str]) -> we
         async with asyncio.timeout(WRITE_TIMEOUT):
             await response.prepare(request)
             for start in range(0, len(view), CHUNK):
-                await response.write(view[start:start + CHUNK])
+                await response.write(view[start : start + CHUNK])
             await response.write_eof()
     except TimeoutError:
         request.app[EXPORTER_KEY].status.connections_dropped["write_timeout"] += 1
@@ -173,8 +173,10 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     else:
         data = await bodies.gzipped(body) if zipped else body.plain
     request.app[EXPORTER_KEY].status.scrapes["openmetrics" if openmetrics else "text"] += 1
-    headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
-               "Cache-Control": "no-store"}
+    headers = {
+        "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
+        "Cache-Control": "no-store",
+    }
     if zipped:
         headers["Content-Encoding"] = "gzip"
     return await send(request, data, headers)
@@ -205,9 +207,14 @@ async def landing(request: web.Request) -> web.Response:
         status = f"up, {health.readiness.value}" if health.up and health.readiness else "up" if health.up else "down"
         error = f"{health.last_error[0].value}: {health.last_error[1]}" if health.last_error else ""
         debug = f'<a href="/debug/targets/{quote(target.name, safe="")}">debug</a>'
-        rows.append("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in (
-            target.name, state.engine, target.url or "local", status, _age(health.last_success), error))
-            + f"<td>{debug}</td></tr>")
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(str(cell))}</td>"
+                for cell in (target.name, state.engine, target.url or "local", status, _age(health.last_success), error)
+            )
+            + f"<td>{debug}</td></tr>"
+        )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>llm-exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
@@ -216,7 +223,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head>
 <p><a href="/metrics">/metrics</a> · <a href="/healthz">/healthz</a> · <a href="/readyz">/readyz</a></p>
 <table><tr><th>target</th><th>engine</th><th>url</th><th>state</th><th>last success</th><th>last error</th>
 <th>what it saw</th></tr>
-{''.join(rows)}
+{"".join(rows)}
 </table></body></html>
 """
     return web.Response(text=page, content_type="text/html")
@@ -243,7 +250,7 @@ class ConnectionGuard:
 
     def __init__(self, limit: int = MAX_CONNECTIONS, dropped: dict[str, int] | None = None):
         self.limit = limit
-        self.opened: dict[Any, None] = {}   # request handlers, oldest first
+        self.opened: dict[Any, None] = {}  # request handlers, oldest first
         self.busy: set[Any] = set()
         self.evicted = 0
         self.dropped = dropped if dropped is not None else {"evicted": 0}  # the exporter's status counts
@@ -272,8 +279,9 @@ class ConnectionGuard:
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 
     @web.middleware
-    async def middleware(self, request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         protocol = request.protocol
         self.busy.add(protocol)
         try:
@@ -289,8 +297,12 @@ async def _no_banner(request: web.Request, response: web.StreamResponse) -> None
     response.headers["Server"] = "llm-exporter"  # no Python or aiohttp versions
 
 
-def build_app(exporter: Exporter, max_requests: int = 40, web_config: WebConfigHolder | None = None,
-              guard: ConnectionGuard | None = None) -> web.Application:
+def build_app(
+    exporter: Exporter,
+    max_requests: int = 40,
+    web_config: WebConfigHolder | None = None,
+    guard: ConnectionGuard | None = None,
+) -> web.Application:
     app = web.Application(client_max_size=64 * 1024, handler_args={"keepalive_timeout": HEAD_TIMEOUT})
     guard = guard or ConnectionGuard(dropped=exporter.status.connections_dropped)
     app[GUARD_KEY] = guard
@@ -322,4 +334,3 @@ async def start_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
     assert runner.server is not None
     app[GUARD_KEY].install(runner.server)
     return runner
-

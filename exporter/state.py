@@ -41,11 +41,11 @@ from .passthrough import RawFamily, families
 class PollEvents:
     """What one poll changed, for the poller's log lines."""
 
-    came_up: bool = False             # the previous poll had failed (or there was none)
-    went_down: bool = False           # a failure that is news: first one, or a new reason
+    came_up: bool = False  # the previous poll had failed (or there was none)
+    went_down: bool = False  # a failure that is news: first one, or a new reason
     readiness_changed: bool = False
     restarted: bool = False
-    notices: list[str] = field(default_factory=list)              # engine conditions seen for the first time
+    notices: list[str] = field(default_factory=list)  # engine conditions seen for the first time
     loads: list[tuple[str, LoadRecord]] = field(default_factory=list)  # (model, load) completed this poll
     failed: list[str] = field(default_factory=list)  # models whose load failed this poll
 
@@ -64,8 +64,8 @@ class PollHealth:
 @dataclass
 class EngineLife:
     restarts: int = 0
-    instance_id: str | None = None                   # identifies one engine process life
-    process_start: tuple[float, str] | None = None   # (Unix time, basis)
+    instance_id: str | None = None  # identifies one engine process life
+    process_start: tuple[float, str] | None = None  # (Unix time, basis)
     process_pid: int | None = None
     endpoints: dict[str, bool] = field(default_factory=dict)
     notices_seen: set[str] = field(default_factory=set)
@@ -74,9 +74,9 @@ class EngineLife:
     # Models a single-model engine served before (restarted with another model): their counts continue
     # when they come back, and stay exposed meanwhile (at most HISTORY_KEPT, oldest dropped first).
     history: dict[str, ModelLifecycle] = field(default_factory=dict)
-    model_states: tuple[ModelState, ...] = ()        # the states the engine can report
-    last_refused: float | None = None                # the last poll that found nothing listening
-    detected_engine: str | None = None               # `engine: auto`: what the target was identified as
+    model_states: tuple[ModelState, ...] = ()  # the states the engine can report
+    last_refused: float | None = None  # the last poll that found nothing listening
+    detected_engine: str | None = None  # `engine: auto`: what the target was identified as
 
     def model_pids(self, models: dict[str, ModelValues]) -> dict[int, str]:
         """Engine processes the exporter found: pid → the model it serves."""
@@ -115,9 +115,11 @@ class EngineReport:
 def sanitise(sample: ModelSample) -> None:
     """Drop values no engine should send: non-finite numbers, negative counters, ratios and counts, and
     ratios above 1 (a `kv_cache_usage_perc 5.0` is a lie, not a full cache)."""
-    for key in [k for k, v in sample.values.items()
-                if not math.isfinite(v) or (v < 0 and BY_KEY[k[0]].non_negative)
-                or (v > 1.0 + 1e-9 and k[0].endswith("_ratio"))]:
+    for key in [
+        k
+        for k, v in sample.values.items()
+        if not math.isfinite(v) or (v < 0 and BY_KEY[k[0]].non_negative) or (v > 1.0 + 1e-9 and k[0].endswith("_ratio"))
+    ]:
         del sample.values[key]
 
 
@@ -209,9 +211,14 @@ class TargetState:
             self.events.append((now, f"readiness: {obs.readiness.value}"))
         self.events.extend((now, f"notice: {notice}") for notice in events.notices)
         self._record_failed_loads(now, events)
-        self.events.extend((now, f"model {model or '?'} ready ({load.kind})"
-                            + (f" after {load.seconds:.3f}s (basis {load.basis})" if load.seconds is not None else ""))
-                           for model, load in events.loads)
+        self.events.extend(
+            (
+                now,
+                f"model {model or '?'} ready ({load.kind})"
+                + (f" after {load.seconds:.3f}s (basis {load.basis})" if load.seconds is not None else ""),
+            )
+            for model, load in events.loads
+        )
         return events
 
     def _record_success(self, obs: Observation, now: float, duration: float) -> PollEvents:
@@ -282,8 +289,13 @@ class TargetState:
         kept: dict[str, ModelLifecycle] = {}
         for slot, status in obs.lifecycle.items():
             lifecycle = life.lifecycles.get(slot)
-            if slot == "" and lifecycle is not None and status.model and lifecycle.model \
-                    and status.model != lifecycle.model:
+            if (
+                slot == ""
+                and lifecycle is not None
+                and status.model
+                and lifecycle.model
+                and status.model != lifecycle.model
+            ):
                 # The engine now serves another model: each model keeps its own history.
                 successor = life.history.pop(status.model, None) or ModelLifecycle(KIND_START)
                 successor.take_over(lifecycle)

@@ -47,8 +47,12 @@ CLIENT_AUTH = {
     "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
 }
-TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
-                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
 # Go's cipher suite names (what exporter-toolkit takes) → OpenSSL's. Go configures TLS 1.2 and older
 # suites only (TLS 1.3's are fixed), and so does this.
 CIPHER_SUITES = {
@@ -74,7 +78,7 @@ CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "sec
 # these answer only "ok" / "ready". TLS (with client certificates, if configured) still applies.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 AUTH_CACHE_SIZE = 256
-FAILURE_TTL = 10.0      # seconds a wrong password's outcome is remembered
+FAILURE_TTL = 10.0  # seconds a wrong password's outcome is remembered
 MAX_WAITING_CHECKS = 16  # bcrypt checks queued beyond this are answered 401 at once (a flood)
 BCRYPT_MAX_PASSWORD = 72  # bytes; bcrypt 5 refuses longer ones, exporter-toolkit answers 401
 # A fixed hash that no password matches: unknown users are checked against it, so they cost the same.
@@ -108,9 +112,22 @@ def load_web_config(path: str) -> WebConfig:
     v = Validator(doc)
     top = v.mapping(doc.data, (), ("tls_server_config", "http_server_config", "basic_auth_users", "rate_limit"))
     config = WebConfig()
-    tls = v.mapping(top.get("tls_server_config"), ("tls_server_config",),
-                    ("cert_file", "key_file", "client_auth_type", "client_ca_file", "min_version", "max_version",
-                     "cipher_suites", "curve_preferences", "prefer_server_cipher_suites", "client_allowed_sans"))
+    tls = v.mapping(
+        top.get("tls_server_config"),
+        ("tls_server_config",),
+        (
+            "cert_file",
+            "key_file",
+            "client_auth_type",
+            "client_ca_file",
+            "min_version",
+            "max_version",
+            "cipher_suites",
+            "curve_preferences",
+            "prefer_server_cipher_suites",
+            "client_allowed_sans",
+        ),
+    )
     if tls:
         config.ssl_context = _ssl_context(tls, doc)
         config.tls_settings = (tls, doc)
@@ -118,13 +135,16 @@ def load_web_config(path: str) -> WebConfig:
         if not isinstance(sans, list) or not all(isinstance(x, str) for x in sans):
             raise doc.error("expected a list of names", ("tls_server_config", "client_allowed_sans"))
         if sans and config.ssl_context.verify_mode == ssl.CERT_NONE:
-            raise doc.error("client_allowed_sans needs client certificates (client_auth_type)",
-                            ("tls_server_config", "client_allowed_sans"))
+            raise doc.error(
+                "client_allowed_sans needs client certificates (client_auth_type)",
+                ("tls_server_config", "client_allowed_sans"),
+            )
         config.client_allowed_sans = tuple(sans)
     http = v.mapping(top.get("http_server_config"), ("http_server_config",), ("headers", "http2"))
     headers = http.get("headers") or {}
-    if not isinstance(headers, dict) or not all(isinstance(k, str) and HEADER_NAME_RE.match(k) and isinstance(x, str)
-                                                 for k, x in headers.items()):
+    if not isinstance(headers, dict) or not all(
+        isinstance(k, str) and HEADER_NAME_RE.match(k) and isinstance(x, str) for k, x in headers.items()
+    ):
         raise doc.error("expected a mapping of header names to strings", ("http_server_config", "headers"))
     config.headers = dict(headers)
     users = top.get("basic_auth_users") or {}
@@ -166,12 +186,16 @@ def configure_tls(context: ssl.SSLContext, tls: dict[str, Any], doc: Document) -
         raise doc.error(f"cannot load certificate/key: {exc}", path + ("cert_file",)) from None
     if tls.get("client_ca_file") and "client_auth_type" not in tls:
         # exporter-toolkit refuses this too: a CA with no policy would silently ask for no certificate.
-        raise doc.error("client_ca_file is set but client_auth_type is not: say which client certificates to "
-                        "require (e.g. RequireAndVerifyClientCert)", path + ("client_ca_file",))
+        raise doc.error(
+            "client_ca_file is set but client_auth_type is not: say which client certificates to "
+            "require (e.g. RequireAndVerifyClientCert)",
+            path + ("client_ca_file",),
+        )
     auth = tls.get("client_auth_type", "NoClientCert")
     if auth not in CLIENT_AUTH:
-        raise doc.error(f"unknown client_auth_type {auth!r}; one of {', '.join(CLIENT_AUTH)}",
-                        path + ("client_auth_type",))
+        raise doc.error(
+            f"unknown client_auth_type {auth!r}; one of {', '.join(CLIENT_AUTH)}", path + ("client_auth_type",)
+        )
     context.verify_mode = CLIENT_AUTH[auth]
     if auth in ("RequireAndVerifyClientCert", "VerifyClientCertIfGiven") and not tls.get("client_ca_file"):
         raise doc.error(f"client_auth_type {auth} needs client_ca_file", path)
@@ -195,18 +219,24 @@ def configure_tls(context: ssl.SSLContext, tls: dict[str, Any], doc: Document) -
             raise doc.error("expected a list of cipher suite names", path + ("cipher_suites",))
         unknown = [x for x in suites if x not in CIPHER_SUITES]
         if unknown:
-            raise doc.error(f"unknown or not configurable cipher suite {unknown[0]!r} (TLS 1.3 suites are fixed, "
-                            f"as in Go); one of {', '.join(CIPHER_SUITES)}", path + ("cipher_suites",))
+            raise doc.error(
+                f"unknown or not configurable cipher suite {unknown[0]!r} (TLS 1.3 suites are fixed, "
+                f"as in Go); one of {', '.join(CIPHER_SUITES)}",
+                path + ("cipher_suites",),
+            )
         try:
             context.set_ciphers(":".join(CIPHER_SUITES[x] for x in suites))
         except ssl.SSLError as exc:
-            raise doc.error(f"this OpenSSL supports none of these cipher suites: {exc}", path + ("cipher_suites",)) \
-                from None
+            raise doc.error(
+                f"this OpenSSL supports none of these cipher suites: {exc}", path + ("cipher_suites",)
+            ) from None
     curves = tls.get("curve_preferences")
     if curves is not None:
         if not isinstance(curves, list) or not all(isinstance(x, str) for x in curves) or len(curves) != 1:
-            raise doc.error("give exactly one curve (Python's ssl module sets one key-exchange group)",
-                            path + ("curve_preferences",))
+            raise doc.error(
+                "give exactly one curve (Python's ssl module sets one key-exchange group)",
+                path + ("curve_preferences",),
+            )
         if curves[0] not in CURVES:
             raise doc.error(f"unknown curve {curves[0]!r}; one of {', '.join(CURVES)}", path + ("curve_preferences",))
         try:
@@ -257,8 +287,9 @@ class BasicAuth:
             return False  # a flood: answered without a check (a cached success still gets through above)
         self.waiting += 1
         try:
-            ok = await asyncio.get_running_loop().run_in_executor(self.pool, _bcrypt_check, password,
-                                                                  hashed or DUMMY_HASH)
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self.pool, _bcrypt_check, password, hashed or DUMMY_HASH
+            )
         finally:
             self.waiting -= 1
         ok = ok and hashed is not None
@@ -338,8 +369,9 @@ def install(app: web.Application, holder: WebConfigHolder) -> None:
     starts); both read the holder at each request, so a reload applies at once."""
 
     @web.middleware
-    async def guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                    ) -> web.StreamResponse:
+    async def guard(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         if request.path in OPEN_PATHS:
             return await handler(request)
         if holder.bucket is not None and not holder.bucket.take():
@@ -347,8 +379,9 @@ def install(app: web.Application, holder: WebConfigHolder) -> None:
         if holder.config.client_allowed_sans and not _san_allowed(request, holder.config.client_allowed_sans):
             return web.Response(status=403, text="client certificate not allowed\n")
         if holder.auth is not None and not await holder.auth.check(request.headers.get("Authorization")):
-            return web.Response(status=401, text="unauthorized\n",
-                                headers={"WWW-Authenticate": 'Basic realm="llm-exporter"'})
+            return web.Response(
+                status=401, text="unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="llm-exporter"'}
+            )
         return await handler(request)
 
     app.middlewares.append(guard)

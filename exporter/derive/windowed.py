@@ -10,11 +10,19 @@ from ..observation import LabelPairs, ModelSample
 from .maths import counter_delta, rate, ratio_of_deltas
 from .window import SlidingWindow
 
-RATIO_PAIRS = (("kv_cache_hit_tokens", "kv_cache_query_tokens", "tokens"),
-               ("kv_cache_hit_blocks", "kv_cache_query_blocks", "blocks"))
+RATIO_PAIRS = (
+    ("kv_cache_hit_tokens", "kv_cache_query_tokens", "tokens"),
+    ("kv_cache_hit_blocks", "kv_cache_query_blocks", "blocks"),
+)
 RATE_KEYS = (("prompt_tokens", "prompt_tokens_rate"), ("generation_tokens", "generation_tokens_rate"))
-WINDOW_COUNTERS = ("kv_cache_hit_tokens", "kv_cache_query_tokens", "kv_cache_hit_blocks", "kv_cache_query_blocks",
-                   "prompt_tokens", "generation_tokens")
+WINDOW_COUNTERS = (
+    "kv_cache_hit_tokens",
+    "kv_cache_query_tokens",
+    "kv_cache_hit_blocks",
+    "kv_cache_query_blocks",
+    "prompt_tokens",
+    "generation_tokens",
+)
 Snapshot = dict[str, float]
 
 
@@ -34,8 +42,9 @@ def windowed_values(window: SlidingWindow[Snapshot]) -> dict[tuple[str, LabelPai
     (t0, s0), (t1, s1) = first, last
     out: dict[tuple[str, LabelPairs], float] = {}
     for hits, queries, unit in RATIO_PAIRS:
-        ratio = ratio_of_deltas(counter_delta(s0.get(hits), s1.get(hits)),
-                                counter_delta(s0.get(queries), s1.get(queries)))
+        ratio = ratio_of_deltas(
+            counter_delta(s0.get(hits), s1.get(hits)), counter_delta(s0.get(queries), s1.get(queries))
+        )
         if ratio is not None:
             out[("kv_cache_hit_ratio", (("unit", unit),))] = ratio
     queue_count = counter_delta(s0.get("queue_count"), s1.get("queue_count"))

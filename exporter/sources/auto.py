@@ -34,14 +34,19 @@ async def detect(http: HttpFetcher) -> str:
         if engine:
             return engine
     error = response.json_object(limit=65536).get("error")
-    if isinstance(error, dict) and error.get("type") in ("not_supported_error", "unavailable_error") \
-            and "llamacpp" in REGISTRY:
+    if (
+        isinstance(error, dict)
+        and error.get("type") in ("not_supported_error", "unavailable_error")
+        and "llamacpp" in REGISTRY
+    ):
         return "llamacpp"  # llama-server's error envelope (no --metrics, or loading)
     for engine, source in REGISTRY.items():  # engines whose Prometheus text is elsewhere
         if source.metrics_prefix and source.metrics_path != "/metrics":
             answer = await http.get(source.metrics_path)
-            if answer.status == 200 and detect_from_metrics(answer.body[:1_000_000].decode("utf-8", "replace")) \
-                    == engine:
+            if (
+                answer.status == 200
+                and detect_from_metrics(answer.body[:1_000_000].decode("utf-8", "replace")) == engine
+            ):
                 return engine
     for engine, source in REGISTRY.items():
         if source.detect_probe is None:

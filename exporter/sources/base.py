@@ -96,14 +96,17 @@ class HttpFetcher:
             async with self.session.get(url, headers=self.headers, allow_redirects=False, ssl=self.ssl) as resp:
                 declared = resp.content_length
                 if declared is not None and declared > self.max_body:
-                    raise PollError(Reason.TOO_LARGE,
-                                    f"GET {path}: body of {declared} bytes exceeds max_body_bytes ({self.max_body})")
+                    raise PollError(
+                        Reason.TOO_LARGE,
+                        f"GET {path}: body of {declared} bytes exceeds max_body_bytes ({self.max_body})",
+                    )
                 body = bytearray()
                 async for chunk in resp.content.iter_chunked(65536):
                     body += chunk
                     if len(body) > self.max_body:
-                        raise PollError(Reason.TOO_LARGE,
-                                        f"GET {path}: body exceeds max_body_bytes ({self.max_body}); read cut")
+                        raise PollError(
+                            Reason.TOO_LARGE, f"GET {path}: body exceeds max_body_bytes ({self.max_body}); read cut"
+                        )
                 return Response(resp.status, resp.headers, bytes(body), path)
         except PollError:
             raise
@@ -154,6 +157,7 @@ def _is_dns_error(exc: aiohttp.ClientConnectorError) -> bool:
     if dns_error is not None and isinstance(exc, dns_error):
         return True
     import socket
+
     return isinstance(exc.os_error, socket.gaierror)
 
 
@@ -168,7 +172,7 @@ def expect_status(response: Response, path: str, *ok: int) -> None:
 
 
 OFF_LOOP_BYTES = 256 * 1024  # /metrics bodies larger than this are parsed off the event loop
-PORT_SCAN_SECONDS = 5.0      # how often /proc is scanned for an engine not found by its port
+PORT_SCAN_SECONDS = 5.0  # how often /proc is scanned for an engine not found by its port
 
 
 @dataclass
@@ -204,22 +208,24 @@ class Source(abc.ABC):
     Instances live as long as their target's config does.
     """
 
-    engine: ClassVar[str]                      # the `engine:` value in the config
-    title: ClassVar[str] = ""                  # its name in the docs
-    needs_url: ClassVar[bool] = True           # False: it polls no HTTP endpoint (nvml)
-    mapping: ClassVar[tuple[Feed, ...]] = ()   # upstream family → unified metric (docs are generated from it)
-    model_label: ClassVar[str] = ""            # the upstream label naming the model; "" = one model per target
-    metrics_prefix: ClassVar[str] = ""         # `engine: auto`: a /metrics family prefix only this engine uses
+    engine: ClassVar[str]  # the `engine:` value in the config
+    title: ClassVar[str] = ""  # its name in the docs
+    needs_url: ClassVar[bool] = True  # False: it polls no HTTP endpoint (nvml)
+    mapping: ClassVar[tuple[Feed, ...]] = ()  # upstream family → unified metric (docs are generated from it)
+    model_label: ClassVar[str] = ""  # the upstream label naming the model; "" = one model per target
+    metrics_prefix: ClassVar[str] = ""  # `engine: auto`: a /metrics family prefix only this engine uses
     detect_probe: ClassVar[tuple[str, str] | None] = None  # `engine: auto`: (path, JSON key) it answers with
     metrics_path: ClassVar[str] = "/metrics"  # where its Prometheus text is (TensorRT-LLM: /prometheus/metrics)
-    docs: ClassVar[str] = ""                   # markdown shown after its mapping table in docs/metrics.md
+    docs: ClassVar[str] = ""  # markdown shown after its mapping table in docs/metrics.md
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         unknown = sorted(key for key in mapped_keys(cls.__dict__.get("mapping", ())) if key not in BY_KEY)
         if unknown:  # caught when the engine's module is imported, not as a silently missing series
-            raise TypeError(f"{cls.__name__}.mapping feeds unified keys the catalogue does not know: "
-                            f"{', '.join(unknown)} (add them to exporter/catalogue.py)")
+            raise TypeError(
+                f"{cls.__name__}.mapping feeds unified keys the catalogue does not know: "
+                f"{', '.join(unknown)} (add them to exporter/catalogue.py)"
+            )
         if "engine" in cls.__dict__:
             REGISTRY[cls.engine] = cls
 
@@ -325,8 +331,9 @@ class HttpSource(Source):
             observation.passthrough_prefix = self.metrics_prefix if self.target.passthrough == "own" else ""
 
 
-def parse_metrics(text: str, prefixes: tuple[str, ...] | None, labels: LabelCache | None,
-                  max_samples: int | None = None) -> Payload:
+def parse_metrics(
+    text: str, prefixes: tuple[str, ...] | None, labels: LabelCache | None, max_samples: int | None = None
+) -> Payload:
     """Parse a /metrics body; a malformed one is a PARSE failure."""
     try:
         return parse(text, prefixes, labels, max_samples)
@@ -350,8 +357,13 @@ class PrometheusTextSource(HttpSource):
             return observation
         payload, text = await self.read_metrics(prefixes(self.mapping), self.metrics_prefix, self.hint)
         models, misses = apply(payload, self.mapping, self.model_label, chosen_by_key=self.fed_by)
-        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
-                                  dropped_series=payload.dropped, model_states=self.model_states)
+        observation = Observation(
+            Readiness.READY,
+            models=models,
+            mapping_misses=tuple(misses),
+            dropped_series=payload.dropped,
+            model_states=self.model_states,
+        )
         self.add_passthrough(observation, text)
         observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=min(models, default=""))
         return observation

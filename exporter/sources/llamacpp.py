@@ -60,8 +60,9 @@ MAPPING: tuple[Feed, ...] = (
     Feed("requests_waiting", "gauge", (U("llamacpp:requests_deferred", "b2000-b11434+"),)),
     Feed("generation_tokens", "counter", (U("llamacpp:tokens_predicted_total", "b2000-b11434+"),)),
     Feed("kv_cache_hit_tokens", "counter", (U("llamacpp:prompt_tokens_cached_total", "recent builds"),)),
-    Feed("kv_cache_usage_ratio", "gauge", (U("llamacpp:kv_cache_usage_ratio", "older builds (removed)"),),
-         required=False),
+    Feed(
+        "kv_cache_usage_ratio", "gauge", (U("llamacpp:kv_cache_usage_ratio", "older builds (removed)"),), required=False
+    ),
 )
 METRICS_PREFIXES = ("llamacpp:",)
 COMPUTED_PROMPT_TOKENS = "llamacpp:prompt_tokens_total"  # computed only: prompt_tokens = this + cached
@@ -92,9 +93,14 @@ each see a different, shorter window: nothing is derived from them, and rates co
 beside the exporter; set `passthrough: true` on the target and read them through the exporter
 (`llm_llamacpp_predicted_tokens_seconds`, one reader, the exporter's poll interval as its window). In router mode
 (`--models-dir`) every series carries the router's model id as `model`."""
-ROUTER_STATUS = {"loaded": ModelState.LOADED, "loading": ModelState.LOADING, "sleeping": ModelState.SLEEPING,
-                 "unloaded": ModelState.UNLOADED, "downloading": ModelState.DOWNLOADING,
-                 "downloaded": ModelState.UNLOADED}
+ROUTER_STATUS = {
+    "loaded": ModelState.LOADED,
+    "loading": ModelState.LOADING,
+    "sleeping": ModelState.SLEEPING,
+    "unloaded": ModelState.UNLOADED,
+    "downloading": ModelState.DOWNLOADING,
+    "downloaded": ModelState.UNLOADED,
+}
 
 
 def _error_message(response: Response) -> str:
@@ -185,8 +191,14 @@ class RouterEvents:
     async def _read(self, aiohttp: Any) -> None:
         http = self.http
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
-        async with http.session.get(http.base_url + "/models/sse", headers=http.headers, ssl=http.ssl,
-                                    allow_redirects=False, timeout=timeout, read_bufsize=65536) as response:
+        async with http.session.get(
+            http.base_url + "/models/sse",
+            headers=http.headers,
+            ssl=http.ssl,
+            allow_redirects=False,
+            timeout=timeout,
+            read_bufsize=65536,
+        ) as response:
             if response.status == 404:
                 self.supported = False
                 return
@@ -228,8 +240,11 @@ def held_tokens(slot: dict[str, Any]) -> float:
     if prompt is None or prompt < 0:
         return 0.0
     tokens = slot.get("next_token")
-    decoded = sum(_number(t.get("n_decoded", 0)) or 0.0 for t in tokens if isinstance(t, dict)) \
-        if isinstance(tokens, list) else 0.0
+    decoded = (
+        sum(_number(t.get("n_decoded", 0)) or 0.0 for t in tokens if isinstance(t, dict))
+        if isinstance(tokens, list)
+        else 0.0
+    )
     cached, processed = _number(slot.get("n_prompt_tokens_cache")), _number(slot.get("n_prompt_tokens_processed"))
     if cached is not None and processed is not None:
         return max(prompt, cached + processed + decoded)
@@ -257,7 +272,7 @@ def argv_model(argv: tuple[str, ...]) -> str:
 class KvLayout:
     """How llama-server lays out its KV cache, from its command line (and environment, where readable)."""
 
-    unified: bool   # one pool shared by every slot: each slot reports the whole pool as its n_ctx
+    unified: bool  # one pool shared by every slot: each slot reports the whole pool as its n_ctx
 
 
 def kv_layout(argv: tuple[str, ...], env: dict[str, str] | None) -> KvLayout | None:
@@ -266,6 +281,7 @@ def kv_layout(argv: tuple[str, ...], env: dict[str, str] | None) -> KvLayout | N
     an environment variable (LLAMA_ARG_N_PARALLEL, LLAMA_ARG_KV_UNIFIED). None when it cannot be known: a flag
     left to an environment this user may not read, or `--kv-unified-per-slot` (slots then report a capped
     context, not the pool)."""
+
     def flag(*names: str) -> str | None:
         value = None
         for i, arg in enumerate(argv):
@@ -273,7 +289,7 @@ def kv_layout(argv: tuple[str, ...], env: dict[str, str] | None) -> KvLayout | N
                 if arg == name and i + 1 < len(argv):
                     value = argv[i + 1]
                 elif arg.startswith(name + "="):
-                    value = arg[len(name) + 1:]
+                    value = arg[len(name) + 1 :]
         return value
 
     if flag("--kv-unified-per-slot") is not None or (env is not None and env.get("LLAMA_ARG_KV_UNIFIED_PER_SLOT")):
@@ -343,7 +359,7 @@ class LlamaCppSource(HttpSource):
         # The KV cache's layout (from the engine's command line): how much context the slots share
         self.kv_layout: KvLayout | None = None
         self.layouts: dict[int, KvLayout | None] = {}  # engine (or router child) pid → its layout
-        self.argvs: dict[int, tuple[str, ...]] = {}     # ... and its command line
+        self.argvs: dict[int, tuple[str, ...]] = {}  # ... and its command line
         self.argv_model = ""  # the model the engine process was started with (its command line), if known
 
     async def collect(self) -> Observation:
@@ -363,8 +379,10 @@ class LlamaCppSource(HttpSource):
         metrics: _Metrics | None = None
         if response.status == 501:
             if self.metrics_enabled:
-                notices.append("/metrics is disabled on this server (start llama-server with --metrics); "
-                               "reading /health and /props only (never /slots, which would keep the server awake)")
+                notices.append(
+                    "/metrics is disabled on this server (start llama-server with --metrics); "
+                    "reading /health and /props only (never /slots, which would keep the server awake)"
+                )
             self.metrics_enabled = False
             health = await http.get("/health")
             if _is_loading(health):
@@ -378,8 +396,12 @@ class LlamaCppSource(HttpSource):
         slots = None
         if metrics is not None and metrics.busy:
             slots = await self._slots(http, "/slots", notices)
-        if metrics is None or not metrics.busy or self.polls_since_props >= PROPS_REFRESH_POLLS \
-                or (metrics.ready_header != self.instance):
+        if (
+            metrics is None
+            or not metrics.busy
+            or self.polls_since_props >= PROPS_REFRESH_POLLS
+            or (metrics.ready_header != self.instance)
+        ):
             props = await self._props(http, "/props")
             if props is not None:
                 self.props, self.polls_since_props = props, 0
@@ -388,10 +410,15 @@ class LlamaCppSource(HttpSource):
         sleeping = (metrics is None or not metrics.busy) and self.props.get("is_sleeping") is True
         model_name = self._model_name()
         sample = metrics.sample if metrics is not None else ModelSample()
-        observation = Observation(Readiness.READY, models={model_name: sample}, info=self._props_info(model_name),
-                                  endpoints=self._endpoints(), notices=tuple(notices),
-                                  mapping_misses=tuple(metrics.misses) if metrics else (),
-                                  model_states=SINGLE_STATES)
+        observation = Observation(
+            Readiness.READY,
+            models={model_name: sample},
+            info=self._props_info(model_name),
+            endpoints=self._endpoints(),
+            notices=tuple(notices),
+            mapping_misses=tuple(metrics.misses) if metrics else (),
+            model_states=SINGLE_STATES,
+        )
         self._fill_from_props(self.props, sample)
         if metrics is not None:
             self._map_slots(slots, metrics, sample, self.kv_layout)
@@ -400,18 +427,26 @@ class LlamaCppSource(HttpSource):
             self.add_passthrough(observation, metrics.text)
         self._timing(observation, metrics.ready_header if metrics else None)
         observation.lifecycle[""] = ModelStatus(
-            ModelState.SLEEPING if sleeping else ModelState.LOADED, model=model_name,
-            process_start=observation.process_start_time, ready_time=observation.engine_ready_time,
-            ready_exact=observation.engine_ready_exact, pid=observation.process_pid)
+            ModelState.SLEEPING if sleeping else ModelState.LOADED,
+            model=model_name,
+            process_start=observation.process_start_time,
+            ready_time=observation.engine_ready_time,
+            ready_exact=observation.engine_ready_exact,
+            pid=observation.process_pid,
+        )
         return observation
 
     def _loading(self, notices: list[str]) -> Observation:
-        observation = Observation(Readiness.LOADING, endpoints=self._endpoints(), notices=tuple(notices),
-                                  model_states=SINGLE_STATES)
+        observation = Observation(
+            Readiness.LOADING, endpoints=self._endpoints(), notices=tuple(notices), model_states=SINGLE_STATES
+        )
         self._timing(observation, None)
-        observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self._model_name(),
-                                                process_start=observation.process_start_time,
-                                                pid=observation.process_pid)
+        observation.lifecycle[""] = ModelStatus(
+            ModelState.LOADING,
+            model=self._model_name(),
+            process_start=observation.process_start_time,
+            pid=observation.process_pid,
+        )
         return observation
 
     # ------------------------------------------------------------------ router mode
@@ -445,18 +480,26 @@ class LlamaCppSource(HttpSource):
                 continue
             model, state, argv, path = parsed
             paths[model] = path
-            child = self._child(model, argv, state) if state in (ModelState.LOADING, ModelState.LOADED,
-                                                          ModelState.SLEEPING) else None
+            child = (
+                self._child(model, argv, state)
+                if state in (ModelState.LOADING, ModelState.LOADED, ModelState.SLEEPING)
+                else None
+            )
             if child is None:
                 self.children.pop(model, None)
             if state is not ModelState.LOADED:
                 self.model_props.pop(model, None)
             started = self.events.last(model, "loading")
             observation.lifecycle[model] = ModelStatus(
-                state, model=model, process_start=child.start_time if child else None,
-                reports_loading=True, pid=child.pid if child else None, load_started=started,
+                state,
+                model=model,
+                process_start=child.start_time if child else None,
+                reports_loading=True,
+                pid=child.pid if child else None,
+                load_started=started,
                 ready_time=self.events.last(model, "loaded", started) if state is ModelState.LOADED else None,
-                ready_exact=state is ModelState.LOADED and self.events.last(model, "loaded", started) is not None)
+                ready_exact=state is ModelState.LOADED and self.events.last(model, "loaded", started) is not None,
+            )
             if state is ModelState.LOADED:
                 loaded.append(model)
         self._unload_reasons(observation)
@@ -478,9 +521,16 @@ class LlamaCppSource(HttpSource):
             if self.slots_enabled:
                 observation.queue_probes[model] = self._probe(sample, slots)
             misses.update(metrics.misses)
-            observation.info.append(InfoSample("engine_info", (
-                ("model", model), ("build", str(self.props.get("build_info", ""))[:100]),
-                ("model_path", paths.get(model, "")))))
+            observation.info.append(
+                InfoSample(
+                    "engine_info",
+                    (
+                        ("model", model),
+                        ("build", str(self.props.get("build_info", ""))[:100]),
+                        ("model_path", paths.get(model, "")),
+                    ),
+                )
+            )
             status = observation.lifecycle[model]
             ready = self._ready_time(metrics.ready_header)
             if ready is not None:
@@ -496,12 +546,15 @@ class LlamaCppSource(HttpSource):
         now = {model: status.state for model, status in observation.lifecycle.items()}
         before = self.router_states
         busy = (ModelState.LOADING, ModelState.LOADED)
-        arriving = any(state is ModelState.LOADING or (state is ModelState.LOADED and before.get(model) not in busy)
-                       for model, state in now.items())
+        arriving = any(
+            state is ModelState.LOADING or (state is ModelState.LOADED and before.get(model) not in busy)
+            for model, state in now.items()
+        )
         for model, state in now.items():
             if state is ModelState.UNLOADED and before.get(model) in (ModelState.LOADED, ModelState.SLEEPING):
                 observation.lifecycle[model] = dataclasses.replace(
-                    observation.lifecycle[model], unload_reason="evicted" if arriving else "requested")
+                    observation.lifecycle[model], unload_reason="evicted" if arriving else "requested"
+                )
         self.router_states = now
 
     @staticmethod
@@ -549,8 +602,10 @@ class LlamaCppSource(HttpSource):
                 settings = props.get("default_generation_settings")
                 self.model_props[model] = {
                     "total_slots": props.get("total_slots"),
-                    "default_generation_settings": {"n_ctx": settings.get("n_ctx")} if isinstance(settings, dict)
-                    else None}
+                    "default_generation_settings": {"n_ctx": settings.get("n_ctx")}
+                    if isinstance(settings, dict)
+                    else None,
+                }
         self._fill_from_props(self.model_props.get(model, {}), metrics.sample)
         return metrics, slots
 
@@ -578,8 +633,10 @@ class LlamaCppSource(HttpSource):
         response = await http.get(path)
         if response.status == 501:
             if self.slots_enabled:
-                notices.append("/slots is disabled on this server (start llama-server with --slots); "
-                               "queue-latency estimate and slot details unavailable")
+                notices.append(
+                    "/slots is disabled on this server (start llama-server with --slots); "
+                    "queue-latency estimate and slot details unavailable"
+                )
             self.slots_enabled = False
             return None
         if response.status in (400, 503):
@@ -630,12 +687,16 @@ class LlamaCppSource(HttpSource):
     def _probe(sample: ModelSample, slots: list[dict[str, Any]] | None) -> QueueProbe:
         if slots is None:
             return QueueProbe(sample.get("requests_waiting") or 0.0, None)
-        return QueueProbe(sample.get("requests_waiting") or 0.0, tuple((s["id"], s.get("id_task")) for s in slots),
-                          frozenset(s["id"] for s in slots if s.get("is_processing") is True))
+        return QueueProbe(
+            sample.get("requests_waiting") or 0.0,
+            tuple((s["id"], s.get("id_task")) for s in slots),
+            frozenset(s["id"] for s in slots if s.get("is_processing") is True),
+        )
 
     @staticmethod
-    def _map_slots(slots: list[dict[str, Any]] | None, metrics: _Metrics, sample: ModelSample,
-                   layout: KvLayout | None = None) -> None:
+    def _map_slots(
+        slots: list[dict[str, Any]] | None, metrics: _Metrics, sample: ModelSample, layout: KvLayout | None = None
+    ) -> None:
         if slots is None:
             if not metrics.busy and sample.get("kv_cache_usage_ratio") is None:
                 sample.set("kv_cache_usage_ratio", 0.0)  # nothing in flight: no busy slot holds context
@@ -645,8 +706,12 @@ class LlamaCppSource(HttpSource):
         contexts = [n for n in (_number(s.get("n_ctx")) for s in slots) if n is not None and n > 0]
         if contexts:
             sample.set("context_size_tokens", float(max(contexts)))
-        if sample.get("kv_cache_usage_ratio") is None and contexts and len(contexts) == len(slots) \
-                and layout is not None:
+        if (
+            sample.get("kv_cache_usage_ratio") is None
+            and contexts
+            and len(contexts) == len(slots)
+            and layout is not None
+        ):
             # Tokens the busy slots hold in the KV cache, over its cells: one pool when unified (every slot
             # reports the whole pool as n_ctx), else one pool per slot. Unknown layout: no ratio at all.
             used = sum(min(held_tokens(slot), _number(slot["n_ctx"]) or 0.0) for slot in busy)
@@ -658,8 +723,11 @@ class LlamaCppSource(HttpSource):
 
     def _props_info(self, model: str) -> list[InfoSample]:
         build = self.props.get("build_info")
-        labels = (("model", model), ("build", str(build)[:100] if build is not None else ""),
-                  ("model_path", str(self.props.get("model_path", ""))[:200]))
+        labels = (
+            ("model", model),
+            ("build", str(build)[:100] if build is not None else ""),
+            ("model_path", str(self.props.get("model_path", ""))[:200]),
+        )
         return [InfoSample("engine_info", labels)]
 
     def _ready_time(self, ready_header: str | None) -> float | None:

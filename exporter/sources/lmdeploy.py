@@ -32,8 +32,7 @@ MAPPING: tuple[Feed, ...] = (
     Feed("request_decode", "histogram", (U("lmdeploy:request_decode_time_seconds", V),), required=False),
     Feed("request_inference", "histogram", (U("lmdeploy:request_inference_time_seconds", V),), required=False),
     Feed("request_prompt_length", "histogram", (U("lmdeploy:request_prompt_tokens", V),), required=False),
-    Feed("request_generation_length", "histogram", (U("lmdeploy:request_generation_tokens", V),),
-         required=False),
+    Feed("request_generation_length", "histogram", (U("lmdeploy:request_generation_tokens", V),), required=False),
 )
 DOCS = """\
 `lmdeploy:*` at `/metrics` (start with `--enable-metrics`), readiness from `GET /health`. Prompt and

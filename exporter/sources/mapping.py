@@ -29,8 +29,8 @@ class Upstream:
     # Sample name for gauges and counters, family name for histograms. Counter samples always end
     # in `_total` after parsing (also where the engine's TYPE line omits it, like TGI's).
     name: str
-    versions: str         # the engine versions that have it, as documentation
-    unit: str = ""        # "tokens", "blocks", or "help" to read tokens/blocks from the family's HELP
+    versions: str  # the engine versions that have it, as documentation
+    unit: str = ""  # "tokens", "blocks", or "help" to read tokens/blocks from the family's HELP
     combine: str = "sum"  # how series of one model combine over other labels: sum | mean
     minimum: float | None = None  # values below mean "not available" (vLLM's -1 hit rate): dropped
 
@@ -39,12 +39,12 @@ class Upstream:
 class Feed:
     """A unified metric and its upstream families, most preferred first (chosen by presence)."""
 
-    key: str              # unified key (catalogue); "{unit}" is replaced by the upstream's unit
-    kind: str             # gauge | counter | histogram
+    key: str  # unified key (catalogue); "{unit}" is replaced by the upstream's unit
+    kind: str  # gauge | counter | histogram
     upstream: tuple[Upstream, ...]
     required: bool = True  # a target that answers without any of these counts a mapping miss
-    label: str = ""       # keep this upstream label as an extra label of the unified metric
-    label_as: str = ""    # ... under this name
+    label: str = ""  # keep this upstream label as an extra label of the unified metric
+    label_as: str = ""  # ... under this name
     const_labels: tuple[tuple[str, str], ...] = ()  # extra labels with fixed values
 
 
@@ -61,8 +61,9 @@ def unique(samples: Iterable[tuple[Labels, float]]) -> Iterable[tuple[Labels, fl
     return seen.values()
 
 
-def combine(samples: Iterable[tuple[Labels, float]], model_label: str, how: str, extra: str = ""
-            ) -> dict[tuple[str, str], float]:
+def combine(
+    samples: Iterable[tuple[Labels, float]], model_label: str, how: str, extra: str = ""
+) -> dict[tuple[str, str], float]:
     """(model, extra label value) → value, summed or averaged over all other labels."""
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
     for labels, value in unique(samples):
@@ -140,9 +141,13 @@ def present(payload: Payload, upstream: Upstream, kind: str) -> bool:
     return payload.has(upstream.name + "_count" if kind == "histogram" else upstream.name)
 
 
-def apply(payload: Payload, table: tuple[Feed, ...], model_label: str,
-          models: dict[str, ModelSample] | None = None, chosen_by_key: dict[str, str] | None = None
-          ) -> tuple[dict[str, ModelSample], list[str]]:
+def apply(
+    payload: Payload,
+    table: tuple[Feed, ...],
+    model_label: str,
+    models: dict[str, ModelSample] | None = None,
+    chosen_by_key: dict[str, str] | None = None,
+) -> tuple[dict[str, ModelSample], list[str]]:
     """Map a payload with a table. Returns per-model samples and the unified keys that missed; fills
     `chosen_by_key` (unified key → the upstream family that fed it) when given (the debug view)."""
     models = models if models is not None else defaultdict(ModelSample)

@@ -86,8 +86,9 @@ class NvmlLibrary:
             return
         now = time.monotonic()
         if now < self.next_attempt:
-            raise PollError(Reason.OTHER, f"NVML unavailable ({self.last_init_error}); next retry in "
-                                          f"{self.next_attempt - now:.0f}s")
+            raise PollError(
+                Reason.OTHER, f"NVML unavailable ({self.last_init_error}); next retry in {self.next_attempt - now:.0f}s"
+            )
         try:
             if self.nvml is None:
                 self.nvml = self._loader()
@@ -133,8 +134,11 @@ class NvmlLibrary:
             gpus.extend(self._read_gpu(index))
         if any(g.lost for g in gpus):
             self.reinit_later()
-        return NvmlReading(gpus, _text(self._call_plain(nvml.nvmlSystemGetDriverVersion) or ""),
-                           _cuda_version(self._call_plain(nvml.nvmlSystemGetCudaDriverVersion)))
+        return NvmlReading(
+            gpus,
+            _text(self._call_plain(nvml.nvmlSystemGetDriverVersion) or ""),
+            _cuda_version(self._call_plain(nvml.nvmlSystemGetCudaDriverVersion)),
+        )
 
     def _call_plain(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -217,31 +221,36 @@ class NvmlLibrary:
         energy = self._field(uuid, "energy", nvml.nvmlDeviceGetTotalEnergyConsumption, handle)
         if energy is not None:
             put(("gpu_energy_joules", (), energy / 1000.0))
-        temperature = self._field(uuid, "temperature", nvml.nvmlDeviceGetTemperature, handle,
-                                  nvml.NVML_TEMPERATURE_GPU)
+        temperature = self._field(uuid, "temperature", nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
         if temperature is not None:
             put(("gpu_temperature_celsius", (), float(temperature)))
         for clock, key in ((nvml.NVML_CLOCK_SM, "gpu_sm_clock_hertz"), (nvml.NVML_CLOCK_MEM, "gpu_memory_clock_hertz")):
             mhz = self._field(uuid, key, nvml.nvmlDeviceGetClockInfo, handle, clock)
             if mhz is not None:
                 put((key, (), mhz * 1e6))
-        reasons_fn = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-            nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        reasons_fn = (
+            getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
+            or nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        )
         mask = self._field(uuid, "clock_events", reasons_fn, handle)
         if mask is not None:
             for nvml_name, label in CLOCK_EVENT_REASONS:
-                bit = getattr(nvml, f"nvmlClocksEventReason{nvml_name}", None) or \
-                    getattr(nvml, f"nvmlClocksThrottleReason{nvml_name}", 0)
+                bit = getattr(nvml, f"nvmlClocksEventReason{nvml_name}", None) or getattr(
+                    nvml, f"nvmlClocksThrottleReason{nvml_name}", 0
+                )
                 if bit and mask & bit:
                     put(("gpu_clock_event_active", (("reason", label),), 1.0))
         for direction, counter in (("tx", nvml.NVML_PCIE_UTIL_TX_BYTES), ("rx", nvml.NVML_PCIE_UTIL_RX_BYTES)):
             kbps = self._field(uuid, f"pcie_{direction}", nvml.nvmlDeviceGetPcieThroughput, handle, counter)
             if kbps is not None:
                 put(("gpu_pcie_bytes_per_second", (("direction", direction),), kbps * 1024.0))
-        for kind, error_type in (("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
-                                 ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED)):
-            count = self._field(uuid, f"ecc_{kind}", nvml.nvmlDeviceGetTotalEccErrors, handle, error_type,
-                                nvml.NVML_AGGREGATE_ECC)
+        for kind, error_type in (
+            ("corrected", nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ("uncorrected", nvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        ):
+            count = self._field(
+                uuid, f"ecc_{kind}", nvml.nvmlDeviceGetTotalEccErrors, handle, error_type, nvml.NVML_AGGREGATE_ECC
+            )
             if count is not None:
                 put(("gpu_ecc_errors", (("type", kind),), float(count)))
         pstate = self._field(uuid, "pstate", nvml.nvmlDeviceGetPerformanceState, handle)
@@ -260,8 +269,7 @@ class NvmlLibrary:
                 mig_uuid = _text(nvml.nvmlDeviceGetUUID(mig))
             except nvml.NVMLError:
                 continue  # empty MIG slot
-            reading = GpuReading((("gpu", str(index)), ("uuid", mig_uuid), ("name", name),
-                                  ("mig", str(mig_index))))
+            reading = GpuReading((("gpu", str(index)), ("uuid", mig_uuid), ("name", name), ("mig", str(mig_index))))
             self._read_fields(mig, mig_uuid, reading, whole_gpu=False)
             out.append(reading)
         return out
@@ -276,8 +284,9 @@ class NvmlLibrary:
             self.inflight_started = now
             self.inflight = asyncio.get_running_loop().run_in_executor(self.executor, self.read)
         elif now - self.inflight_started > budget_s:
-            raise PollError(Reason.TIMEOUT, f"an NVML call has been blocked for {now - self.inflight_started:.1f}s "
-                                            "(hung driver?)")
+            raise PollError(
+                Reason.TIMEOUT, f"an NVML call has been blocked for {now - self.inflight_started:.1f}s (hung driver?)"
+            )
         try:
             return await asyncio.wait_for(asyncio.shield(self.inflight), budget_s)
         except TimeoutError:
@@ -300,9 +309,11 @@ def _describe_init_error(exc: Exception) -> str:
     name = type(exc).__name__
     if isinstance(exc, ImportError):
         return f"pynvml not importable: {exc}"
-    hints = {"NVMLError_LibraryNotFound": "NVML library (libnvidia-ml.so.1) not found: no NVIDIA driver here",
-             "NVMLError_DriverNotLoaded": "NVIDIA driver not loaded",
-             "NVMLError_NoPermission": "no permission to open /dev/nvidia*"}
+    hints = {
+        "NVMLError_LibraryNotFound": "NVML library (libnvidia-ml.so.1) not found: no NVIDIA driver here",
+        "NVMLError_DriverNotLoaded": "NVIDIA driver not loaded",
+        "NVMLError_NoPermission": "no permission to open /dev/nvidia*",
+    }
     return hints.get(name, f"NVML init failed: {name}: {exc}")
 
 
@@ -353,10 +364,19 @@ class NvmlSource(Source):
             for pid, used in gpu.processes:
                 # Keyed by pid only: the join stage (exporter/join.py) adds the target, engine and model of
                 # the engine process that owns it (or one of its parents).
-                put(SeriesSample("gpu_process_memory_used_bytes", gpu.labels + (("pid", str(pid)),), used,
-                                 join_pids=_ancestors(pid)))
-        observation.info = [InfoSample("gpu_driver_info", (("driver_version", reading.driver_version),
-                                                          ("cuda_version", reading.cuda_version)))]
+                put(
+                    SeriesSample(
+                        "gpu_process_memory_used_bytes",
+                        gpu.labels + (("pid", str(pid)),),
+                        used,
+                        join_pids=_ancestors(pid),
+                    )
+                )
+        observation.info = [
+            InfoSample(
+                "gpu_driver_info", (("driver_version", reading.driver_version), ("cuda_version", reading.cuda_version))
+            )
+        ]
         lost = [dict(g.labels)["gpu"] for g in reading.gpus if g.lost]
         if lost:
             observation.notices = (f"GPU {', '.join(lost)} fell off the bus (GPU_IS_LOST); NVML re-initialising",)

@@ -29,9 +29,9 @@ from ..procinfo import ProcessInfo, processes_where
 from .base import HttpSource, SharedContext, expect_status
 
 MODEL_STATES = (ModelState.LOADED, ModelState.UNLOADED)
-TAGS_EVERY = 12          # polls between two reads of /api/tags (installed models change rarely)
-MAX_MODELS = 1000        # models tracked per target (installed or loaded)
-EXPIRY_SLACK = 1.5       # seconds: a model gone within this of its expires_at expired (polls are not exact)
+TAGS_EVERY = 12  # polls between two reads of /api/tags (installed models change rarely)
+MAX_MODELS = 1000  # models tracked per target (installed or loaded)
+EXPIRY_SLACK = 1.5  # seconds: a model gone within this of its expires_at expired (polls are not exact)
 _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)\Z")
 DOCS = """\
 No `/metrics`: the source reads `GET /api/ps` each poll, `GET /api/tags` every 12 polls and
@@ -72,7 +72,7 @@ def _is_runner(argv: tuple[str, ...]) -> bool:
 class OllamaSource(HttpSource):
     engine = "ollama"
     title = "Ollama"
-    metrics_prefix = ""                      # no /metrics
+    metrics_prefix = ""  # no /metrics
     detect_probe = ("/api/version", "version")
     docs = DOCS
 
@@ -81,10 +81,10 @@ class OllamaSource(HttpSource):
         self.version: str | None = None
         self.installed: list[str] = []
         self.polls_since_tags = TAGS_EVERY
-        self.loaded: dict[str, float | None] = {}   # model → its expires_at (Unix), as last seen loaded
-        self.pids: dict[str, ProcessInfo] = {}      # model → its runner (same host)
-        self.runners: set[int] = set()              # runner PIDs seen at the last scan
-        self.polled = False                         # /api/ps answered before: a model new to it was loaded now
+        self.loaded: dict[str, float | None] = {}  # model → its expires_at (Unix), as last seen loaded
+        self.pids: dict[str, ProcessInfo] = {}  # model → its runner (same host)
+        self.runners: set[int] = set()  # runner PIDs seen at the last scan
+        self.polled = False  # /api/ps answered before: a model new to it was loaded now
 
     async def collect(self) -> Observation:
         response = await self.http.get("/api/ps")
@@ -113,10 +113,13 @@ class OllamaSource(HttpSource):
         self._match_runners(loaded)
         for name in loaded:
             runner = self.pids.get(name)
-            observation.lifecycle[name] = ModelStatus(ModelState.LOADED, model=name,
-                                                      process_start=runner.start_time if runner else None,
-                                                      pid=runner.pid if runner else None,
-                                                      appeared=self.polled and name not in self.loaded)
+            observation.lifecycle[name] = ModelStatus(
+                ModelState.LOADED,
+                model=name,
+                process_start=runner.start_time if runner else None,
+                pid=runner.pid if runner else None,
+                appeared=self.polled and name not in self.loaded,
+            )
         for name in [*self.installed, *self.loaded]:
             if name in loaded or name in observation.lifecycle:
                 continue
@@ -131,8 +134,9 @@ class OllamaSource(HttpSource):
         self.loaded = loaded
         self.polled = True
         if self.version:
-            observation.info.append(InfoSample("engine_info", (("model", ""), ("build", self.version[:100]),
-                                                               ("model_path", ""))))
+            observation.info.append(
+                InfoSample("engine_info", (("model", ""), ("build", self.version[:100]), ("model_path", "")))
+            )
         return observation
 
     async def _refresh(self, entries: list[Any]) -> None:
@@ -147,8 +151,11 @@ class OllamaSource(HttpSource):
             response = await self.http.get("/api/tags")
             models = response.json_object().get("models") if response.status == 200 else None
             if isinstance(models, list):
-                self.installed = [m["name"][:200] for m in models[:MAX_MODELS]
-                                  if isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]]
+                self.installed = [
+                    m["name"][:200]
+                    for m in models[:MAX_MODELS]
+                    if isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"]
+                ]
 
     def _match_runners(self, loaded: dict[str, float | None]) -> None:
         """When models appeared: scan /proc for runners; one new model with one new runner is matched."""
@@ -172,4 +179,3 @@ def _json_object(body: bytes, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise PollError(Reason.PARSE, f"{path}: expected a JSON object")
     return value
-

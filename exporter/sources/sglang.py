@@ -25,24 +25,41 @@ MAPPING: tuple[Feed, ...] = (
     Feed("requests_waiting", "gauge", (U("sglang:num_queue_reqs", "0.3-0.5"),)),
     Feed("kv_cache_usage_ratio", "gauge", (U("sglang:token_usage", "0.3-0.5", combine="mean"),)),
     Feed("kv_cache_hit_tokens", "counter", (U("sglang:cached_tokens_total", "0.4-0.5"),)),
-    Feed("kv_cache_hit_tokens_by_tier", "counter", (U("sglang:cached_tokens_total", "0.5.23+ (cache_source)"),),
-         required=False, label="cache_source", label_as="tier"),
+    Feed(
+        "kv_cache_hit_tokens_by_tier",
+        "counter",
+        (U("sglang:cached_tokens_total", "0.5.23+ (cache_source)"),),
+        required=False,
+        label="cache_source",
+        label_as="tier",
+    ),
     Feed("kv_cache_query_tokens", "counter", (U("sglang:prompt_tokens_total", "0.3-0.5"),)),
     Feed("prompt_tokens", "counter", (U("sglang:prompt_tokens_total", "0.3-0.5"),)),
     Feed("generation_tokens", "counter", (U("sglang:generation_tokens_total", "0.3-0.5"),)),
-    Feed("token_queue_latency", "histogram", (U("sglang:queue_time_seconds", "0.5.x"),
-                                              U("sglang:queue_time_s", "0.5 early"))),
+    Feed(
+        "token_queue_latency",
+        "histogram",
+        (U("sglang:queue_time_seconds", "0.5.x"), U("sglang:queue_time_s", "0.5 early")),
+    ),
     Feed("time_to_first_token", "histogram", (U("sglang:time_to_first_token_seconds", "0.3-0.5"),)),
-    Feed("inter_token_latency", "histogram", (U("sglang:inter_token_latency_seconds", "0.4-0.5.22"),
-                                              U("sglang:time_per_output_token_seconds", "0.3")), required=False),
-    Feed("time_per_output_token", "histogram", (U("sglang:request_time_per_output_token_seconds", "0.5.23+"),),
-         required=False),
+    Feed(
+        "inter_token_latency",
+        "histogram",
+        (U("sglang:inter_token_latency_seconds", "0.4-0.5.22"), U("sglang:time_per_output_token_seconds", "0.3")),
+        required=False,
+    ),
+    Feed(
+        "time_per_output_token",
+        "histogram",
+        (U("sglang:request_time_per_output_token_seconds", "0.5.23+"),),
+        required=False,
+    ),
     Feed("request_latency", "histogram", (U("sglang:e2e_request_latency_seconds", "0.3-0.5"),)),
-    Feed("startup_phase_seconds", "gauge", (U("sglang:startup_time_seconds", "0.5.18+"),), required=False,
-         label="phase"),
+    Feed(
+        "startup_phase_seconds", "gauge", (U("sglang:startup_time_seconds", "0.5.18+"),), required=False, label="phase"
+    ),
     Feed("request_prompt_length", "histogram", (U("sglang:prompt_tokens_histogram", "0.5.x"),), required=False),
-    Feed("request_generation_length", "histogram", (U("sglang:generation_tokens_histogram", "0.5.x"),),
-         required=False),
+    Feed("request_generation_length", "histogram", (U("sglang:generation_tokens_histogram", "0.5.x"),), required=False),
 )
 METRICS_PREFIXES = prefixes(MAPPING)
 # The startup phase that spans launch to ready: SGLang's TokenizerManager measures tokenizer_e2e from
@@ -76,7 +93,7 @@ class SglangSource(HttpSource):
 
     async def not_ready(self) -> bool:
         """True while the server is starting (or paused); a failure when it answers neither way."""
-        for path in READY_PATHS[READY_PATHS.index(self.ready_path):]:
+        for path in READY_PATHS[READY_PATHS.index(self.ready_path) :]:
             response = await self.http.get(path)
             if response.status == 404:
                 continue  # an older server: try the next endpoint, and keep that one
@@ -92,12 +109,15 @@ class SglangSource(HttpSource):
             observation = Observation(Readiness.LOADING, model_states=MODEL_STATES)
             observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.model)
             return observation
-        payload, text = await self.read_metrics(METRICS_PREFIXES, "sglang:",
-                                                "started without --enable-metrics?")
+        payload, text = await self.read_metrics(METRICS_PREFIXES, "sglang:", "started without --enable-metrics?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
-        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
-                                  dropped_series=payload.dropped,
-                                  model_states=MODEL_STATES)
+        observation = Observation(
+            Readiness.READY,
+            models=models,
+            mapping_misses=tuple(misses),
+            dropped_series=payload.dropped,
+            model_states=MODEL_STATES,
+        )
         self.add_passthrough(observation, text)
         self.model = min(models) if models else self.model
         startup = models.get(self.model, ModelSample()).get("startup_phase_seconds", phase=START_TO_READY_PHASE)

@@ -28,10 +28,20 @@ MAPPING: tuple[Feed, ...] = (
     Feed("request_latency", "histogram", (U("tgi_request_duration", "1.0-3.x"),)),
     Feed("prompt_tokens", "counter", (U("tgi_request_input_length_sum", "1.0-3.x"),)),
     Feed("generation_tokens", "counter", (U("tgi_request_generated_tokens_sum", "1.0-3.x"),)),
-    Feed("requests_finished", "counter", (U("tgi_request_success_total", "1.0-3.x"),),
-         const_labels=(("reason", "success"),)),
-    Feed("requests_finished", "counter", (U("tgi_request_failure_total", "1.0-3.x"),), required=False, label="err",
-         label_as="reason"),
+    Feed(
+        "requests_finished",
+        "counter",
+        (U("tgi_request_success_total", "1.0-3.x"),),
+        const_labels=(("reason", "success"),),
+    ),
+    Feed(
+        "requests_finished",
+        "counter",
+        (U("tgi_request_failure_total", "1.0-3.x"),),
+        required=False,
+        label="err",
+        label_as="reason",
+    ),
 )
 METRICS_PREFIXES = prefixes(MAPPING)
 MODEL_STATES = (ModelState.LOADED, ModelState.LOADING)
@@ -67,9 +77,14 @@ class TgiSource(HttpSource):
         if sample is not None:
             models[self.model or ""] = sample
         info = [InfoSample("engine_info", (("model", self.model or ""), ("build", ""), ("model_path", "")))]
-        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
-                                  dropped_series=payload.dropped, info=info,
-                                  model_states=MODEL_STATES)
+        observation = Observation(
+            Readiness.READY,
+            models=models,
+            mapping_misses=tuple(misses),
+            dropped_series=payload.dropped,
+            info=info,
+            model_states=MODEL_STATES,
+        )
         self.add_passthrough(observation, text)
         observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=self.model or "")
         return observation

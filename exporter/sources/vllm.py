@@ -37,42 +37,88 @@ MODEL_LABEL = "model_name"
 MAPPING: tuple[Feed, ...] = (
     Feed("requests_running", "gauge", (U("vllm:num_requests_running", "0.4-0.33"),)),
     Feed("requests_waiting", "gauge", (U("vllm:num_requests_waiting", "0.4-0.33"),)),
-    Feed("requests_waiting_by_reason", "gauge", (U("vllm:num_requests_waiting_by_reason", "0.20-0.33"),),
-         required=False, label="reason"),
-    Feed("kv_cache_usage_ratio", "gauge", (U("vllm:kv_cache_usage_perc", "0.9.2-0.33", combine="mean"),
-                                           U("vllm:gpu_cache_usage_perc", "0.4-0.11", combine="mean"))),
-    Feed("kv_cache_hit_{unit}", "counter", (U("vllm:prefix_cache_hits_total", "0.9.2-0.33", unit="tokens"),
-                                            U("vllm:gpu_prefix_cache_hits_total", "0.7.3-0.11", unit="help"))),
-    Feed("kv_cache_query_{unit}", "counter", (U("vllm:prefix_cache_queries_total", "0.9.2-0.33", unit="tokens"),
-                                              U("vllm:gpu_prefix_cache_queries_total", "0.7.3-0.11", unit="help"))),
-    Feed("kv_cache_hit_tokens_by_tier", "counter", (U("vllm:prompt_tokens_cached_by_source_total", "0.32+"),),
-         required=False, label="source", label_as="tier"),
-    Feed("kv_cache_lifetime_hit_ratio", "gauge", (U("vllm:gpu_prefix_cache_hit_rate", "V0 0.5-0.10",
-                                                    combine="mean", minimum=0.0),), required=False),
+    Feed(
+        "requests_waiting_by_reason",
+        "gauge",
+        (U("vllm:num_requests_waiting_by_reason", "0.20-0.33"),),
+        required=False,
+        label="reason",
+    ),
+    Feed(
+        "kv_cache_usage_ratio",
+        "gauge",
+        (
+            U("vllm:kv_cache_usage_perc", "0.9.2-0.33", combine="mean"),
+            U("vllm:gpu_cache_usage_perc", "0.4-0.11", combine="mean"),
+        ),
+    ),
+    Feed(
+        "kv_cache_hit_{unit}",
+        "counter",
+        (
+            U("vllm:prefix_cache_hits_total", "0.9.2-0.33", unit="tokens"),
+            U("vllm:gpu_prefix_cache_hits_total", "0.7.3-0.11", unit="help"),
+        ),
+    ),
+    Feed(
+        "kv_cache_query_{unit}",
+        "counter",
+        (
+            U("vllm:prefix_cache_queries_total", "0.9.2-0.33", unit="tokens"),
+            U("vllm:gpu_prefix_cache_queries_total", "0.7.3-0.11", unit="help"),
+        ),
+    ),
+    Feed(
+        "kv_cache_hit_tokens_by_tier",
+        "counter",
+        (U("vllm:prompt_tokens_cached_by_source_total", "0.32+"),),
+        required=False,
+        label="source",
+        label_as="tier",
+    ),
+    Feed(
+        "kv_cache_lifetime_hit_ratio",
+        "gauge",
+        (U("vllm:gpu_prefix_cache_hit_rate", "V0 0.5-0.10", combine="mean", minimum=0.0),),
+        required=False,
+    ),
     Feed("prompt_tokens", "counter", (U("vllm:prompt_tokens_total", "0.4-0.33"),)),
     Feed("generation_tokens", "counter", (U("vllm:generation_tokens_total", "0.4-0.33"),)),
     Feed("preemptions", "counter", (U("vllm:num_preemptions_total", "0.4-0.33"),), required=False),
-    Feed("requests_finished", "counter", (U("vllm:request_success_total", "0.4-0.33"),),
-         label="finished_reason", label_as="reason"),
-    Feed("token_queue_latency", "histogram", (U("vllm:request_queue_time_seconds", "0.6.4-0.33"),
-                                              U("vllm:time_in_queue_requests", "V0 before 0.6.4"))),
+    Feed(
+        "requests_finished",
+        "counter",
+        (U("vllm:request_success_total", "0.4-0.33"),),
+        label="finished_reason",
+        label_as="reason",
+    ),
+    Feed(
+        "token_queue_latency",
+        "histogram",
+        (U("vllm:request_queue_time_seconds", "0.6.4-0.33"), U("vllm:time_in_queue_requests", "V0 before 0.6.4")),
+    ),
     Feed("time_to_first_token", "histogram", (U("vllm:time_to_first_token_seconds", "0.4-0.33"),)),
-    Feed("inter_token_latency", "histogram", (U("vllm:inter_token_latency_seconds", "0.11-0.33"),
-                                              U("vllm:time_per_output_token_seconds", "0.4-0.10"))),
+    Feed(
+        "inter_token_latency",
+        "histogram",
+        (U("vllm:inter_token_latency_seconds", "0.11-0.33"), U("vllm:time_per_output_token_seconds", "0.4-0.10")),
+    ),
     Feed("request_latency", "histogram", (U("vllm:e2e_request_latency_seconds", "0.4-0.33"),)),
-    Feed("time_per_output_token", "histogram", (U("vllm:request_time_per_output_token_seconds", "0.11-0.33"),),
-         required=False),
+    Feed(
+        "time_per_output_token",
+        "histogram",
+        (U("vllm:request_time_per_output_token_seconds", "0.11-0.33"),),
+        required=False,
+    ),
     Feed("request_prefill", "histogram", (U("vllm:request_prefill_time_seconds", "0.7-0.33"),), required=False),
     Feed("request_decode", "histogram", (U("vllm:request_decode_time_seconds", "0.7-0.33"),), required=False),
-    Feed("request_inference", "histogram", (U("vllm:request_inference_time_seconds", "0.7-0.33"),),
-         required=False),
+    Feed("request_inference", "histogram", (U("vllm:request_inference_time_seconds", "0.7-0.33"),), required=False),
     Feed("request_prompt_length", "histogram", (U("vllm:request_prompt_tokens", "0.4-0.33"),), required=False),
-    Feed("request_generation_length", "histogram", (U("vllm:request_generation_tokens", "0.4-0.33"),),
-         required=False),
+    Feed("request_generation_length", "histogram", (U("vllm:request_generation_tokens", "0.4-0.33"),), required=False),
 )
 CACHE_INFO = "vllm:cache_config_info"
 SLEEP_STATE = "vllm:engine_sleep_state"  # {sleep_state="awake"|"weights_offloaded"|"discard_all"} 0/1, V1 0.11+
-LORA_INFO = "vllm:lora_requests_info"    # set-to-current-time gauge; adapter names in comma lists, V1 with LoRA
+LORA_INFO = "vllm:lora_requests_info"  # set-to-current-time gauge; adapter names in comma lists, V1 with LoRA
 MODEL_STATES = (ModelState.LOADED, ModelState.SLEEPING)
 DOCS = """\
 vLLM 0.4 → 0.33 (V0 and V1 engines), families chosen by presence in the payload. Counters appear
@@ -83,10 +129,17 @@ finishes, so the windowed mean lags waiting requests: watch `llm_requests_waitin
 present. Bucket bounds are read from the payload (0.32+ lets operators change them). Sleep state
 comes from `vllm:engine_sleep_state`; LoRA adapters from the newest `vllm:lora_requests_info`
 series (adapter names only: vLLM exposes no per-adapter request counts)."""
-CACHE_CONFIG_KEYS = ("block_size", "num_gpu_blocks", "num_cpu_blocks", "enable_prefix_caching",
-                     "cache_dtype", "gpu_memory_utilization", "kv_cache_size_tokens")
+CACHE_CONFIG_KEYS = (
+    "block_size",
+    "num_gpu_blocks",
+    "num_cpu_blocks",
+    "enable_prefix_caching",
+    "cache_dtype",
+    "gpu_memory_utilization",
+    "kv_cache_size_tokens",
+)
 # Only these families are parsed: the parser skips every other family's block unread.
-ENGINE_HEALTHY = "vllm:engine_healthy"    # {engine="<rank>"} 1/0 with --enable-fault-tolerance (0.33)
+ENGINE_HEALTHY = "vllm:engine_healthy"  # {engine="<rank>"} 1/0 with --enable-fault-tolerance (0.33)
 METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, SLEEP_STATE, LORA_INFO, ENGINE_HEALTHY, "process_start_time_seconds")
 
 
@@ -121,17 +174,21 @@ class VllmSource(HttpSource):
                     observation.process_start_basis = "proc"
             if observation.process_pid is None:
                 raise  # nothing running: down, as before
-            observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.served_model,
-                                                    process_start=observation.process_start_time,
-                                                    pid=observation.process_pid)
+            observation.lifecycle[""] = ModelStatus(
+                ModelState.LOADING,
+                model=self.served_model,
+                process_start=observation.process_start_time,
+                pid=observation.process_pid,
+            )
             return observation
         if health.status in (500, 503):
             return Observation(Readiness.DOWN, notices=(f"/health answered {health.status}: engine is dead",))
         expect_status(health, "/health")
         payload, text = await self.read_metrics(METRICS_PREFIXES, "vllm:", "not a vLLM server?")
         models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
-        observation = Observation(Readiness.READY, models=models, mapping_misses=tuple(misses),
-                                  dropped_series=payload.dropped)
+        observation = Observation(
+            Readiness.READY, models=models, mapping_misses=tuple(misses), dropped_series=payload.dropped
+        )
         observation.info = self.cache_config_info(payload)
         self.add_passthrough(observation, text)
         self._timing(payload, observation)
@@ -142,9 +199,12 @@ class VllmSource(HttpSource):
         self.served_model = model or self.served_model
         observation.model_states = MODEL_STATES
         observation.lifecycle[""] = ModelStatus(
-            ModelState.SLEEPING if model in sleeping else ModelState.LOADED, model=model,
-            process_start=observation.process_start_time, ready_time=observation.engine_ready_time,
-            pid=observation.process_pid)
+            ModelState.SLEEPING if model in sleeping else ModelState.LOADED,
+            model=model,
+            process_start=observation.process_start_time,
+            ready_time=observation.engine_ready_time,
+            pid=observation.process_pid,
+        )
         return observation
 
     @staticmethod
@@ -161,8 +221,13 @@ class VllmSource(HttpSource):
             observation.process_start_time = clock.from_wall(started)
             observation.process_start_basis = "payload"
         self.locate_process(observation)
-        created = [value for name, samples in payload.samples.items() if name.endswith("_created")
-                   for _, value in samples if math.isfinite(value) and value > 0]
+        created = [
+            value
+            for name, samples in payload.samples.items()
+            if name.endswith("_created")
+            for _, value in samples
+            if math.isfinite(value) and value > 0
+        ]
         if created:
             # Stat loggers are created right after the engine is ready (0.10+, single API server);
             # the families read here are created within about a millisecond of each other.
@@ -177,8 +242,11 @@ class VllmSource(HttpSource):
 
 def sleeping_models(payload: Payload) -> set[str]:
     """Models with an engine that is not awake (vllm:engine_sleep_state{sleep_state="awake"} 0)."""
-    return {model_of(labels, MODEL_LABEL) for labels, value in payload.get(SLEEP_STATE)
-            if labels.get("sleep_state") == "awake" and value == 0}
+    return {
+        model_of(labels, MODEL_LABEL)
+        for labels, value in payload.get(SLEEP_STATE)
+        if labels.get("sleep_state") == "awake" and value == 0
+    }
 
 
 def lora_adapters(payload: Payload, models: dict[str, ModelSample]) -> None:
@@ -191,8 +259,10 @@ def lora_adapters(payload: Payload, models: dict[str, ModelSample]) -> None:
         return
     labels = newest[0]
     for sample in models.values():
-        for label, key in (("running_lora_adapters", "lora_adapter_running"),
-                           ("waiting_lora_adapters", "lora_adapter_waiting")):
+        for label, key in (
+            ("running_lora_adapters", "lora_adapter_running"),
+            ("waiting_lora_adapters", "lora_adapter_waiting"),
+        ):
             names = [n.strip()[:MAX_LABEL_VALUE] for n in labels.get(label, "").split(",") if n.strip()]
             for name in names[:64]:
                 sample.set(key, 1.0, adapter=name)

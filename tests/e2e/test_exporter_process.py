@@ -21,10 +21,21 @@ def replay(tmp_path):
     """A replay server process standing in for vLLM (healthy) on loopback."""
     port = free_port()
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"/health": {"status": 200}, "/metrics": {"file": str(VLLM_IDLE)},
-                                "/hang/health": {"status": 200}, "/hang/metrics": {"status": 200, "fault": "hang"}}))
-    proc = subprocess.Popen([sys.executable, "tests/support/replay.py", "--port", str(port), "--spec", str(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    spec.write_text(
+        json.dumps(
+            {
+                "/health": {"status": 200},
+                "/metrics": {"file": str(VLLM_IDLE)},
+                "/hang/health": {"status": 200},
+                "/hang/metrics": {"status": 200, "fault": "hang"},
+            }
+        )
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "tests/support/replay.py", "--port", str(port), "--spec", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     wait_until(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200, 10, what="replay server")
     yield port
     proc.terminate()
@@ -47,23 +58,37 @@ targets:
 @pytest.fixture
 def exporter(tmp_path, replay):
     port = free_port()
-    config = write_config(tmp_path / "config.yaml", port, replay, extra_targets=f"""
+    config = write_config(
+        tmp_path / "config.yaml",
+        port,
+        replay,
+        extra_targets=f"""
   - name: hanging
     engine: vllm
     url: http://127.0.0.1:{replay}/hang
   - name: absent
     engine: llamacpp
     url: http://127.0.0.1:{free_port()}
-""")
+""",
+    )
     proc = ExporterProcess(config, port)
     yield proc
     proc.stop()
 
 
 def test_serves_unified_metrics_with_sick_targets_alongside(exporter):
-    body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="good") == 1 and value(
-        b, "llm_exporter_poll_errors_total", target="hanging", reason="timeout") else None)(exporter.metrics()),
-                      10, what="first polls")
+    body = wait_until(
+        lambda: (
+            lambda b: (
+                b
+                if value(b, "llm_up", target="good") == 1
+                and value(b, "llm_exporter_poll_errors_total", target="hanging", reason="timeout")
+                else None
+            )
+        )(exporter.metrics()),
+        10,
+        what="first polls",
+    )
     assert value(body, "llm_up", target="hanging") == 0
     assert value(body, "llm_requests_running", target="good", model="tiny-llama", cluster="test") == 0
     assert value(body, "llm_kv_cache_hit_tokens_total", target="good") == 1280
@@ -71,9 +96,16 @@ def test_serves_unified_metrics_with_sick_targets_alongside(exporter):
     assert value(body, "llm_exporter_poll_errors_total", target="absent", reason="connect") >= 1
     assert value(body, "llm_exporter_build_info") == 1
     # the exporter explains itself: how late its event loop (a 0.5 s timer) and its polls run
-    wait_until(lambda: (lambda b: value(b, "llm_exporter_event_loop_lag_seconds_count") >= 1
-                        and value(b, "llm_exporter_poll_delay_seconds_count") >= 1)(exporter.metrics()),
-               10, what="the lag and delay histograms to fill")
+    wait_until(
+        lambda: (
+            lambda b: (
+                value(b, "llm_exporter_event_loop_lag_seconds_count") >= 1
+                and value(b, "llm_exporter_poll_delay_seconds_count") >= 1
+            )
+        )(exporter.metrics()),
+        10,
+        what="the lag and delay histograms to fill",
+    )
     assert value(body, "llm_exporter_config_last_reload_successful") == 1
     status, page = exporter.get("/")
     assert status == 200 and "hanging" in page and "timeout" in page
@@ -85,8 +117,9 @@ def test_serves_unified_metrics_with_sick_targets_alongside(exporter):
 def test_openmetrics_and_gzip(exporter):
     wait_until(lambda: value(exporter.metrics(), "llm_up", target="good") == 1, 10)
     url = f"http://127.0.0.1:{exporter.port}/metrics"
-    req = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text; version=1.0.0",
-                                               "Accept-Encoding": "gzip"})
+    req = urllib.request.Request(
+        url, headers={"Accept": "application/openmetrics-text; version=1.0.0", "Accept-Encoding": "gzip"}
+    )
     with urllib.request.urlopen(req, timeout=5) as resp:
         assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
         assert resp.headers["Content-Encoding"] == "gzip"
@@ -99,23 +132,36 @@ def test_sighup_reload_good_then_bad_config(exporter, tmp_path, replay):
     wait_until(lambda: value(exporter.metrics(), "llm_up", target="good") == 1, 10)
     before = value(exporter.metrics(), "llm_exporter_config_last_reload_success_timestamp_seconds")
     # good: drop two targets, add one; "good" keeps its state (same name and engine)
-    write_config(exporter.config_path, exporter.port, replay, extra_targets=f"""
+    write_config(
+        exporter.config_path,
+        exporter.port,
+        replay,
+        extra_targets=f"""
   - name: second
     engine: vllm
     url: http://127.0.0.1:{replay}
-""")
+""",
+    )
     restarts_before = value(exporter.metrics(), "llm_exporter_poll_errors_total", target="good", reason="connect")
     exporter.signal(signal.SIGHUP)
-    body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="second") == 1 else None)(exporter.metrics()),
-                      10, what="reloaded target")
+    body = wait_until(
+        lambda: (lambda b: b if value(b, "llm_up", target="second") == 1 else None)(exporter.metrics()),
+        10,
+        what="reloaded target",
+    )
     assert value(body, "llm_up", target="hanging") is None  # removed targets vanish
     assert value(body, "llm_exporter_config_last_reload_success_timestamp_seconds") > before
     assert value(body, "llm_exporter_poll_errors_total", target="good", reason="connect") == restarts_before
     # bad: rejected, old config keeps running, the gauge says so, the log says why
     exporter.config_path.write_text("targets:\n  - {name: x, engine: vlm, url: 'http://h:1'}\n")
     exporter.signal(signal.SIGHUP)
-    body = wait_until(lambda: (lambda b: b if value(b, "llm_exporter_config_last_reload_successful") == 0
-                               else None)(exporter.metrics()), 10, what="failed reload")
+    body = wait_until(
+        lambda: (lambda b: b if value(b, "llm_exporter_config_last_reload_successful") == 0 else None)(
+            exporter.metrics()
+        ),
+        10,
+        what="failed reload",
+    )
     assert value(body, "llm_up", target="second") == 1
     assert "config reload rejected" in exporter.logs() and "did you mean 'vllm'" in exporter.logs()
     assert exporter.proc.poll() is None
@@ -134,8 +180,7 @@ def test_sighup_storm_and_sigterm_during_polls(exporter):
     interval = 0.3  # the fixture's interval for `good`
     assert polls <= (time.monotonic() - started) / interval + 2  # no burst of polls after each reload
     assert exporter.logs().count("config reloaded") <= 4  # coalesced, and at least 1 s apart
-    body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="good") == 1 else None)(exporter.metrics()),
-                      10)
+    body = wait_until(lambda: (lambda b: b if value(b, "llm_up", target="good") == 1 else None)(exporter.metrics()), 10)
     assert value(body, "llm_exporter_config_last_reload_successful") == 1
     # SIGTERM while the hanging target's poll is in flight: exit 0 within 2 s
     started = time.monotonic()
@@ -146,8 +191,12 @@ def test_sighup_storm_and_sigterm_during_polls(exporter):
 
 def test_once_prints_exposition_and_exits(tmp_path, replay):
     config = write_config(tmp_path / "once.yaml", free_port(), replay)
-    out = subprocess.run([sys.executable, "-m", "exporter", "--once", "--config", str(config)],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--once", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert out.returncode == 0, out.stderr
     assert value(out.stdout, "llm_up", target="good") == 1
     assert value(out.stdout, "llm_kv_cache_query_tokens_total", target="good") == 2524
@@ -188,11 +237,18 @@ def test_bad_config_exits_2_and_default_config_starts(tmp_path):
     out = subprocess.run([sys.executable, "-m", "exporter", "--config", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2 and "expected a list of targets" in out.stderr
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        body = wait_until(lambda: (lambda r: r[1] if r[0] == 200 and "llm_up{" in r[1] and 'target="vllm"' in r[1]
-                                   else None)(http_get(f"http://127.0.0.1:{port}/metrics")), 15)
+        body = wait_until(
+            lambda: (lambda r: r[1] if r[0] == 200 and "llm_up{" in r[1] and 'target="vllm"' in r[1] else None)(
+                http_get(f"http://127.0.0.1:{port}/metrics")
+            ),
+            15,
+        )
         assert 'llm_up{engine="llamacpp",target="llamacpp"}' in body
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -206,16 +262,23 @@ def test_once_polls_each_target_exactly_once_and_shows_no_windowed_values(tmp_pa
 
     port = free_port()
     spec = tmp_path / "replay.json"
-    spec.write_text('{"/health": {"status": 200}, "/metrics": {"file": "tests/fixtures/vllm-real/'
-                    'v0.32.0-metrics-after-load.prom"}}')
-    replay = subprocess.Popen([sys.executable, "tests/support/replay.py", "--port", str(port), "--spec", str(spec)],
-                              cwd=ROOT)
+    spec.write_text(
+        '{"/health": {"status": 200}, "/metrics": {"file": "tests/fixtures/vllm-real/v0.32.0-metrics-after-load.prom"}}'
+    )
+    replay = subprocess.Popen(
+        [sys.executable, "tests/support/replay.py", "--port", str(port), "--spec", str(spec)], cwd=ROOT
+    )
     try:
         wait_until(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200, 10, what="replay")
         config = tmp_path / "once.yaml"
         config.write_text(f"targets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:{port}'}}\n")
-        out = subprocess.run([sys.executable, "-m", "exporter", "--once", "--config", str(config)],
-                             capture_output=True, text=True, timeout=60, cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, "-m", "exporter", "--once", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
         assert out.returncode == 0, out.stderr
         assert value(out.stdout, "llm_exporter_polls_total", target="v") == 1
         assert value(out.stdout, "llm_up", target="v") == 1
@@ -231,6 +294,7 @@ def test_healthcheck_follows_the_listen_address(tmp_path):
     import os
     import subprocess
     import sys
+
     port = free_port()
     config = tmp_path / "h.yaml"
     config.write_text("targets:\n  - {name: v, engine: vllm, url: 'http://127.0.0.1:9'}\n")
@@ -250,6 +314,7 @@ def test_healthcheck_probes_what_the_running_exporter_serves(tmp_path):
     import os
     import subprocess
     import sys
+
     port, other = free_port(), free_port()
     config = tmp_path / "h.yaml"
     config.write_text(f"listen: 127.0.0.1:{port}\ntargets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:9'}}\n")
@@ -270,15 +335,28 @@ def test_cli_rejects_zero_scrapes_and_reports_config_errors_as_json(tmp_path):
     import json
     import subprocess
     import sys
+
     config = tmp_path / "c.yaml"
     config.write_text("targets:\n  - {name: v, engine: vllm, url: 'http://127.0.0.1:9'}\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "--config", str(config), "--web.max-requests", "0"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config", str(config), "--web.max-requests", "0"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert out.returncode == 2 and "must be at least 1" in out.stderr
-    config.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://h:1', intervl: 1s}\n"
-                      "  - {name: b, engine: vlm, url: 'http://h:1'}\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "--config", str(config), "--log-format", "json"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=30)
+    config.write_text(
+        "targets:\n  - {name: a, engine: vllm, url: 'http://h:1', intervl: 1s}\n"
+        "  - {name: b, engine: vlm, url: 'http://h:1'}\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--config", str(config), "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert out.returncode == 2
     [line] = out.stderr.strip().splitlines()
     record = json.loads(line)  # one JSON log line, not plain text
@@ -288,9 +366,12 @@ def test_cli_rejects_zero_scrapes_and_reports_config_errors_as_json(tmp_path):
 
 def test_sighup_keeps_the_listen_flag_without_warning(tmp_path):
     import signal as _signal
+
     port, file_port = free_port(), free_port()
     config = tmp_path / "l.yaml"
-    config.write_text(f"listen: 127.0.0.1:{file_port}\ntargets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:9'}}\n")
+    config.write_text(
+        f"listen: 127.0.0.1:{file_port}\ntargets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:9'}}\n"
+    )
     proc = ExporterProcess(config, port, extra_args=("--listen", f"127.0.0.1:{port}"))
     try:
         proc.signal(_signal.SIGHUP)

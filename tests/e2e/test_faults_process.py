@@ -25,8 +25,6 @@ from tests.support.net import (
 IDLE = FIXTURES / "vllm-real" / "v0.32.0-metrics-after-prefix.prom"
 
 
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -38,13 +36,21 @@ def rss_mib(pid: int) -> float:
 def scene(tmp_path):
     port = free_port()
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({
-        "/health": {"status": 200}, "/metrics": {"file": str(IDLE)},
-        "/huge/health": {"status": 200}, "/huge/metrics": {"status": 200, "fault": "huge"},
-        "/flap/health": {"status": 200}, "/flap/metrics": {"file": str(IDLE), "fault": "flap"},
-    }))
-    replay = subprocess.Popen([sys.executable, "tests/support/replay.py", "--port", str(port), "--spec", str(spec)],
-                              cwd=ROOT, process_group=0)
+    spec.write_text(
+        json.dumps(
+            {
+                "/health": {"status": 200},
+                "/metrics": {"file": str(IDLE)},
+                "/huge/health": {"status": 200},
+                "/huge/metrics": {"status": 200, "fault": "huge"},
+                "/flap/health": {"status": 200},
+                "/flap/metrics": {"file": str(IDLE), "fault": "flap"},
+            }
+        )
+    )
+    replay = subprocess.Popen(
+        [sys.executable, "tests/support/replay.py", "--port", str(port), "--spec", str(spec)], cwd=ROOT, process_group=0
+    )
     wait_until(lambda: http_get(f"http://127.0.0.1:{port}/health")[0] == 200, 10, what="replay")
     exporter_port = free_port()
     config = tmp_path / "config.yaml"
@@ -63,8 +69,12 @@ targets:
 
 
 def test_huge_body_cut_at_cap_memory_bounded_healthy_target_intact(scene):
-    body = wait_until(lambda: (lambda b: b if value(b, "llm_exporter_poll_errors_total", target="huge",
-                                                    reason="too_large") else None)(scene.metrics()), 15)
+    body = wait_until(
+        lambda: (
+            lambda b: b if value(b, "llm_exporter_poll_errors_total", target="huge", reason="too_large") else None
+        )(scene.metrics()),
+        15,
+    )
     assert value(body, "llm_up", target="huge") == 0
     assert value(body, "llm_up", target="good") == 1
     assert value(body, "llm_kv_cache_hit_tokens_total", target="good") == 1280

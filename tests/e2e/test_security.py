@@ -56,10 +56,10 @@ def secured_exporter(tmp_path, pki):
     web = tmp_path / "web.yml"
     web.write_text(f"""
 tls_server_config:
-  cert_file: {pki['server_crt']}
-  key_file: {pki['server_key']}
+  cert_file: {pki["server_crt"]}
+  key_file: {pki["server_key"]}
   client_auth_type: RequireAndVerifyClientCert
-  client_ca_file: {pki['ca_crt']}
+  client_ca_file: {pki["ca_crt"]}
   min_version: TLS13
 http_server_config:
   headers: {{X-Content-Type-Options: nosniff}}
@@ -67,9 +67,15 @@ basic_auth_users:
   prometheus: '{hashed}'
 """)
     config = tmp_path / "config.yaml"
-    config.write_text(f"listen: 127.0.0.1:{port}\ntargets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:{free_port()}'}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "exporter", "--config", str(config), "--web.config.file", str(web)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\ntargets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:{free_port()}'}}\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "--config", str(config), "--web.config.file", str(web)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     base = f"https://127.0.0.1:{port}"
     wait_until(lambda: get(base + "/healthz", client_context(pki))[0] == 200, 15, what="TLS exporter")
     yield base
@@ -108,16 +114,23 @@ def test_tls_rejects_missing_client_cert_and_old_versions(secured_exporter, pki)
 def test_bad_web_config_exits_2(tmp_path):
     web = tmp_path / "web.yml"
     web.write_text("basic_auth_users:\n  prometheus: plaintext\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "--web.config.file", str(web), "--check-config"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--web.config.file", str(web), "--check-config"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "bcrypt" in out.stderr
     web.write_text("tls_server_config:\n  cert_file: /nope.crt\n  key_file: /nope.key\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "--web.config.file", str(web), "--check-config"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--web.config.file", str(web), "--check-config"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 2 and "cannot load certificate" in out.stderr
 
 
 # ---------------------------------------------------------------- targets behind TLS and tokens
+
 
 @pytest.fixture
 async def tls_target(pki):
@@ -191,8 +204,10 @@ def test_token_file_reread_on_reload_and_secrets_nowhere(tmp_path):
     token_file.write_text(token_a)
     port = free_port()
     config = tmp_path / "config.yaml"
-    config.write_text(f"listen: 127.0.0.1:{port}\ntargets:\n  - {{name: v, engine: vllm, interval: 200ms, "
-                      f"timeout: 150ms, url: 'http://127.0.0.1:{srv.port}', bearer_token_file: '{token_file}'}}\n")
+    config.write_text(
+        f"listen: 127.0.0.1:{port}\ntargets:\n  - {{name: v, engine: vllm, interval: 200ms, "
+        f"timeout: 150ms, url: 'http://127.0.0.1:{srv.port}', bearer_token_file: '{token_file}'}}\n"
+    )
     proc = ExporterProcess(config, port)
     try:
         wait_until(lambda: 'llm_up{engine="vllm",target="v"} 1.0' in proc.metrics(), 10, what="up with token A")
@@ -215,6 +230,7 @@ def test_debug_view_is_behind_auth_and_shows_no_secret(tmp_path, pki):
     """/debug/targets/<name>: what the exporter saw, behind the same password as /metrics; a header's
     value (an API key) never appears."""
     import json as _json
+
     secret = "sk-" + "9" * 30
     srv_port, port = free_port(), free_port()
     config = tmp_path / "config.yaml"
@@ -233,8 +249,13 @@ targets:
     try:
         base = f"http://127.0.0.1:{port}"
         assert get(base + "/debug/targets/v", None)[0] == 401
-        wait_until(lambda: _json.loads(get(base + "/debug/targets/v", None, "prometheus", PASSWORD)[2])
-                   ["health"]["polls"] >= 1, 10, what="a first poll")
+        wait_until(
+            lambda: (
+                _json.loads(get(base + "/debug/targets/v", None, "prometheus", PASSWORD)[2])["health"]["polls"] >= 1
+            ),
+            10,
+            what="a first poll",
+        )
         status, _, body = get(base + "/debug/targets/v", None, "prometheus", PASSWORD)
         assert status == 200 and secret not in body
         view = _json.loads(body)

@@ -36,7 +36,7 @@ def test_parser_random_text(text):
 def test_parser_mutated_real_payloads(seed, at, cut, insert):
     """Real engine payloads with a slice replaced: near-valid input where parsers break."""
     at = min(at, len(seed))
-    text = seed[:at] + insert + seed[at + cut:]
+    text = seed[:at] + insert + seed[at + cut :]
     parse_only_typed_error(text)
     parse_only_typed_error(text, METRICS_PREFIXES)
 
@@ -64,25 +64,29 @@ def load_only_typed_error(text: str) -> None:
 
 @given(st.integers(0, len(VALID)), st.integers(0, 30), st.text(alphabet=ALPHABET + ":-[]&*!|>'%@`", max_size=30))
 def test_config_mutated(at, cut, insert):
-    load_only_typed_error(VALID[:at] + insert + VALID[at + cut:])
+    load_only_typed_error(VALID[:at] + insert + VALID[at + cut :])
 
 
 yaml_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20)),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
-@given(st.dictionaries(st.sampled_from(["listen", "namespace", "defaults", "targets", "extra"]), yaml_values,
-                       max_size=5))
+@given(
+    st.dictionaries(st.sampled_from(["listen", "namespace", "defaults", "targets", "extra"]), yaml_values, max_size=5)
+)
 def test_config_structured(document):
     import yaml
+
     load_only_typed_error(yaml.safe_dump(document))
 
 
 def test_config_alias_bomb_and_recursion_are_config_errors():
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+    )
     with pytest.raises(ConfigError, match="too large"):
         load_config_text(bomb, "bomb.yaml", {})
     with pytest.raises(ConfigError):

@@ -46,8 +46,23 @@ class LoggedServer:
     """A real llama-server whose log lines are read as they come, each with the time it was read."""
 
     def __init__(self, binary: str, args: list[str], port: int):
-        self.args = [binary, *args, "--host", "127.0.0.1", "--port", str(port), "--metrics", "--slots",
-                     "-t", "2", "--no-webui", "-c", "1024", "-np", "2"]
+        self.args = [
+            binary,
+            *args,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics",
+            "--slots",
+            "-t",
+            "2",
+            "--no-webui",
+            "-c",
+            "1024",
+            "-np",
+            "2",
+        ]
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.lines: list[tuple[float, str]] = []
@@ -58,8 +73,12 @@ class LoggedServer:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
         if wait_ready:
-            wait_until(lambda: http_get(self.url + "/health", timeout=2)[0] == 200 or self.proc.poll() is not None,
-                       60, interval=0.02, what="llama-server listening and ready")
+            wait_until(
+                lambda: http_get(self.url + "/health", timeout=2)[0] == 200 or self.proc.poll() is not None,
+                60,
+                interval=0.02,
+                what="llama-server listening and ready",
+            )
             assert self.proc.poll() is None, self.log()[-3000:]
 
     def _read(self, proc: subprocess.Popen[bytes]) -> None:
@@ -79,8 +98,9 @@ class LoggedServer:
         return sum(1 for _, line in list(self.lines) if regex.search(line))
 
     def post(self, path: str, body: dict[str, object], timeout: float = 120) -> dict[str, object]:
-        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=timeout) as resp:
             return json.loads(resp.read())
 
@@ -117,22 +137,29 @@ targets:
 def models_dir(tmp_path_factory):
     """Three tiny GGUF models of different sizes, as a router's --models-dir."""
     from tests.support.tiny_gguf import write_model
+
     out = tmp_path_factory.mktemp("models")
     for name, layers, hidden in (("small", 2, 256), ("medium", 4, 512), ("large", 8, 768)):
-        write_model(str(out / f"{name}.gguf"), layers=layers, hidden=hidden, heads=hidden // 64, ffn=hidden * 2,
-                    context=1024)
+        write_model(
+            str(out / f"{name}.gguf"), layers=layers, hidden=hidden, heads=hidden // 64, ffn=hidden * 2, context=1024
+        )
     return out
 
 
 def parse_body(body: str, name: str) -> list:
     from exporter.promparse import parse
+
     return parse(body).get(name)
 
 
 def _states(body: str, target: str = "router") -> dict[str, str]:
     from exporter.promparse import parse
-    return {labels["model"]: labels["state"] for labels, v in parse(body).get("llm_model_state")
-            if labels.get("target") == target and v == 1}
+
+    return {
+        labels["model"]: labels["state"]
+        for labels, v in parse(body).get("llm_model_state")
+        if labels.get("target") == target and v == 1
+    }
 
 
 def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
@@ -142,8 +169,11 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
     exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port, "router"), exporter_port)
     try:
         # The exporter polls for 3 s with autoload on: every model stays unloaded.
-        body = wait_until(lambda: (lambda b: b if len(_states(b)) == 3 else None)(exporter.metrics()), 10,
-                          what="the exporter to list three models")
+        body = wait_until(
+            lambda: (lambda b: b if len(_states(b)) == 3 else None)(exporter.metrics()),
+            10,
+            what="the exporter to list three models",
+        )
         time.sleep(3)
         body = exporter.metrics()
         assert _states(body) == {"small": "unloaded", "medium": "unloaded", "large": "unloaded"}, body
@@ -155,8 +185,11 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
 
         def load_and_wait(model: str, how: str) -> None:
             # the router is still stopping the instance it evicted for the previous load: wait for that
-            wait_until(lambda: all(state in ("loaded", "unloaded") for state in server.models().values()), 30,
-                       what="the previous eviction to finish")
+            wait_until(
+                lambda: all(state in ("loaded", "unloaded") for state in server.models().values()),
+                30,
+                what="the previous eviction to finish",
+            )
             since = time.time()
             if how == "api":
                 for attempt in range(3):  # the router answers 500 while an evicted child is still exiting
@@ -169,8 +202,11 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
                         time.sleep(1.0)
             else:  # a request for the model: the router loads it (and evicts the LRU at --models-max 1)
                 server.post("/completion", {"model": model, "prompt": "hello", "n_predict": 4})
-            wait_until(lambda: server.models()[model] == "loaded"
-                       and list(server.models().values()).count("loaded") == 1, 60, what=f"{model} alone loaded")
+            wait_until(
+                lambda: server.models()[model] == "loaded" and list(server.models().values()).count("loaded") == 1,
+                60,
+                what=f"{model} alone loaded",
+            )
             spawn = server.first(rf"spawning server instance with name={model} ", since)
             ready = server.first(r"model loaded", spawn or since)
             assert spawn is not None and ready is not None, server.log()[-3000:]
@@ -178,9 +214,9 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
             wait_until(lambda: _states(exporter.metrics()).get(model) == "loaded", 5, what=f"exporter: {model}")
 
         load_and_wait("medium", "api")
-        load_and_wait("small", "request")   # evicts medium
-        load_and_wait("large", "request")   # evicts small
-        load_and_wait("medium", "api")      # evicts large
+        load_and_wait("small", "request")  # evicts medium
+        load_and_wait("large", "request")  # evicts small
+        load_and_wait("medium", "api")  # evicts large
         body = exporter.metrics()
         assert _states(body) == {"small": "unloaded", "medium": "loaded", "large": "unloaded"}
         assert value(body, "llm_requests_running", target="router", model="medium") == 0
@@ -189,29 +225,44 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
         server.post("/models/unload", {"model": "medium"})
         wait_until(lambda: _states(exporter.metrics()).get("medium") == "unloaded", 15, what="medium unloaded")
         body = exporter.metrics()
-        loads = {m: value(body, "llm_model_loads_total", target="router", model=m, kind="load")
-                 for m in ("small", "medium", "large")}
+        loads = {
+            m: value(body, "llm_model_loads_total", target="router", model=m, kind="load")
+            for m in ("small", "medium", "large")
+        }
         assert loads == {"small": 1, "medium": 2, "large": 1}, loads
         # --models-max 1: each swap evicted the model before; the last one was unloaded on request
-        unloads = {(labels["model"], labels["reason"]): v for labels, v in parse_body(body, "llm_model_unloads_total")
-                   if labels.get("target") == "router"}
+        unloads = {
+            (labels["model"], labels["reason"]): v
+            for labels, v in parse_body(body, "llm_model_unloads_total")
+            if labels.get("target") == "router"
+        }
         RESULTS["router_unloads"] = unloads
-        assert unloads == {("medium", "evicted"): 1, ("small", "evicted"): 1, ("large", "evicted"): 1,
-                           ("medium", "requested"): 1}, unloads
+        assert unloads == {
+            ("medium", "evicted"): 1,
+            ("small", "evicted"): 1,
+            ("large", "evicted"): 1,
+            ("medium", "requested"): 1,
+        }, unloads
         errors = []
         # every load's duration, against the server's own log (spawn line → child's "model loaded")
         durations = {m: [] for m in ("small", "medium", "large")}
         from exporter.promparse import parse
-        hist = {labels["model"]: v for labels, v in parse(body).get("llm_model_load_duration_seconds_sum")
-                if labels.get("target") == "router"}
+
+        hist = {
+            labels["model"]: v
+            for labels, v in parse(body).get("llm_model_load_duration_seconds_sum")
+            if labels.get("target") == "router"
+        }
         for model, spawn, ready in timeline:
             durations[model].append(ready - spawn)
         for model, truths in durations.items():
             errors.append((model, hist[model], sum(truths)))
             assert abs(hist[model] - sum(truths)) <= INTERVAL * len(truths) + 0.05, (model, hist[model], truths)
-        last = {labels["model"]: (labels["basis"], v)
-                for labels, v in parse(body).get("llm_model_last_load_duration_seconds")
-                if labels.get("target") == "router"}
+        last = {
+            labels["model"]: (labels["basis"], v)
+            for labels, v in parse(body).get("llm_model_last_load_duration_seconds")
+            if labels.get("target") == "router"
+        }
         # the children are on this host: each load is dated from the child's spawn (/proc), which precedes the
         # router's `loading` event on /models/sse; the stream dates loads where /proc cannot see the child
         # (tests/unit/test_llamacpp_router_events.py)
@@ -230,11 +281,17 @@ def test_sleeping_server_is_never_woken_and_wakes_are_counted(llama_server_bin, 
     server.start()
     exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port), exporter_port)
     try:
-        wait_until(lambda: server.first("server is entering sleeping state") is not None, 20,
-                   what="the server to sleep")
+        wait_until(
+            lambda: server.first("server is entering sleeping state") is not None, 20, what="the server to sleep"
+        )
         asleep = time.time()
-        body = wait_until(lambda: (lambda b: b if _states(b, "llama") == {"tiny-llama.gguf": "sleeping"} else None)(
-            exporter.metrics()), 5, what="exporter: sleeping")
+        body = wait_until(
+            lambda: (lambda b: b if _states(b, "llama") == {"tiny-llama.gguf": "sleeping"} else None)(
+                exporter.metrics()
+            ),
+            5,
+            what="exporter: sleeping",
+        )
         polls_before = value(body, "llm_exporter_polls_total", target="llama")
         time.sleep(60)
         assert server.count("server is exiting sleeping state") == 0, "the exporter woke the server"
@@ -246,11 +303,18 @@ def test_sleeping_server_is_never_woken_and_wakes_are_counted(llama_server_bin, 
         sent = time.time()
         server.post("/completion", {"prompt": "wake up", "n_predict": 4})
         assert server.first("server is exiting sleeping state", asleep) is not None
-        body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="llama", kind="wake") == 1
-                                   else None)(exporter.metrics()), 5, what="the wake to be counted")
-        RESULTS["sleep"] = {"slept_s": sent - asleep, "wake_counted": 1,
-                            "wake_seconds": value(body, "llm_model_last_load_duration_seconds", target="llama",
-                                                  kind="wake")}
+        body = wait_until(
+            lambda: (lambda b: b if value(b, "llm_model_loads_total", target="llama", kind="wake") == 1 else None)(
+                exporter.metrics()
+            ),
+            5,
+            what="the wake to be counted",
+        )
+        RESULTS["sleep"] = {
+            "slept_s": sent - asleep,
+            "wake_counted": 1,
+            "wake_seconds": value(body, "llm_model_last_load_duration_seconds", target="llama", kind="wake"),
+        }
         # A single-model llama-server shows no loading state while it wakes: counted, not dated.
         assert value(body, "llm_model_last_load_duration_seconds", target="llama", kind="wake") is None
         assert value(body, "llm_model_loads_total", target="llama", kind="start") == 0  # met loaded: not a load
@@ -262,8 +326,9 @@ def test_sleeping_server_is_never_woken_and_wakes_are_counted(llama_server_bin, 
 
 def test_router_child_sleeps_and_its_wake_is_dated(llama_server_bin, models_dir, tmp_path):
     port, exporter_port = free_port(), free_port()
-    server = LoggedServer(llama_server_bin, ["--models-dir", str(models_dir), "--models-max", "1",
-                                             "--sleep-idle-seconds", "2"], port)
+    server = LoggedServer(
+        llama_server_bin, ["--models-dir", str(models_dir), "--models-max", "1", "--sleep-idle-seconds", "2"], port
+    )
     server.start()
     exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port, "router"), exporter_port)
     try:
@@ -276,9 +341,15 @@ def test_router_child_sleeps_and_its_wake_is_dated(llama_server_bin, models_dir,
         since = time.time()
         server.post("/completion", {"model": "large", "prompt": "wake up", "n_predict": 4})
         woke = server.first("server is exiting sleeping state", since)
-        body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="router", model="large",
-                                                        kind="wake") == 1 else None)(exporter.metrics()),
-                          5, what="the wake to be counted")
+        body = wait_until(
+            lambda: (
+                lambda b: (
+                    b if value(b, "llm_model_loads_total", target="router", model="large", kind="wake") == 1 else None
+                )
+            )(exporter.metrics()),
+            5,
+            what="the wake to be counted",
+        )
         exported = value(body, "llm_model_last_load_duration_seconds", target="router", model="large", kind="wake")
         RESULTS["router_wake"] = {"exported": exported, "log_exit_sleep": woke and woke - since}
         assert woke is not None and exported is not None
@@ -291,6 +362,7 @@ def test_router_child_sleeps_and_its_wake_is_dated(llama_server_bin, models_dir,
 
 def test_sidecar_first_crash_and_restart_never_count_downtime(llama_server_bin, tiny_gguf, tmp_path):
     from tests.real.test_llamacpp_real import proc_start_since_boot
+
     port, exporter_port = free_port(), free_port()
     exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port), exporter_port)
     server = LoggedServer(llama_server_bin, ["-m", str(tiny_gguf)], port)
@@ -303,12 +375,23 @@ def test_sidecar_first_crash_and_restart_never_count_downtime(llama_server_bin, 
             with urllib.request.urlopen(server.url + "/metrics", timeout=5) as resp:
                 header = resp.headers["Process-Start-Time-Unix"]
             truth = int(header) / 1e6 - proc_start_since_boot(server.proc.pid)  # the server's own timeline
-            body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="llama", kind="start")
-                                       == len(measured) + 1 else None)(exporter.metrics()), 5, what="a start load")
+            body = wait_until(
+                lambda: (
+                    lambda b: (
+                        b
+                        if value(b, "llm_model_loads_total", target="llama", kind="start") == len(measured) + 1
+                        else None
+                    )
+                )(exporter.metrics()),
+                5,
+                what="a start load",
+            )
             exported = value(body, "llm_model_last_load_duration_seconds", target="llama", kind="start")
             from exporter.promparse import parse
-            basis = next((labels["basis"] for labels, _ in parse(body).get("llm_model_last_load_duration_seconds")),
-                         None)
+
+            basis = next(
+                (labels["basis"] for labels, _ in parse(body).get("llm_model_last_load_duration_seconds")), None
+            )
             measured.append({"life": life, "exported": exported, "truth": truth, "basis": basis})
             # Without `process:` the exporter finds this llama-server by the port in its command line, so the
             # start is dated by the process itself: the server's own timeline, to the millisecond. Never the
@@ -334,6 +417,7 @@ def test_each_model_keeps_its_own_history_across_restarts(llama_server_bin, mode
     and load histogram, exactly (the model is named from the process's command line, found by its port,
     from the moment it starts loading)."""
     from exporter.promparse import parse
+
     port, exporter_port = free_port(), free_port()
     exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port), exporter_port)
     server = None
@@ -341,15 +425,26 @@ def test_each_model_keeps_its_own_history_across_restarts(llama_server_bin, mode
         for model in ("small", "medium", "medium", "small"):
             server = LoggedServer(llama_server_bin, ["-m", str(models_dir / f"{model}.gguf")], port)
             server.start()
-            wait_until(lambda m=model: value(exporter.metrics(), "llm_model_state", target="llama",
-                                             model=f"{m}.gguf", state="loaded") == 1, 10, what=f"{model} loaded")
+            wait_until(
+                lambda m=model: (
+                    value(exporter.metrics(), "llm_model_state", target="llama", model=f"{m}.gguf", state="loaded") == 1
+                ),
+                10,
+                what=f"{model} loaded",
+            )
             server.stop()
             wait_until(lambda: value(exporter.metrics(), "llm_up", target="llama") == 0, 5, what="down")
         body = exporter.metrics()
-        starts = {labels["model"]: v for labels, v in parse(body).get("llm_model_loads_total")
-                  if labels.get("target") == "llama" and labels.get("kind") == "start"}
-        timed = {labels["model"]: v for labels, v in parse(body).get("llm_model_load_duration_seconds_count")
-                 if labels.get("target") == "llama"}
+        starts = {
+            labels["model"]: v
+            for labels, v in parse(body).get("llm_model_loads_total")
+            if labels.get("target") == "llama" and labels.get("kind") == "start"
+        }
+        timed = {
+            labels["model"]: v
+            for labels, v in parse(body).get("llm_model_load_duration_seconds_count")
+            if labels.get("target") == "llama"
+        }
         RESULTS["per_model"] = {"starts": starts, "timed": timed}
         assert starts == {"small.gguf": 2, "medium.gguf": 2}, starts
         assert timed == {"small.gguf": 2, "medium.gguf": 2}, timed
@@ -374,8 +469,11 @@ def test_a_killed_and_restarted_router_counts_one_restart(llama_server_bin, mode
         server.stop(signal.SIGKILL)
         wait_until(lambda: value(exporter.metrics(), "llm_up", target="router") == 0, 5, what="router down")
         server.start()
-        wait_until(lambda: value(exporter.metrics(), "llm_engine_restarts_total", target="router") == 1, 10,
-                   what="one restart counted")
+        wait_until(
+            lambda: value(exporter.metrics(), "llm_engine_restarts_total", target="router") == 1,
+            10,
+            what="one restart counted",
+        )
         time.sleep(3 * INTERVAL)
         assert value(exporter.metrics(), "llm_engine_restarts_total", target="router") == 1
     finally:
@@ -387,6 +485,7 @@ def test_a_corrupt_model_in_a_router_is_one_failure_of_that_model(llama_server_b
     """A router whose --models-dir holds a corrupt GGUF: loading it fails; the failure is counted once, on that
     model, and logged once."""
     import shutil
+
     broken_dir = tmp_path / "models"
     broken_dir.mkdir()
     shutil.copy(models_dir / "small.gguf", broken_dir / "small.gguf")
@@ -399,9 +498,13 @@ def test_a_corrupt_model_in_a_router_is_one_failure_of_that_model(llama_server_b
         wait_until(lambda: len(_states(exporter.metrics())) == 2, 10, what="two models listed")
         with contextlib.suppress(urllib.error.HTTPError):  # the router may answer the load with an error itself
             server.post("/models/load", {"model": "broken"})
-        body = wait_until(lambda: (lambda b: b if value(b, "llm_model_load_failures_total", target="router",
-                                                       model="broken") == 1 else None)(exporter.metrics()),
-                          30, what="the failure counted")
+        body = wait_until(
+            lambda: (
+                lambda b: b if value(b, "llm_model_load_failures_total", target="router", model="broken") == 1 else None
+            )(exporter.metrics()),
+            30,
+            what="the failure counted",
+        )
         time.sleep(4 * INTERVAL)
         body = exporter.metrics()
         assert value(body, "llm_model_load_failures_total", target="router", model="broken") == 1
@@ -417,6 +520,7 @@ def test_a_process_killed_while_loading_is_one_failure_of_the_model_it_was_loadi
     load lasts a few polls): one failure, charged to that model (named from the command line while it loads,
     before /props can say), logged once."""
     from tests.support.tiny_gguf import write_model
+
     big = tmp_path / "big.gguf"
     write_model(str(big), layers=6, hidden=1536, heads=24, ffn=4096, context=1024)
     port, exporter_port = free_port(), free_port()
@@ -424,8 +528,14 @@ def test_a_process_killed_while_loading_is_one_failure_of_the_model_it_was_loadi
     server = LoggedServer(llama_server_bin, ["-m", str(big), "-lm", "dio"], port)
     try:
         server.start(wait_ready=False)
-        wait_until(lambda: value(exporter.metrics(), "llm_model_state", target="llama", model="big.gguf",
-                                 state="loading") == 1, 20, interval=0.05, what="the exporter to see it loading")
+        wait_until(
+            lambda: (
+                value(exporter.metrics(), "llm_model_state", target="llama", model="big.gguf", state="loading") == 1
+            ),
+            20,
+            interval=0.05,
+            what="the exporter to see it loading",
+        )
         server.stop(signal.SIGKILL)
         wait_until(lambda: value(exporter.metrics(), "llm_up", target="llama") == 0, 5, what="down")
         body = exporter.metrics()

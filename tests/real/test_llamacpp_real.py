@@ -30,20 +30,34 @@ pytestmark = pytest.mark.real_engine
 RESULTS: dict[str, object] = {}
 
 
-
-
 def proc_start_since_boot(pid: int) -> float:
     with open(f"/proc/{pid}/stat", "rb") as handle:
         stat = handle.read()
-    return int(stat[stat.rindex(b")") + 2:].split()[19]) / os.sysconf("SC_CLK_TCK")
+    return int(stat[stat.rindex(b")") + 2 :].split()[19]) / os.sysconf("SC_CLK_TCK")
 
 
 class LlamaServer:
     """A real llama-server on loopback (also used by the Prometheus end-to-end test)."""
 
     def __init__(self, binary, model, port, log_path):
-        self.args = [binary, "-m", str(model), "--host", "127.0.0.1", "--port", str(port), "--metrics", "--slots",
-                     "-np", "2", "-c", "4096", "-t", "2", "--no-webui"]
+        self.args = [
+            binary,
+            "-m",
+            str(model),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--metrics",
+            "--slots",
+            "-np",
+            "2",
+            "-c",
+            "4096",
+            "-t",
+            "2",
+            "--no-webui",
+        ]
         self.port = port
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
@@ -52,8 +66,14 @@ class LlamaServer:
         self.log = open(self.log_path, "a")
         self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, process_group=0)
         self.spawned = time.time()
-        wait_until(lambda: http_get(f"http://127.0.0.1:{self.port}/health", timeout=2)[0] == 200
-                   or self.proc.poll() is not None, 60, interval=0.02, what="llama-server ready")
+        wait_until(
+            lambda: (
+                http_get(f"http://127.0.0.1:{self.port}/health", timeout=2)[0] == 200 or self.proc.poll() is not None
+            ),
+            60,
+            interval=0.02,
+            what="llama-server ready",
+        )
         assert self.proc.poll() is None, open(self.log_path).read()[-3000:]
         self.first_200 = time.time()
 
@@ -68,18 +88,19 @@ class LlamaServer:
             return resp.read().decode(), resp.headers["Process-Start-Time-Unix"]
 
     def complete(self, prompt, n_predict):
-        body = json.dumps({"prompt": prompt, "n_predict": n_predict, "ignore_eos": True, "cache_prompt": True,
-                           "temperature": 0}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/completion", data=body,
-                                         headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {"prompt": prompt, "n_predict": n_predict, "ignore_eos": True, "cache_prompt": True, "temperature": 0}
+        ).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/completion", data=body, headers={"Content-Type": "application/json"}
+        )
         sent = time.monotonic()
         with urllib.request.urlopen(request, timeout=120) as resp:
             reply = json.loads(resp.read())
         e2e = time.monotonic() - sent
         timings = reply["timings"]
         # what the client waited that the server did not spend computing this request
-        return {"e2e": e2e, "wait": e2e - (timings["prompt_ms"] + timings["predicted_ms"]) / 1000.0,
-                "timings": timings}
+        return {"e2e": e2e, "wait": e2e - (timings["prompt_ms"] + timings["predicted_ms"]) / 1000.0, "timings": timings}
 
 
 def test_llamacpp_real_server_end_to_end(llama_server_bin, tiny_gguf, tmp_path):
@@ -104,8 +125,11 @@ targets:
         time.sleep(0.5)
         assert value(exporter.metrics(), "llm_up", target="llama") == 0
         server.start()
-        body = wait_until(lambda: (lambda b: b if value(b, "llm_ready", target="llama") == 1 else None)(
-            exporter.metrics()), 10, what="exporter to see ready")
+        body = wait_until(
+            lambda: (lambda b: b if value(b, "llm_ready", target="llama") == 1 else None)(exporter.metrics()),
+            10,
+            what="exporter to see ready",
+        )
         load = value(body, "llm_model_last_load_duration_seconds", target="llama", basis="process_start")
         metrics_text, ready_header = server.metrics()
         truth = int(ready_header) / 1e6 - proc_start_since_boot(server.proc.pid)  # the server's own timeline
@@ -132,9 +156,16 @@ targets:
         sampler = threading.Thread(target=sample_waiting)
         sampler.start()
         words = ["ocean", "forest", "desert", "mountain", "river", "island"]
-        threads = [threading.Thread(target=lambda w=w: results.append(server.complete(
-            f"Request {w}: tell me a long story about the {w} and the people who live near it.", 128)))
-            for w in words]
+        threads = [
+            threading.Thread(
+                target=lambda w=w: results.append(
+                    server.complete(
+                        f"Request {w}: tell me a long story about the {w} and the people who live near it.", 128
+                    )
+                )
+            )
+            for w in words
+        ]
         for thread in threads:
             thread.start()
             time.sleep(0.02)
@@ -153,8 +184,11 @@ targets:
         assert started == 6
         assert abs(estimate - client) / client < 0.20, (estimate, client)
         mean = value(after, "llm_token_queue_latency_mean_seconds", target="llama")
-        assert mean == pytest.approx((value(after, "llm_token_queue_latency_seconds_sum", target="llama")) / (
-            value(after, "llm_token_queue_latency_seconds_count", target="llama")), rel=0.02)
+        assert mean == pytest.approx(
+            (value(after, "llm_token_queue_latency_seconds_sum", target="llama"))
+            / (value(after, "llm_token_queue_latency_seconds_count", target="llama")),
+            rel=0.02,
+        )
 
         # ---- 3. prompt cache: sequential requests sharing a long prefix
         prefix = "You are a helpful assistant for a monitoring project. " * 6
@@ -177,9 +211,18 @@ targets:
         server.stop()
         wait_until(lambda: value(exporter.metrics(), "llm_up", target="llama") == 0, 5, what="down")
         server.start()
-        body = wait_until(lambda: (lambda b: b if value(b, "llm_engine_restarts_total", target="llama") == 1
-                                   and value(b, "llm_ready", target="llama") == 1 else None)(exporter.metrics()),
-                          10, what="restart detected")
+        body = wait_until(
+            lambda: (
+                lambda b: (
+                    b
+                    if value(b, "llm_engine_restarts_total", target="llama") == 1
+                    and value(b, "llm_ready", target="llama") == 1
+                    else None
+                )
+            )(exporter.metrics()),
+            10,
+            what="restart detected",
+        )
         assert value(body, "llm_kv_cache_hit_ratio", target="llama") is None  # fresh window, nothing moved
         _, header = server.metrics()
         new_truth = int(header) / 1e6 - proc_start_since_boot(server.proc.pid)

@@ -16,8 +16,11 @@ from tests.support.net import ExporterProcess, free_port, value, wait_until
 
 pytestmark = pytest.mark.real_engine
 RESULTS: dict[str, dict[str, tuple[float, float]]] = {}
-COUNTERS = (("prompt", "llm_prompt_tokens_total"), ("completion", "llm_generation_tokens_total"),
-            ("cached", "llm_kv_cache_hit_tokens_total"))
+COUNTERS = (
+    ("prompt", "llm_prompt_tokens_total"),
+    ("completion", "llm_generation_tokens_total"),
+    ("cached", "llm_kv_cache_hit_tokens_total"),
+)
 
 
 def completion(port: int, model: str, prompt: str, max_tokens: int, stream: bool) -> dict[str, int]:
@@ -40,27 +43,39 @@ def completion(port: int, model: str, prompt: str, max_tokens: int, stream: bool
     conn.close()
     assert usage, "the server sent no usage"
     details = usage.get("prompt_tokens_details") or {}
-    return {"prompt": usage["prompt_tokens"], "completion": usage["completion_tokens"],
-            "cached": details.get("cached_tokens") or 0, "has_cached": "cached_tokens" in details}
+    return {
+        "prompt": usage["prompt_tokens"],
+        "completion": usage["completion_tokens"],
+        "cached": details.get("cached_tokens") or 0,
+        "has_cached": "cached_tokens" in details,
+    }
 
 
 def counters(body: str, target: str) -> dict[str, float | None]:
     out = {key: value(body, name, target=target) for key, name in COUNTERS}
     from exporter.promparse import parse
+
     finished = [v for labels, v in parse(body).get("llm_requests_finished_total") if labels.get("target") == target]
     out["requests"] = sum(finished) if finished else None  # every finish reason
     return out
 
 
-def prove(exporter: ExporterProcess, port: int, model: str, target: str, interval: float,
-          prefix: str) -> dict[str, tuple]:
+def prove(
+    exporter: ExporterProcess, port: int, model: str, target: str, interval: float, prefix: str
+) -> dict[str, tuple]:
     wait_until(lambda: value(exporter.metrics(), "llm_ready", target=target) == 1, 30, what=f"{target} ready")
     time.sleep(2 * interval)
     before = counters(exporter.metrics(), target)
-    told = [completion(port, model, prefix + question, 8, stream)
-            for question, stream in (("What is a counter?", False), ("What is a gauge?", False),
-                                     ("What is a histogram?", True), ("What is a label?", True),
-                                     ("What is a scrape?", False))]
+    told = [
+        completion(port, model, prefix + question, 8, stream)
+        for question, stream in (
+            ("What is a counter?", False),
+            ("What is a gauge?", False),
+            ("What is a histogram?", True),
+            ("What is a label?", True),
+            ("What is a scrape?", False),
+        )
+    ]
     sums = {key: sum(t[key] for t in told) for key in ("prompt", "completion", "cached")}
     assert sums["cached"] > 0, told  # the shared prefix was served from the cache at least once
     expected: dict[str, float] = dict(sums)
@@ -70,8 +85,13 @@ def prove(exporter: ExporterProcess, port: int, model: str, target: str, interva
 
     def settled() -> dict[str, float | None] | None:
         after = counters(exporter.metrics(), target)
-        return after if all(after[k] is not None and before[k] is not None and after[k] - before[k] == expected[k]
-                            for k in expected) else None
+        return (
+            after
+            if all(
+                after[k] is not None and before[k] is not None and after[k] - before[k] == expected[k] for k in expected
+            )
+            else None
+        )
 
     try:
         wait_until(settled, 10, interval=interval, what="exporter deltas equal to the clients' usage sums")
@@ -86,13 +106,21 @@ def test_llamacpp_counters_equal_the_usage_clients_got(llama_server_bin, tiny_gg
     port, exporter_port = free_port(), free_port()
     server = LlamaServer(llama_server_bin, tiny_gguf, port, tmp_path / "llama.log")
     config = tmp_path / "exporter.yaml"
-    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: llama, engine: llamacpp, "
-                      f"url: 'http://127.0.0.1:{port}', interval: 200ms, timeout: 190ms}}\n")
+    config.write_text(
+        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: llama, engine: llamacpp, "
+        f"url: 'http://127.0.0.1:{port}', interval: 200ms, timeout: 190ms}}\n"
+    )
     server.start()
     exporter = ExporterProcess(config, exporter_port)
     try:
-        prove(exporter, port, "tiny", "llama", 0.2,
-              "You are a careful assistant for a monitoring project; answer briefly and precisely. " * 3)
+        prove(
+            exporter,
+            port,
+            "tiny",
+            "llama",
+            0.2,
+            "You are a careful assistant for a monitoring project; answer briefly and precisely. " * 3,
+        )
     finally:
         exporter.stop()
         server.stop()
@@ -103,14 +131,22 @@ def test_vllm_counters_equal_the_usage_clients_got(vllm_python, model_dir, tmp_p
     server = VllmServer(vllm_python, model_dir, port, tmp_path / "vllm.log")
     server.args.append("--enable-prompt-tokens-details")  # so clients are told cached_tokens
     config = tmp_path / "exporter.yaml"
-    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: vllm, engine: vllm, "
-                      f"url: 'http://127.0.0.1:{port}', interval: 500ms, timeout: 450ms}}\n")
+    config.write_text(
+        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: vllm, engine: vllm, "
+        f"url: 'http://127.0.0.1:{port}', interval: 500ms, timeout: 450ms}}\n"
+    )
     exporter = ExporterProcess(config, exporter_port)
     server.start()
     try:
         # longer than vLLM's cache blocks, so whole blocks of it are shared (as in test_vllm_real.py)
-        prove(exporter, port, "tiny-llama", "vllm", 0.5,
-              "the model serves tokens from a cache while requests wait in a queue for a batch slot " * 12)
+        prove(
+            exporter,
+            port,
+            "tiny-llama",
+            "vllm",
+            0.5,
+            "the model serves tokens from a cache while requests wait in a queue for a batch slot " * 12,
+        )
     finally:
         exporter.stop()
         server.stop()
@@ -125,8 +161,10 @@ def test_llamacpp_kv_usage_follows_the_fill_the_clients_know(llama_server_bin, t
     port, exporter_port = free_port(), free_port()
     server = LlamaServer(llama_server_bin, tiny_gguf, port, tmp_path / "llama.log")
     config = tmp_path / "exporter.yaml"
-    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: llama, engine: llamacpp, "
-                      f"url: 'http://127.0.0.1:{port}', interval: 200ms, timeout: 190ms}}\n")
+    config.write_text(
+        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: llama, engine: llamacpp, "
+        f"url: 'http://127.0.0.1:{port}', interval: 200ms, timeout: 190ms}}\n"
+    )
     server.start()
     exporter = ExporterProcess(config, exporter_port)
     streamed = [0, 0]
@@ -134,9 +172,15 @@ def test_llamacpp_kv_usage_follows_the_fill_the_clients_know(llama_server_bin, t
     active = [False, False]
 
     def stream(i: int) -> None:
-        body = {"model": "tiny", "prompt": f"Stream number {i}: " + "tell me about metrics and caches. " * 20,
-                "max_tokens": 600, "temperature": 0, "stream": True, "stream_options": {"include_usage": True},
-                "ignore_eos": True}
+        body = {
+            "model": "tiny",
+            "prompt": f"Stream number {i}: " + "tell me about metrics and caches. " * 20,
+            "max_tokens": 600,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+        }
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
         response = conn.getresponse()

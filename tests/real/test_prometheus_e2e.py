@@ -42,22 +42,28 @@ def prom_api(port: int, path: str) -> dict:
 
 
 def replay_set(port: int, path: str, body: str) -> None:
-    data = json.dumps({"path": path, "body": body,
-                       "headers": {"Content-Type": "text/plain; version=0.0.4"}}).encode()
+    data = json.dumps({"path": path, "body": body, "headers": {"Content-Type": "text/plain; version=0.0.4"}}).encode()
     urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/_replay", data=data), timeout=5)
 
 
 def test_prometheus_scrapes_rules_and_dashboard(llama_server_bin, tiny_gguf, prometheus_bin, promtool, tmp_path):
     llama_port, exporter_port, replay_port, prom_port = free_port(), free_port(), free_port(), free_port()
     spec = tmp_path / "replay.json"
-    spec.write_text(json.dumps({
-        "/health": {"status": 200},
-        "/metrics": {"file": str(VLLM / "v0.32.0-metrics-idle.prom")},
-        "/gpu/metrics": {"file": str(FIXTURES / "nvml" / "nvml-metrics.prom")},
-        "/gpu-join/metrics": {"file": str(FIXTURES / "nvml" / "join-metrics.prom")},
-    }))
-    replay = subprocess.Popen([sys.executable, "tests/support/replay.py", "--port", str(replay_port),
-                               "--spec", str(spec)], cwd=ROOT, process_group=0)
+    spec.write_text(
+        json.dumps(
+            {
+                "/health": {"status": 200},
+                "/metrics": {"file": str(VLLM / "v0.32.0-metrics-idle.prom")},
+                "/gpu/metrics": {"file": str(FIXTURES / "nvml" / "nvml-metrics.prom")},
+                "/gpu-join/metrics": {"file": str(FIXTURES / "nvml" / "join-metrics.prom")},
+            }
+        )
+    )
+    replay = subprocess.Popen(
+        [sys.executable, "tests/support/replay.py", "--port", str(replay_port), "--spec", str(spec)],
+        cwd=ROOT,
+        process_group=0,
+    )
     config = tmp_path / "exporter.yaml"
     config.write_text(f"""
 listen: 127.0.0.1:{exporter_port}
@@ -95,10 +101,17 @@ scrape_configs:
         exporter = ExporterProcess(config, exporter_port)
         server.start()
         prom_log = open(tmp_path / "prometheus.log", "w")
-        prometheus = subprocess.Popen([prometheus_bin, f"--config.file={prom_config}",
-                                       f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                       f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                      stdout=prom_log, stderr=subprocess.STDOUT, process_group=0)
+        prometheus = subprocess.Popen(
+            [
+                prometheus_bin,
+                f"--config.file={prom_config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=prom_log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
         wait_until(lambda: http_get(f"http://127.0.0.1:{prom_port}/-/ready")[0] == 200, 30, what="prometheus")
 
         # ---- load: llama.cpp queueing and prefix reuse; vLLM's recorded phases in order
@@ -118,15 +131,22 @@ scrape_configs:
         # ---- the exporter's target is up (and the recorded GPU ones)
         targets = prom_api(prom_port, "/api/v1/targets")["activeTargets"]
         assert {t["labels"]["job"]: t["health"] for t in targets} == {
-            "llm-exporter": "up", "llm-exporter-gpu-recorded": "up", "llm-exporter-gpu-join-recorded": "up"}
+            "llm-exporter": "up",
+            "llm-exporter-gpu-recorded": "up",
+            "llm-exporter-gpu-join-recorded": "up",
+        }
 
         # ---- headline series with the expected labels
         live = 'job="llm-exporter"'  # the recorded GPU captures also carry target="llama" series
         for expr, labels in [
-            (f'llm_model_last_load_duration_seconds{{{live},target="llama",basis="process_start"}}',
-             {"engine": "llamacpp"}),
-            (f'llm_model_last_load_duration_seconds{{{live},target="vllm",basis="engine_timestamps"}}',
-             {"engine": "vllm"}),
+            (
+                f'llm_model_last_load_duration_seconds{{{live},target="llama",basis="process_start"}}',
+                {"engine": "llamacpp"},
+            ),
+            (
+                f'llm_model_last_load_duration_seconds{{{live},target="vllm",basis="engine_timestamps"}}',
+                {"engine": "vllm"},
+            ),
             (f'llm_token_queue_latency_seconds_count{{{live},target="llama"}}', {"model": "tiny-llama.gguf"}),
             (f'llm_token_queue_latency_seconds_bucket{{{live},target="vllm",le="0.3"}}', {"model": "tiny-llama"}),
             (f'llm_token_queue_latency_mean_seconds{{{live},target="vllm"}}', {"model": "tiny-llama"}),
@@ -154,8 +174,7 @@ scrape_configs:
         empty = []
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
-                expr = (target["expr"].replace("$target", ".+").replace("$model", ".*")
-                        .replace("$__rate_interval", "1m"))
+                expr = target["expr"].replace("$target", ".+").replace("$model", ".*").replace("$__rate_interval", "1m")
                 if not prom_query(prom_port, expr):
                     empty.append((panel["title"], expr))
         assert not empty, empty

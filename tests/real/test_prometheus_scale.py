@@ -35,8 +35,9 @@ def text_only_proxy(upstream: int) -> tuple[ThreadingHTTPServer, int]:
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            request = urllib.request.Request(f"http://127.0.0.1:{upstream}{self.path}",
-                                             headers={"Accept": "text/plain;version=0.0.4"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{upstream}{self.path}", headers={"Accept": "text/plain;version=0.0.4"}
+            )
             with urllib.request.urlopen(request, timeout=30) as resp:
                 body = resp.read()
                 self.send_response(resp.status)
@@ -61,14 +62,27 @@ def median_scrape(port: int, job: str) -> tuple[float, list[float]]:
 def test_real_prometheus_gets_openmetrics_at_the_text_paths_cost(prometheus_bin, tmp_path):
     replay_port, exporter_port, prom_port = free_port(), free_port(), free_port()
     spec = tmp_path / "replay.json"
-    spec.write_text(json.dumps({"/health": {"status": 200},
-                                "/metrics": {"file": str(FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom")}}))
-    replay = subprocess.Popen([sys.executable, "tests/support/replay.py", "--port", str(replay_port),
-                               "--spec", str(spec)], cwd=ROOT, process_group=0)
+    spec.write_text(
+        json.dumps(
+            {
+                "/health": {"status": 200},
+                "/metrics": {"file": str(FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom")},
+            }
+        )
+    )
+    replay = subprocess.Popen(
+        [sys.executable, "tests/support/replay.py", "--port", str(replay_port), "--spec", str(spec)],
+        cwd=ROOT,
+        process_group=0,
+    )
     config = tmp_path / "exporter.yaml"
-    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ndefaults: {{interval: 5s, timeout: 4s, window: 1m}}\n"
-                      "targets:\n" + "".join(f"  - {{name: t{i}, engine: vllm, url: "
-                                             f"'http://127.0.0.1:{replay_port}/t/{i}'}}\n" for i in range(TARGETS)))
+    config.write_text(
+        f"listen: 127.0.0.1:{exporter_port}\ndefaults: {{interval: 5s, timeout: 4s, window: 1m}}\n"
+        "targets:\n"
+        + "".join(
+            f"  - {{name: t{i}, engine: vllm, url: 'http://127.0.0.1:{replay_port}/t/{i}'}}\n" for i in range(TARGETS)
+        )
+    )
     prom_config = tmp_path / "prometheus.yml"
     prom_config.write_text(f"""
 global: {{scrape_interval: 2s, scrape_timeout: 2s}}
@@ -84,18 +98,40 @@ scrape_configs:
         prom_config.write_text(prom_config.read_text().replace("PROXY", str(proxy_port)))
         wait_until(lambda: http_get(f"http://127.0.0.1:{replay_port}/health")[0] == 200, 10, what="replay")
         exporter = ExporterProcess(config, exporter_port)
-        wait_until(lambda: exporter.metrics().count('llm_up{engine="vllm"') == TARGETS
-                   and 'llm_up{engine="vllm",target="t999"} 1.0' in exporter.metrics(), 60, interval=1,
-                   what="all targets polled")
+        wait_until(
+            lambda: (
+                exporter.metrics().count('llm_up{engine="vllm"') == TARGETS
+                and 'llm_up{engine="vllm",target="t999"} 1.0' in exporter.metrics()
+            ),
+            60,
+            interval=1,
+            what="all targets polled",
+        )
         prom_log = open(tmp_path / "prometheus.log", "w")
-        prometheus = subprocess.Popen([prometheus_bin, f"--config.file={prom_config}",
-                                       f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                                       f"--web.listen-address=127.0.0.1:{prom_port}"],
-                                      stdout=prom_log, stderr=subprocess.STDOUT, process_group=0)
+        prometheus = subprocess.Popen(
+            [
+                prometheus_bin,
+                f"--config.file={prom_config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+            ],
+            stdout=prom_log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
         wait_until(lambda: http_get(f"http://127.0.0.1:{prom_port}/-/ready")[0] == 200, 30, what="prometheus")
-        wait_until(lambda: len(prom_query(prom_port, 'count_over_time(scrape_duration_seconds{job="llm"}[1m])'))
-                   and float(prom_query(prom_port, 'count_over_time(scrape_duration_seconds{job="llm"}[1m])')[0]
-                             ["value"][1]) >= 6, 60, interval=1, what="six scrapes")
+        wait_until(
+            lambda: (
+                len(prom_query(prom_port, 'count_over_time(scrape_duration_seconds{job="llm"}[1m])'))
+                and float(
+                    prom_query(prom_port, 'count_over_time(scrape_duration_seconds{job="llm"}[1m])')[0]["value"][1]
+                )
+                >= 6
+            ),
+            60,
+            interval=1,
+            what="six scrapes",
+        )
         up = prom_query(prom_port, 'count(llm_up{job="llm"} == 1)')
         assert float(up[0]["value"][1]) == TARGETS
         # Prometheus asked for OpenMetrics and got it (the exporter counts scrapes by format)
@@ -104,17 +140,26 @@ scrape_configs:
         prom_seconds, durations = median_scrape(prom_port, "llm")
         prom_text_seconds, text_durations = median_scrape(prom_port, "llm-text")
         text_seconds = sorted(timed_scrape(exporter_port, "text/plain;version=0.0.4") for _ in range(5))[2]
-        om_seconds = sorted(timed_scrape(exporter_port, "application/openmetrics-text;version=1.0.0")
-                            for _ in range(5))[2]
-        (tmp_path / "figures.json").write_text(json.dumps({"prometheus_openmetrics_median": prom_seconds,
-                                                           "prometheus_text_median": prom_text_seconds,
-                                                           "prometheus_openmetrics": durations,
-                                                           "prometheus_text": text_durations,
-                                                           "curl_text_median": text_seconds,
-                                                           "curl_openmetrics_median": om_seconds}))
-        print(f"\n1,000 targets: Prometheus scrape_duration_seconds median: OpenMetrics {prom_seconds:.3f} s, "
-              f"text (proxy) {prom_text_seconds:.3f} s; curl medians of 5: text {text_seconds:.3f} s, "
-              f"OpenMetrics {om_seconds:.3f} s")
+        om_seconds = sorted(
+            timed_scrape(exporter_port, "application/openmetrics-text;version=1.0.0") for _ in range(5)
+        )[2]
+        (tmp_path / "figures.json").write_text(
+            json.dumps(
+                {
+                    "prometheus_openmetrics_median": prom_seconds,
+                    "prometheus_text_median": prom_text_seconds,
+                    "prometheus_openmetrics": durations,
+                    "prometheus_text": text_durations,
+                    "curl_text_median": text_seconds,
+                    "curl_openmetrics_median": om_seconds,
+                }
+            )
+        )
+        print(
+            f"\n1,000 targets: Prometheus scrape_duration_seconds median: OpenMetrics {prom_seconds:.3f} s, "
+            f"text (proxy) {prom_text_seconds:.3f} s; curl medians of 5: text {text_seconds:.3f} s, "
+            f"OpenMetrics {om_seconds:.3f} s"
+        )
         # Same path, same cost: within a small factor of the text scrape measured in the same run (the old
         # prometheus_client path was ~50x the text path here).
         assert om_seconds < 3 * text_seconds + 0.05, (om_seconds, text_seconds)

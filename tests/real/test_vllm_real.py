@@ -32,24 +32,45 @@ RESULTS: dict[str, object] = {}
 INTERVAL = 0.5
 
 
-
-
 def exporter_config(tmp_path, exporter_port: int, port: int, interval: str, timeout: str, window: str = "1m"):
     """The exporter's config for one vLLM target named `vllm`."""
     config = tmp_path / "exporter.yaml"
-    config.write_text(f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - name: vllm\n    engine: vllm\n"
-                      f"    url: http://127.0.0.1:{port}\n    interval: {interval}\n    timeout: {timeout}\n"
-                      f"    window: {window}\n")
+    config.write_text(
+        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - name: vllm\n    engine: vllm\n"
+        f"    url: http://127.0.0.1:{port}\n    interval: {interval}\n    timeout: {timeout}\n"
+        f"    window: {window}\n"
+    )
     return config
 
 
 class VllmServer:
     def __init__(self, python, model_dir, port, log_path):
-        self.args = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-                     "--host", "127.0.0.1", "--port", str(port), "--served-model-name", "tiny-llama",
-                     "--max-model-len", "512", "--max-num-seqs", "2", "--enable-prefix-caching", "--enforce-eager"]
-        self.env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1",
-                    "VLLM_NO_USAGE_STATS": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.args = [
+            python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "tiny-llama",
+            "--max-model-len",
+            "512",
+            "--max-num-seqs",
+            "2",
+            "--enable-prefix-caching",
+            "--enforce-eager",
+        ]
+        self.env = {
+            **os.environ,
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        }
         self.port = port
         self.log_path = log_path
         self.proc = None
@@ -60,11 +81,17 @@ class VllmServer:
         # A process group (for killpg) but not a new session: with the kernel's per-session
         # autogroup scheduling, a vLLM started with setsid starves its own API-server process
         # during bursts (its /metrics and streams stall for seconds while the engine runs).
-        self.proc = subprocess.Popen(self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env,
-                                     process_group=0)
-        wait_until(lambda: self.proc.poll() is not None or
-                   http_get(f"http://127.0.0.1:{self.port}/health", timeout=1)[0] == 200,
-                   300, interval=0.1, what="vLLM ready")
+        self.proc = subprocess.Popen(
+            self.args, stdout=self.log, stderr=subprocess.STDOUT, env=self.env, process_group=0
+        )
+        wait_until(
+            lambda: (
+                self.proc.poll() is not None or http_get(f"http://127.0.0.1:{self.port}/health", timeout=1)[0] == 200
+            ),
+            300,
+            interval=0.1,
+            what="vLLM ready",
+        )
         self.first_200 = time.time()
         assert self.proc.poll() is None, self.log_path.read_text()[-4000:]
 
@@ -79,8 +106,16 @@ class VllmServer:
     def stream(self, prompt, max_tokens):
         """One streaming completion; returns time to first token and end-to-end, client side."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        body = json.dumps({"model": "tiny-llama", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True,
-                           "temperature": 0, "stream": True})
+        body = json.dumps(
+            {
+                "model": "tiny-llama",
+                "prompt": prompt,
+                "max_tokens": max_tokens,
+                "ignore_eos": True,
+                "temperature": 0,
+                "stream": True,
+            }
+        )
         sent = time.monotonic()
         conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
@@ -96,8 +131,13 @@ class VllmServer:
 @pytest.fixture(scope="module")
 def model_dir(vllm_python, tmp_path_factory):
     out = tmp_path_factory.mktemp("hf") / "tiny-llama"
-    subprocess.run([vllm_python, str(SUPPORT / "tiny_hf_model.py"), str(out)], check=True, capture_output=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    subprocess.run(
+        [vllm_python, str(SUPPORT / "tiny_hf_model.py"), str(out)],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
     return out
 
 
@@ -115,8 +155,13 @@ def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
         def sample_start() -> None:
             while not sampling.is_set():
                 text = exporter.metrics()
-                seen.append((value(text, "llm_up", target="vllm"), value(text, "llm_ready", target="vllm"),
-                             value(text, "llm_model_state", target="vllm", state="loading")))
+                seen.append(
+                    (
+                        value(text, "llm_up", target="vllm"),
+                        value(text, "llm_ready", target="vllm"),
+                        value(text, "llm_model_state", target="vllm", state="loading"),
+                    )
+                )
                 time.sleep(0.25)
 
         sampler = threading.Thread(target=sample_start, daemon=True)
@@ -127,8 +172,11 @@ def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
         loading = [s for s in seen if s[2] == 1]
         RESULTS["loading_samples"] = (len(loading), len(seen))
         assert loading and all(up == 1 and ready == 0 for up, ready, _ in loading), seen
-        body = wait_until(lambda: (lambda b: b if value(b, "llm_ready", target="vllm") == 1 else None)(
-            exporter.metrics()), 5, what="exporter to see ready")
+        body = wait_until(
+            lambda: (lambda b: b if value(b, "llm_ready", target="vllm") == 1 else None)(exporter.metrics()),
+            5,
+            what="exporter to see ready",
+        )
         server_text = server.metrics()
         process_start = value(server_text, "process_start_time_seconds")
         load = value(body, "llm_model_last_load_duration_seconds", target="vllm", basis="process_start")
@@ -168,10 +216,18 @@ def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
         sampler = threading.Thread(target=sample)
         sampler.start()
         topics = ["ocean", "forest", "river", "mountain", "desert", "island", "valley", "glacier"]
-        threads = [threading.Thread(target=lambda t=t: results.append(server.stream(
-            f"request about the {t}: the model serves tokens from a cache while requests wait in a queue "
-            f"for a batch slot and the {t} metric exporter monitors latency throughput and memory", 256)))
-            for t in topics]
+        threads = [
+            threading.Thread(
+                target=lambda t=t: results.append(
+                    server.stream(
+                        f"request about the {t}: the model serves tokens from a cache while requests wait in a queue "
+                        f"for a batch slot and the {t} metric exporter monitors latency throughput and memory",
+                        256,
+                    )
+                )
+            )
+            for t in topics
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -191,11 +247,13 @@ def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
         assert count == 8
         assert seen["running"] == 2 and seen["waiting"] >= 1
         assert abs(server_mean - client_mean) <= 0.2 * client_mean + 0.05, (server_mean, client_mean)
-        assert windowed == pytest.approx(value(after, "llm_token_queue_latency_seconds_sum", target="vllm") /
-                                         value(after, "llm_token_queue_latency_seconds_count", target="vllm"))
+        assert windowed == pytest.approx(
+            value(after, "llm_token_queue_latency_seconds_sum", target="vllm")
+            / value(after, "llm_token_queue_latency_seconds_count", target="vllm")
+        )
 
         # ---- 3. prefix cache: sequential requests sharing a long prefix
-        prefix = ("the model serves tokens from a cache while requests wait in a queue for a batch slot " * 12)
+        prefix = "the model serves tokens from a cache while requests wait in a queue for a batch slot " * 12
         for i in range(6):
             server.stream(prefix + f" question {i} about metric {i}", 8)
         time.sleep(2 * INTERVAL + 0.3)
@@ -213,9 +271,18 @@ def test_vllm_real_server_end_to_end(vllm_python, model_dir, tmp_path):
         server.stop()
         wait_until(lambda: value(exporter.metrics(), "llm_up", target="vllm") == 0, 10, what="down")
         server.start()
-        body = wait_until(lambda: (lambda b: b if value(b, "llm_engine_restarts_total", target="vllm") == 1
-                                   and value(b, "llm_ready", target="vllm") == 1 else None)(exporter.metrics()),
-                          10, what="restart detected")
+        body = wait_until(
+            lambda: (
+                lambda b: (
+                    b
+                    if value(b, "llm_engine_restarts_total", target="vllm") == 1
+                    and value(b, "llm_ready", target="vllm") == 1
+                    else None
+                )
+            )(exporter.metrics()),
+            10,
+            what="restart detected",
+        )
         new_start = value(server.metrics(), "process_start_time_seconds")
         new_load = value(body, "llm_model_last_load_duration_seconds", target="vllm", basis="process_start")
         client = server.first_200 - server.spawned
@@ -235,21 +302,35 @@ def test_vllm_real_lora_adapters_and_start_load(vllm_python, model_dir, tmp_path
     """vllm-cpu serving a tiny LoRA adapter the test writes (tests/support/tiny_lora.py): the adapter
     shows as running while its requests run; the start is counted once, dated from the process start."""
     lora_dir = tmp_path / "lora"
-    subprocess.run([vllm_python, str(SUPPORT / "tiny_lora.py"), str(lora_dir)], check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(
+        [vllm_python, str(SUPPORT / "tiny_lora.py"), str(lora_dir)], check=True, capture_output=True, timeout=300
+    )
     port, exporter_port = free_port(), free_port()
     config = exporter_config(tmp_path, exporter_port, port, "200ms", "190ms")
     server = VllmServer(vllm_python, model_dir, port, tmp_path / "vllm.log")
-    server.args += ["--enable-lora", "--max-loras", "2", "--max-lora-rank", "8", "--lora-modules",
-                    f"tiny-lora={lora_dir}"]
+    server.args += [
+        "--enable-lora",
+        "--max-loras",
+        "2",
+        "--max-lora-rank",
+        "8",
+        "--lora-modules",
+        f"tiny-lora={lora_dir}",
+    ]
     exporter = ExporterProcess(config, exporter_port)
     try:
         server.start()
-        body = wait_until(lambda: (lambda b: b if value(b, "llm_model_loads_total", target="vllm", kind="start") == 1
-                                   else None)(exporter.metrics()), 10, what="the start to be counted")
+        body = wait_until(
+            lambda: (lambda b: b if value(b, "llm_model_loads_total", target="vllm", kind="start") == 1 else None)(
+                exporter.metrics()
+            ),
+            10,
+            what="the start to be counted",
+        )
         start = value(server.metrics(), "process_start_time_seconds")
-        exported = value(body, "llm_model_last_load_duration_seconds", target="vllm", kind="start",
-                         basis="process_start")
+        exported = value(
+            body, "llm_model_last_load_duration_seconds", target="vllm", kind="start", basis="process_start"
+        )
         assert exported is not None and start <= server.first_200
         # from the process's exact start in /proc (see test 1: the payload's stamp rounds btime to seconds)
         client = server.first_200 - server.spawned
@@ -261,16 +342,30 @@ def test_vllm_real_lora_adapters_and_start_load(vllm_python, model_dir, tmp_path
 
         def sample() -> None:
             while not stop.is_set():
-                seen_running.append(value(exporter.metrics(), "llm_lora_adapter_running", target="vllm",
-                                          adapter="tiny-lora") or 0)
+                seen_running.append(
+                    value(exporter.metrics(), "llm_lora_adapter_running", target="vllm", adapter="tiny-lora") or 0
+                )
                 time.sleep(0.05)
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        threads = [threading.Thread(target=lambda: http_get(
-            f"http://127.0.0.1:{port}/v1/completions", timeout=120, data=json.dumps(
-                {"model": "tiny-lora", "prompt": "the model serves tokens", "max_tokens": 400,
-                 "ignore_eos": True}).encode())) for _ in range(6)]
+        threads = [
+            threading.Thread(
+                target=lambda: http_get(
+                    f"http://127.0.0.1:{port}/v1/completions",
+                    timeout=120,
+                    data=json.dumps(
+                        {
+                            "model": "tiny-lora",
+                            "prompt": "the model serves tokens",
+                            "max_tokens": 400,
+                            "ignore_eos": True,
+                        }
+                    ).encode(),
+                )
+            )
+            for _ in range(6)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -278,8 +373,11 @@ def test_vllm_real_lora_adapters_and_start_load(vllm_python, model_dir, tmp_path
         time.sleep(1.0)
         stop.set()
         sampler.join()
-        RESULTS["lora"] = {"polls_with_adapter_running": sum(1 for v in seen_running if v == 1),
-                           "samples": len(seen_running), "start_load": (exported, server.first_200 - start)}
+        RESULTS["lora"] = {
+            "polls_with_adapter_running": sum(1 for v in seen_running if v == 1),
+            "samples": len(seen_running),
+            "start_load": (exported, server.first_200 - start),
+        }
         assert max(seen_running) == 1, "the adapter was never seen running"
         body = exporter.metrics()
         assert value(body, "llm_lora_adapters_running", target="vllm", model="tiny-llama") == 0  # all done

@@ -22,8 +22,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None,
-             data: bytes | None = None) -> tuple[int, str]:
+def http_get(
+    url: str, timeout: float = 5.0, headers: dict[str, str] | None = None, data: bytes | None = None
+) -> tuple[int, str]:
     """GET (or POST a JSON body when `data` is given)."""
     if data is not None:
         headers = {"Content-Type": "application/json", **(headers or {})}
@@ -60,10 +61,18 @@ class ExporterProcess:
         cmd = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "exporter"])]
         self.log_path = config_path.with_suffix(".log")
         self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([*cmd, "--config", str(config_path), *extra_args],
-                                     stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        wait_until(lambda: self.get("/healthz")[0] == 200 or self.proc.poll() is not None, 15,
-                   what="exporter to serve /healthz")
+        self.proc = subprocess.Popen(
+            [*cmd, "--config", str(config_path), *extra_args],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+        )
+        wait_until(
+            lambda: self.get("/healthz")[0] == 200 or self.proc.poll() is not None,
+            15,
+            what="exporter to serve /healthz",
+        )
         if self.proc.poll() is not None:
             raise RuntimeError(f"exporter exited early: {self.logs()}")
 
@@ -112,6 +121,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
 def value(body: str, name: str, **labels: str) -> float | None:
     """The first sample of `name` in an exposition whose labels include `labels`."""
     from exporter.promparse import parse
+
     for sample_labels, sample_value in parse(body).get(name):
         if all(sample_labels.get(k) == want for k, want in labels.items()):
             return sample_value

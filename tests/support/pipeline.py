@@ -39,6 +39,7 @@ class Pipeline:
 
     def value(self, name: str, **labels: str) -> float | None:
         from exporter.promparse import parse
+
         for sample_labels, value in parse(self.exposition()).get(name):
             if all(sample_labels.get(k) == v for k, v in labels.items()):
                 return value
@@ -47,4 +48,3 @@ class Pipeline:
     async def close(self) -> None:
         await self.source.close()
         await self.session.close()
-

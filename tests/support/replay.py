@@ -36,8 +36,7 @@ class Reply:
     tripped: bool = False  # "reset_once": the first request was reset already
 
     @staticmethod
-    def text(body: str, status: int = 200, content_type: str = "text/plain; version=0.0.4",
-             **headers: str) -> Reply:
+    def text(body: str, status: int = 200, content_type: str = "text/plain; version=0.0.4", **headers: str) -> Reply:
         return Reply(status, body.encode("utf-8"), {"Content-Type": content_type, **headers})
 
     @staticmethod
@@ -77,16 +76,20 @@ class ReplayServer:
 
     async def _control(self, request: web.Request) -> web.Response:
         spec = await request.json()
-        self.set(spec["path"], Reply(spec.get("status", 200), spec.get("body", "").encode(),
-                                     spec.get("headers", {}), spec.get("fault")))
+        self.set(
+            spec["path"],
+            Reply(spec.get("status", 200), spec.get("body", "").encode(), spec.get("headers", {}), spec.get("fault")),
+        )
         return web.Response(text="ok")
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         path = PREFIX_RE.sub("", request.path) or "/"
         self.hits[path] = self.hits.get(path, 0) + 1
         self.seen_authorization.append(request.headers.get("Authorization"))
-        if self.required_authorization is not None and \
-                request.headers.get("Authorization") != self.required_authorization:
+        if (
+            self.required_authorization is not None
+            and request.headers.get("Authorization") != self.required_authorization
+        ):
             return web.Response(status=401, text="unauthorized")
         reply = self.routes.get(path)
         if reply is None:

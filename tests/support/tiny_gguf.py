@@ -28,8 +28,9 @@ def vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, [int(t) for t in types]
 
 
-def write_model(path: str, layers: int = 8, hidden: int = 768, heads: int = 12, ffn: int = 2048,
-                context: int = 4096, seed: int = 0) -> None:
+def write_model(
+    path: str, layers: int = 8, hidden: int = 768, heads: int = 12, ffn: int = 2048, context: int = 4096, seed: int = 0
+) -> None:
     rng = np.random.default_rng(seed)
     tokens, scores, types = vocab()
     n_vocab = len(tokens)

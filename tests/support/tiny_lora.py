@@ -28,9 +28,19 @@ def build(out_dir: str) -> None:
             tensors[f"{prefix}.lora_B.weight"] = torch.randn(HIDDEN, RANK) * 0.01
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"))
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": 16, "lora_dropout": 0.0,
-              "target_modules": ["q_proj", "v_proj"], "bias": "none", "fan_in_fan_out": False,
-              "base_model_name_or_path": None, "modules_to_save": None, "inference_mode": True}
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": RANK,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "base_model_name_or_path": None,
+        "modules_to_save": None,
+        "inference_mode": True,
+    }
     with open(os.path.join(out_dir, "adapter_config.json"), "w", encoding="utf-8") as handle:
         json.dump(config, handle)
 

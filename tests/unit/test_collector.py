@@ -14,8 +14,12 @@ from tests.support.replay import ReplayServer, Reply
 
 @pytest.fixture
 async def pipe():
-    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(
-        (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text())})
+    srv = ReplayServer(
+        {
+            "/health": Reply(200),
+            "/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()),
+        }
+    )
     await srv.start()
     p = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", window="1m")
     yield p, srv
@@ -47,6 +51,7 @@ async def test_failure_hides_stale_engine_values_but_keeps_self_metrics(pipe):
 def test_vanished_models_vanish_from_exposition():
     from exporter.config import load_config_text
     from exporter.state import TargetState
+
     target = load_config_text("targets:\n  - {name: t, engine: vllm, url: 'http://h:1'}\n", "t", {}).targets[0]
     state = TargetState(target)
     a, b = ModelSample(), ModelSample()
@@ -58,16 +63,20 @@ def test_vanished_models_vanish_from_exposition():
     c.set("requests_running", 3)
     state.record_success(Observation(Readiness.READY, models={"a": c}), 2.0, 0.01)
     from exporter.collector import target_samples
-    exposed = {labels["model"]: value for key, _, labels, value in target_samples(state, {})
-               if key == "requests_running"}
+
+    exposed = {
+        labels["model"]: value for key, _, labels, value in target_samples(state, {}) if key == "requests_running"
+    }
     assert exposed == {"a": 3}
 
 
 def test_series_cap_drops_and_counts():
     from exporter.config import load_config_text
     from exporter.state import TargetState
-    target = load_config_text("targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 30}\n",
-                              "t", {}).targets[0]
+
+    target = load_config_text(
+        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 30}\n", "t", {}
+    ).targets[0]
     state = TargetState(target)
     models = {}
     for i in range(100):
@@ -82,6 +91,7 @@ def test_series_cap_drops_and_counts():
 
 def test_catalogue_names_are_valid_and_unique():
     import re
+
     names = [n for spec in ALL_METRICS for n in exposed_names("llm", spec)]
     assert len(names) == len(set(names))
     assert all(re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", n) for n in names)
@@ -92,6 +102,7 @@ async def test_cached_text_renderer_equals_prometheus_client_output(pipe):
     from prometheus_client import CollectorRegistry
 
     from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
+
     p, srv = pipe
     await p.poll()
     await p.poll()
@@ -124,6 +135,7 @@ def test_own_process_metrics_match_prometheus_client_process_collector():
 
     from exporter.collector import process_exposition
     from exporter.promparse import parse
+
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
     reference = generate_latest(registry).decode()
@@ -141,8 +153,24 @@ def test_go_float_matches_prometheus_client():
     from prometheus_client.utils import floatToGoString
 
     from exporter.collector import _go_float
-    for value in (0.0, 1.0, -1.0, 0.25, 1e6, 123456789.0, 1.5e-7, 2.0**53, 1e300, float("inf"), -float("inf"),
-                  float("nan"), 7.5, 1234567.125, 0.1 + 0.2):
+
+    for value in (
+        0.0,
+        1.0,
+        -1.0,
+        0.25,
+        1e6,
+        123456789.0,
+        1.5e-7,
+        2.0**53,
+        1e300,
+        float("inf"),
+        -float("inf"),
+        float("nan"),
+        7.5,
+        1234567.125,
+        0.1 + 0.2,
+    ):
         assert _go_float(value) == floatToGoString(value), value
 
 
@@ -155,8 +183,13 @@ async def test_openmetrics_comes_from_the_cached_lines_and_equals_prometheus_cli
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
-    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(
-        (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text())})
+
+    srv = ReplayServer(
+        {
+            "/health": Reply(200),
+            "/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()),
+        }
+    )
     await srv.start()
     p = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", window="1m", passthrough="true")
     try:
@@ -179,4 +212,5 @@ async def test_openmetrics_comes_from_the_cached_lines_and_equals_prometheus_cli
     families = {f.name: f for f in text_string_to_metric_families(ours)}
     assert families["llm_prompt_tokens"].type == "counter" and families["llm_vllm_num_requests_running"]
     assert set(text.decode().splitlines()) - set(ours.splitlines()) == {
-        line for line in text.decode().splitlines() if line.startswith("# ")} - set(ours.splitlines())
+        line for line in text.decode().splitlines() if line.startswith("# ")
+    } - set(ours.splitlines())

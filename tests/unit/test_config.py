@@ -80,12 +80,15 @@ def test_missing_env_without_default_names_variable_line_and_key():
 
 
 def test_env_value_cannot_inject_yaml_structure():
-    config = load("""
+    config = load(
+        """
         targets:
           - name: "${NAME}"
             engine: vllm
             url: http://h:1
-        """, {"NAME": "a: b"})
+        """,
+        {"NAME": "a: b"},
+    )
     # Expansion happens after parsing: the value stays one string.
     assert config.targets[0].name == "a: b"
     err = error_of("targets:\n  - {name: '${NAME}', engine: vllm, url: 'http://h:1'}\n", {"NAME": "x\ny"})
@@ -110,32 +113,35 @@ def test_unknown_top_level_key():
     assert "did you mean 'listen'" in str(err) and err.line == 1
 
 
-@pytest.mark.parametrize("snippet, message", [
-    ("interval: 5 seconds", "expected a duration"),
-    ("interval: -1s", "expected a duration"),
-    ("interval: true", "expected a duration"),
-    ("interval: 5", "needs a unit"),
-    ("interval: 1ms", "at least 100ms"),
-    ("headers: {Authorization: \"Bearer a\\x01b\"}", "control character"),
-    ("timeout: 10s", "must not exceed interval"),
-    ("window: 6s", "at least two polls"),
-    ("labels: [a, b]", "expected a mapping"),
-    ("labels: {target: x}", "reserved"),
-    ("labels: {'bad-name': x}", "invalid label name"),
-    ("max_series: lots", "whole number"),
-    ("max_body_bytes: 1", "between 1KiB"),
-    ("engine: vlm", "did you mean 'vllm'"),
-    ("url: ftp://h/x", "http:// or https://"),
-    ("url: http://user:pw@h:1", "credentials in the URL"),
-    ("url: 'http://h:99999'", "bad port"),
-    ("process: {}", "needs one of"),
-    ("url: 'http://h:8000/metrics'", "ends in the endpoint /metrics"),
-    ("url: 'http://h:8000/v1'", "ends in the endpoint /v1"),
-    ("url: 'http://h:8000?x=1'", "must not carry a query"),
-    ("bearer_token_file: /nonexistent/token", "cannot read /nonexistent/token"),
-    ("tls: {ca_file: /nonexistent/ca.crt}", "cannot read /nonexistent/ca.crt"),
-    ("process: {cmdline: '('}", "invalid regular expression"),
-])
+@pytest.mark.parametrize(
+    "snippet, message",
+    [
+        ("interval: 5 seconds", "expected a duration"),
+        ("interval: -1s", "expected a duration"),
+        ("interval: true", "expected a duration"),
+        ("interval: 5", "needs a unit"),
+        ("interval: 1ms", "at least 100ms"),
+        ('headers: {Authorization: "Bearer a\\x01b"}', "control character"),
+        ("timeout: 10s", "must not exceed interval"),
+        ("window: 6s", "at least two polls"),
+        ("labels: [a, b]", "expected a mapping"),
+        ("labels: {target: x}", "reserved"),
+        ("labels: {'bad-name': x}", "invalid label name"),
+        ("max_series: lots", "whole number"),
+        ("max_body_bytes: 1", "between 1KiB"),
+        ("engine: vlm", "did you mean 'vllm'"),
+        ("url: ftp://h/x", "http:// or https://"),
+        ("url: http://user:pw@h:1", "credentials in the URL"),
+        ("url: 'http://h:99999'", "bad port"),
+        ("process: {}", "needs one of"),
+        ("url: 'http://h:8000/metrics'", "ends in the endpoint /metrics"),
+        ("url: 'http://h:8000/v1'", "ends in the endpoint /v1"),
+        ("url: 'http://h:8000?x=1'", "must not carry a query"),
+        ("bearer_token_file: /nonexistent/token", "cannot read /nonexistent/token"),
+        ("tls: {ca_file: /nonexistent/ca.crt}", "cannot read /nonexistent/ca.crt"),
+        ("process: {cmdline: '('}", "invalid regular expression"),
+    ],
+)
 def test_each_error_class_names_the_key(snippet, message):
     base = {"name": "a", "engine": "vllm", "url": "http://h:1", "interval": "5s"}
     key = snippet.split(":")[0]
@@ -207,17 +213,22 @@ def test_shipped_configs_are_valid():
 def test_check_config_cli_exit_codes(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://h:1', intervl: 1s}\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "--check-config", "--config", str(bad)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", str(bad)], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert f"{bad}:2" in out.stderr and "did you mean 'interval'" in out.stderr
     good = tmp_path / "good.yaml"
     good.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://h:1'}\n")
-    out = subprocess.run([sys.executable, "-m", "exporter", "--check-config", "--config", str(good)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", str(good)], capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stderr
-    missing = subprocess.run([sys.executable, "-m", "exporter", "--check-config", "--config",
-                              str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    missing = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 2 and "cannot read config" in missing.stderr
 
 
@@ -226,9 +237,14 @@ def test_example_config_documents_every_key_of_the_schema():
     import re
 
     from exporter.config import Config, Defaults, ProcessMatch, TargetConfig, TargetTLS, config_keys
+
     example = (Path(__file__).resolve().parents[2] / "config" / "example.yaml").read_text()
-    missing = [f"{cls.__name__}.{name}" for cls in (Config, Defaults, TargetConfig, ProcessMatch, TargetTLS)
-               for name in config_keys(cls) if not re.search(rf"(^|[\s{{,-]){name}:", example, re.M)]
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in (Config, Defaults, TargetConfig, ProcessMatch, TargetTLS)
+        for name in config_keys(cls)
+        if not re.search(rf"(^|[\s{{,-]){name}:", example, re.M)
+    ]
     assert not missing, missing
 
 
@@ -255,8 +271,9 @@ def test_every_broken_target_is_reported_at_once():
 
 
 def test_url_is_not_for_engines_without_http():
-    assert "url is not used by engine nvml" in str(error_of(
-        "targets:\n  - {name: g, engine: nvml, url: 'http://h:1'}\n"))
+    assert "url is not used by engine nvml" in str(
+        error_of("targets:\n  - {name: g, engine: nvml, url: 'http://h:1'}\n")
+    )
 
 
 def test_files_are_read_without_blocking_and_must_be_what_they_claim(tmp_path):
@@ -273,17 +290,21 @@ def test_files_are_read_without_blocking_and_must_be_what_they_claim(tmp_path):
     assert "not a regular file" in str(err) and err.line == 2
     empty_ca = tmp_path / "ca.crt"
     empty_ca.write_text("# no certificate here\n")
-    err = error_of(f"targets:\n  - name: a\n    engine: vllm\n    url: 'https://h:1'\n"
-                   f"    tls: {{ca_file: '{empty_ca}'}}\n")
+    err = error_of(
+        f"targets:\n  - name: a\n    engine: vllm\n    url: 'https://h:1'\n    tls: {{ca_file: '{empty_ca}'}}\n"
+    )
     assert "holds no PEM certificate" in str(err) and str(empty_ca) in str(err) and err.line == 5
 
 
-@pytest.mark.parametrize("url, secret", [
-    ("http://127.0.0.1:8000/?api_key=SECRET1", "SECRET1"),
-    ("http://admin:SECRET2@127.0.0.1:99999", "SECRET2"),
-    ("htp://admin:SECRET3@127.0.0.1:1", "SECRET3"),
-    ("http://127.0.0.1:99999/x#SECRET4", "SECRET4"),
-])
+@pytest.mark.parametrize(
+    "url, secret",
+    [
+        ("http://127.0.0.1:8000/?api_key=SECRET1", "SECRET1"),
+        ("http://admin:SECRET2@127.0.0.1:99999", "SECRET2"),
+        ("htp://admin:SECRET3@127.0.0.1:1", "SECRET3"),
+        ("http://127.0.0.1:99999/x#SECRET4", "SECRET4"),
+    ],
+)
 def test_url_errors_never_show_secrets(url, secret):
     err = error_of("targets:\n  - {name: a, engine: vllm, url: '${URL}'}\n", env={"URL": url})
     assert secret not in str(err), str(err)
@@ -297,6 +318,7 @@ async def test_blocking_file_work_is_abandoned_after_its_limit():
     import time
 
     from exporter.config import read_off_loop
+
     release = threading.Event()
     started = time.monotonic()
     with pytest.raises(ConfigError, match=r"did not finish within 0\.2s"):

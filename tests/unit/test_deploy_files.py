@@ -19,6 +19,7 @@ DEPLOY = ROOT / "deploy"
 
 # ---------------------------------------------------------------- Dockerfile
 
+
 @pytest.fixture(scope="module")
 def dockerfile():
     parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
@@ -66,12 +67,14 @@ def test_the_entrypoint_honours_the_config_path_variable(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("targets:\n  - {name: from-env, engine: vllm, url: 'http://127.0.0.1:9'}\n")
     env = {"LLM_EXPORTER_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-m", "exporter", "--check-config"], capture_output=True, text=True,
-                         env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert out.returncode == 0 and str(config) in out.stdout
     env["LLM_EXPORTER_CONFIG"] = str(tmp_path / "absent.yaml")  # absent: the embedded default
-    out = subprocess.run([sys.executable, "-m", "exporter", "--check-config"], capture_output=True, text=True,
-                         env=env, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
     assert out.returncode == 0 and "embedded default" in out.stdout
 
 
@@ -88,8 +91,7 @@ def systemd_analyze():
 
 
 def test_systemd_unit_exposure_score_is_at_most_2():
-    out = subprocess.run([systemd_analyze(), "security", "--offline=true", str(UNIT)], capture_output=True,
-                         text=True)
+    out = subprocess.run([systemd_analyze(), "security", "--offline=true", str(UNIT)], capture_output=True, text=True)
     score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout).group(1))
     assert score <= 2.0, out.stdout[-3000:]
     assert f"{score:.1f}" in (ROOT / "README.md").read_text(), "README must report the measured score"
@@ -109,10 +111,17 @@ def test_systemd_unit_verifies_clean(tmp_path):
 
 def test_systemd_unit_is_hardened_and_reloads_with_sighup():
     text = UNIT.read_text()
-    for directive in ("DynamicUser=yes", "NoNewPrivileges=yes", "ProtectSystem=strict", "PrivateTmp=yes",
-                      "CapabilityBoundingSet=\n", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
-                      "SystemCallFilter=@system-service", "DeviceAllow=char-nvidia-frontend rw",
-                      "ExecReload=/bin/kill -HUP $MAINPID"):
+    for directive in (
+        "DynamicUser=yes",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "DeviceAllow=char-nvidia-frontend rw",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ):
         assert directive in text, directive
     assert (ROOT / "systemd" / "config.yaml").exists()
 
@@ -135,6 +144,7 @@ def documents():
 
 def test_core_manifests_validate_against_kubernetes_schemas():
     import kubernetes_validate
+
     checked = 0
     for _path, doc in documents():
         if doc["apiVersion"].startswith("monitoring.coreos.com"):
@@ -155,6 +165,7 @@ def test_sidecars_probes_port_resources_and_security():
         assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
         # the probes send no password: both paths must stay open when --web.config.file turns on basic auth
         from exporter.webconfig import OPEN_PATHS
+
         assert {"/healthz", "/readyz"} <= OPEN_PATHS
         assert sidecar["resources"]["requests"] and sidecar["resources"]["limits"]
         security = sidecar["securityContext"]
@@ -184,17 +195,24 @@ def test_prometheus_operator_monitors_select_the_named_port():
 def test_kubernetes_sd_scrape_job_keeps_the_named_port():
     config = yaml.safe_load((DEPLOY / "prometheus" / "scrape-kubernetes-pods.yml").read_text())
     relabels = config["scrape_configs"][0]["relabel_configs"]
-    assert {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "action": "keep",
-            "regex": "llm-metrics"} in relabels
+    assert {
+        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+        "action": "keep",
+        "regex": "llm-metrics",
+    } in relabels
 
 
 # ---------------------------------------------------------------- Prometheus rules and Grafana
 
+
 @pytest.mark.prometheus
 def test_promtool_checks_rules_config_and_rule_unit_tests(promtool):
     prom = DEPLOY / "prometheus"
-    for args in (["check", "rules", "llm-exporter.rules.yml"], ["check", "config", "prometheus.yml"],
-                 ["test", "rules", "tests/llm-exporter.rules.test.yml"]):
+    for args in (
+        ["check", "rules", "llm-exporter.rules.yml"],
+        ["check", "config", "prometheus.yml"],
+        ["test", "rules", "tests/llm-exporter.rules.test.yml"],
+    ):
         out = subprocess.run([promtool, *args], capture_output=True, text=True, cwd=prom)
         assert out.returncode == 0, out.stdout + out.stderr
 
@@ -208,8 +226,15 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test():
         for check in case.get("alert_rule_test", []):
             (firing if check["exp_alerts"] else quiet).add(check["alertname"])
     assert alerts == firing == quiet
-    assert {"LLMTargetDown", "LLMModelLoadingTooLong", "LLMQueueLatencyHigh", "LLMKVCacheHitRatioLow",
-            "LLMKVCacheUsageHigh", "LLMGPUMemoryNearlyFull", "LLMExporterPollErrors"} <= alerts
+    assert {
+        "LLMTargetDown",
+        "LLMModelLoadingTooLong",
+        "LLMQueueLatencyHigh",
+        "LLMKVCacheHitRatioLow",
+        "LLMKVCacheUsageHigh",
+        "LLMGPUMemoryNearlyFull",
+        "LLMExporterPollErrors",
+    } <= alerts
 
 
 def dashboard_queries():
@@ -224,8 +249,13 @@ def test_dashboard_has_variables_rows_and_queries():
     rows = {p["title"] for p in dashboard["panels"] if p["type"] == "row"}
     assert {"Headline signals", "Throughput", "Queue and running", "GPUs", "Exporter health"} <= rows
     assert len(queries) >= 15
-    for metric in ("llm_model_last_load_duration_seconds", "llm_token_queue_latency", "llm_kv_cache_hit_ratio",
-                   "llm_gpu_process_memory_used_bytes", "llm_up"):
+    for metric in (
+        "llm_model_last_load_duration_seconds",
+        "llm_token_queue_latency",
+        "llm_kv_cache_hit_ratio",
+        "llm_gpu_process_memory_used_bytes",
+        "llm_up",
+    ):
         assert any(metric in q for q in queries), metric
 
 
@@ -247,7 +277,7 @@ def test_quoted_benchmark_figures_come_from_bench_results():
     bench/RESULTS.md, and the Kubernetes manifests quote none (they point to RESULTS.md)."""
     results = (ROOT / "bench" / "RESULTS.md").read_text()
     readme = (ROOT / "README.md").read_text()
-    deploy = readme[readme.index("## Deploy"):readme.index("- **Kubernetes sidecar**")]
+    deploy = readme[readme.index("## Deploy") : readme.index("- **Kubernetes sidecar**")]
     figures = re.findall(r"(\d+(?:\.\d+)?) ?(MiB|% of a core|%)", deploy)
     assert len(figures) >= 4, deploy
     for number, unit in figures:

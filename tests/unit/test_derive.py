@@ -32,6 +32,7 @@ INF = math.inf
 
 # ---------------------------------------------------------------- counters and ratios
 
+
 def test_counter_delta_and_reset():
     assert counter_delta(10, 15) == 5
     assert counter_delta(15, 3) is None  # reset: unknown, never negative
@@ -98,14 +99,15 @@ def test_window_clock_going_back_starts_over():
 
 # ---------------------------------------------------------------- histograms
 
+
 def hist(buckets, total):
     return Histogram(tuple(buckets), total, buckets[-1][1])
 
 
 def test_histogram_validity():
     assert histogram_is_valid(hist([(0.1, 1), (INF, 2)], 1))
-    assert not histogram_is_valid(hist([(0.1, 3), (INF, 2)], 1))       # not monotonic
-    assert not histogram_is_valid(Histogram(((0.1, 1),), 1, 1))         # no +Inf
+    assert not histogram_is_valid(hist([(0.1, 3), (INF, 2)], 1))  # not monotonic
+    assert not histogram_is_valid(Histogram(((0.1, 1),), 1, 1))  # no +Inf
     assert not histogram_is_valid(hist([(1, 1), (0.5, 1), (INF, 2)], 1))  # bounds out of order
     assert not histogram_is_valid(Histogram(((INF, 1),), math.nan, 1))
 
@@ -121,7 +123,7 @@ def status(state, **kw):
 
 def test_load_from_process_start_to_exact_ready_between_polls():
     life = ModelLifecycle()
-    life.gone(100)                                  # refused: nothing running
+    life.gone(100)  # refused: nothing running
     assert life.observe(101, status(LOADING, process_start=100.5)) == []
     [load] = life.observe(103, status(LOADED, process_start=100.5, ready_time=102.25, ready_exact=True))
     assert (load.kind, load.basis) == (KIND_START, BASIS_PROCESS_START)
@@ -216,11 +218,12 @@ def test_restart_between_polls_dated_by_engine_timestamps():
 
 # ---------------------------------------------------------------- queue estimate
 
+
 def test_queue_estimator_counts_task_changes_and_integrates_waiting():
     est = QueueWaitEstimator()
     est.observe(0, QueueProbe(2, ((0, None), (1, 5))))
-    est.observe(1, QueueProbe(2, ((0, 7), (1, 5))))       # slot 0 started a task
-    est.observe(2, QueueProbe(0, ((0, 7), (1, 30))))      # slot 1 started one (jump size irrelevant)
+    est.observe(1, QueueProbe(2, ((0, 7), (1, 5))))  # slot 0 started a task
+    est.observe(2, QueueProbe(0, ((0, 7), (1, 30))))  # slot 1 started one (jump size irrelevant)
     assert est.started == 2
     assert est.wait_seconds == pytest.approx(2 * 1 + 1 * 1)
     assert est.histogram().buckets == ((INF, 2.0),)

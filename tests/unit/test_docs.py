@@ -22,10 +22,14 @@ def test_every_metric_is_documented():
 def test_architecture_doc_names_every_module_and_only_real_ones():
     """docs/architecture.md's module table stays true: every module is in it, every module it names exists."""
     import re
+
     text = (ROOT / "docs" / "architecture.md").read_text()
     package = ROOT / "exporter"
-    modules = {str(p.relative_to(package)) for p in package.rglob("*.py")
-               if p.name != "__main__.py" and str(p.relative_to(package)) not in ("__init__.py", "derive/__init__.py")}
+    modules = {
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "__main__.py" and str(p.relative_to(package)) not in ("__init__.py", "derive/__init__.py")
+    }
     named = set(re.findall(r"`((?:[a-z_]+/)?[a-z_]+\.py)`", text))
     assert modules <= named, sorted(modules - named)
     assert named <= modules, sorted(named - modules)
@@ -34,6 +38,7 @@ def test_architecture_doc_names_every_module_and_only_real_ones():
 def _documented() -> dict[str, tuple[str, set[str]]]:
     """docs/metrics.md's tables: exposed sample name → (type column, label names)."""
     import re
+
     rows: dict[str, tuple[str, set[str]]] = {}
     for line in (ROOT / "docs" / "metrics.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
@@ -51,25 +56,39 @@ async def test_docs_match_a_real_exposition():
     from tests.conftest import FIXTURES
     from tests.support.pipeline import Pipeline
     from tests.support.replay import ReplayServer, Reply
+
     lc = FIXTURES / "llamacpp"
     payloads = {
-        "vllm": {"/health": Reply(200), "/metrics": Reply.text(
-            (FIXTURES / "vllm-real" / "v0.32.0-metrics-lora-busy.prom").read_text())},
-        "sglang": {"/ready": Reply(200), "/metrics": Reply.text(
-            (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text())},
-        "tgi": {"/health": Reply(200), "/info": Reply.json({"model_id": "m"}), "/metrics": Reply.text(
-            (FIXTURES / "tgi" / "datadog-tgi-payload-partial.prom").read_text())},
-        "llamacpp": {"/metrics": Reply.text((lc / "b11434-metrics-load.prom").read_text(),
-                                            **{"Process-Start-Time-Unix": "1"}),
-                     "/slots": Reply(200, (lc / "b11434-slots-busy.json").read_bytes()),
-                     "/props": Reply(200, (lc / "b11434-props.json").read_bytes())},
-        "trtllm": {"/health": Reply(200), "/prometheus/metrics": Reply.text(
-            (FIXTURES / "trtllm" / "trtllm-main-050f80d-metrics.prom").read_text())},
-        "lmdeploy": {"/health": Reply(200), "/metrics": Reply.text(
-            (FIXTURES / "lmdeploy" / "lmdeploy-main-0168eed-metrics.prom").read_text())},
-        "ollama": {path: Reply(200, (FIXTURES / "ollama-real" / name).read_text().splitlines()[0].encode())
-                   for path, name in (("/api/ps", "ps-loaded.txt"), ("/api/version", "version.txt"),
-                                      ("/api/tags", "tags.txt"))},
+        "vllm": {
+            "/health": Reply(200),
+            "/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-lora-busy.prom").read_text()),
+        },
+        "sglang": {
+            "/ready": Reply(200),
+            "/metrics": Reply.text((FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text()),
+        },
+        "tgi": {
+            "/health": Reply(200),
+            "/info": Reply.json({"model_id": "m"}),
+            "/metrics": Reply.text((FIXTURES / "tgi" / "datadog-tgi-payload-partial.prom").read_text()),
+        },
+        "llamacpp": {
+            "/metrics": Reply.text((lc / "b11434-metrics-load.prom").read_text(), **{"Process-Start-Time-Unix": "1"}),
+            "/slots": Reply(200, (lc / "b11434-slots-busy.json").read_bytes()),
+            "/props": Reply(200, (lc / "b11434-props.json").read_bytes()),
+        },
+        "trtllm": {
+            "/health": Reply(200),
+            "/prometheus/metrics": Reply.text((FIXTURES / "trtllm" / "trtllm-main-050f80d-metrics.prom").read_text()),
+        },
+        "lmdeploy": {
+            "/health": Reply(200),
+            "/metrics": Reply.text((FIXTURES / "lmdeploy" / "lmdeploy-main-0168eed-metrics.prom").read_text()),
+        },
+        "ollama": {
+            path: Reply(200, (FIXTURES / "ollama-real" / name).read_text().splitlines()[0].encode())
+            for path, name in (("/api/ps", "ps-loaded.txt"), ("/api/version", "version.txt"), ("/api/tags", "tags.txt"))
+        },
     }
     states = []
     for engine, routes in payloads.items():

@@ -13,8 +13,10 @@ HEAD = "# TYPE vllm:num_requests_running gauge\n# TYPE vllm:prompt_tokens_total 
 
 
 def payload(running="1", prompt="10", model="m", extra=""):
-    return (HEAD + f'vllm:num_requests_running{{engine="0",model_name="{model}"}} {running}\n'
-            f'vllm:prompt_tokens_total{{engine="0",model_name="{model}"}} {prompt}\n' + extra)
+    return (
+        HEAD + f'vllm:num_requests_running{{engine="0",model_name="{model}"}} {running}\n'
+        f'vllm:prompt_tokens_total{{engine="0",model_name="{model}"}} {prompt}\n' + extra
+    )
 
 
 @pytest.fixture
@@ -72,13 +74,16 @@ async def test_hostile_label_values_round_trip_and_pass_promtool(server, pipe, p
 
 
 async def test_non_monotonic_histogram_is_dropped(server, pipe):
-    text = payload() + """# TYPE vllm:request_queue_time_seconds histogram
+    text = (
+        payload()
+        + """# TYPE vllm:request_queue_time_seconds histogram
 vllm:request_queue_time_seconds_bucket{engine="0",le="0.1",model_name="m"} 5.0
 vllm:request_queue_time_seconds_bucket{engine="0",le="1.0",model_name="m"} 3.0
 vllm:request_queue_time_seconds_bucket{engine="0",le="+Inf",model_name="m"} 6.0
 vllm:request_queue_time_seconds_sum{engine="0",model_name="m"} 1.0
 vllm:request_queue_time_seconds_count{engine="0",model_name="m"} 6.0
 """
+    )
     server.set("/metrics", Reply.text(text))
     await pipe.poll()
     assert pipe.state.health.up and pipe.value("llm_requests_running") == 1
@@ -107,8 +112,9 @@ async def test_series_churn_is_capped(server):
     pipe = Pipeline("vllm", f"http://127.0.0.1:{server.port}", max_series=300)
     try:
         for round_ in range(3):
-            text = HEAD + "".join(f'vllm:num_requests_running{{engine="0",model_name="m{round_}-{i}"}} 1\n'
-                                  for i in range(1000))
+            text = HEAD + "".join(
+                f'vllm:num_requests_running{{engine="0",model_name="m{round_}-{i}"}} 1\n' for i in range(1000)
+            )
             server.set("/metrics", Reply.text(text))
             await pipe.poll()
             models = {labels["model"] for labels, _ in parse(pipe.exposition()).get("llm_requests_running")}
@@ -120,16 +126,20 @@ async def test_series_churn_is_capped(server):
 
 # ---------------------------------------------------------------- attacks from the reliability report
 
+
 def test_label_cache_is_bounded_in_bytes():
     """H1: unique long label values every poll are parsed but not kept; the cache stays within its bytes; a
     1 MB label set fails the parse (as Prometheus' label_value_length_limit does) before any regex runs."""
     from exporter.promparse import LabelCache, PromParseError
+
     cache = LabelCache(max_bytes=1024 * 1024)
     with pytest.raises(PromParseError, match="label set longer than"):
         parse(HEAD + f'vllm:num_requests_running{{engine="0",model_name="{"x" * (1 << 20)}"}} 1\n', ("vllm:",), cache)
     for poll in range(20):
-        big = "".join(f'vllm:num_requests_running{{engine="0",model_name="m",junk="{poll}-{k}-{"x" * 10_000}"}}'
-                      f' 1\n' for k in range(3))
+        big = "".join(
+            f'vllm:num_requests_running{{engine="0",model_name="m",junk="{poll}-{k}-{"x" * 10_000}"}} 1\n'
+            for k in range(3)
+        )
         small = "".join(f'vllm:num_requests_running{{engine="{poll}-{i}",model_name="m"}} 1\n' for i in range(5000))
         payload = parse(HEAD + big + small, ("vllm:",), cache)
         assert len(payload.get("vllm:num_requests_running")) == 5003
@@ -139,12 +149,16 @@ def test_label_cache_is_bounded_in_bytes():
 
 async def test_ratios_an_upstream_pushes_above_one_are_not_exported(server, pipe):
     """L4: hits growing 5x faster than queries, and a usage of 5.0, are lies: no ratio is exported."""
+
     def body(n: int) -> str:
-        return ("# TYPE vllm:prefix_cache_hits_total counter\n# TYPE vllm:prefix_cache_queries_total counter\n"
-                "# TYPE vllm:kv_cache_usage_perc gauge\n"
-                f'vllm:prefix_cache_hits_total{{engine="0",model_name="m"}} {50 * n}\n'
-                f'vllm:prefix_cache_queries_total{{engine="0",model_name="m"}} {10 * n}\n'
-                'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 5.0\n')
+        return (
+            "# TYPE vllm:prefix_cache_hits_total counter\n# TYPE vllm:prefix_cache_queries_total counter\n"
+            "# TYPE vllm:kv_cache_usage_perc gauge\n"
+            f'vllm:prefix_cache_hits_total{{engine="0",model_name="m"}} {50 * n}\n'
+            f'vllm:prefix_cache_queries_total{{engine="0",model_name="m"}} {10 * n}\n'
+            'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 5.0\n'
+        )
+
     for n in range(1, 4):
         server.set("/metrics", Reply.text(body(n)))
         await pipe.poll()
@@ -152,25 +166,50 @@ async def test_ratios_an_upstream_pushes_above_one_are_not_exported(server, pipe
     assert pipe.value("llm_kv_cache_hit_ratio") is None and pipe.value("llm_kv_cache_usage_ratio") is None
 
 
-@pytest.mark.parametrize("slots, props, up, reason", [
-    ("[" * 200_000 + "]" * 200_000, None, False, "parse"),          # /slots nested 200k deep
-    (None, "[" * 200_000 + "]" * 200_000, True, None),              # /props nested: ignored, target stays up
-    ('[{"id":0,"id_task":1,"n_ctx":1' + "0" * 400 + ',"is_processing":true,"n_prompt_tokens":5}]', None, True,
-     None),                                                        # 400-digit integer
-    ('[{"id":0,"id_task":1,"n_ctx":4096,"is_processing":true,"n_prompt_tokens":5,"next_token":5}]', None, True,
-     None),                                                        # wrong type
-    ("[" + ",".join(f'{{"id":{i},"id_task":1,"n_ctx":4096,"is_processing":true}}' for i in range(70_000)) + "]",
-     None, False, "parse"),                                         # 70k slots
-])
+@pytest.mark.parametrize(
+    "slots, props, up, reason",
+    [
+        ("[" * 200_000 + "]" * 200_000, None, False, "parse"),  # /slots nested 200k deep
+        (None, "[" * 200_000 + "]" * 200_000, True, None),  # /props nested: ignored, target stays up
+        (
+            '[{"id":0,"id_task":1,"n_ctx":1' + "0" * 400 + ',"is_processing":true,"n_prompt_tokens":5}]',
+            None,
+            True,
+            None,
+        ),  # 400-digit integer
+        (
+            '[{"id":0,"id_task":1,"n_ctx":4096,"is_processing":true,"n_prompt_tokens":5,"next_token":5}]',
+            None,
+            True,
+            None,
+        ),  # wrong type
+        (
+            "[" + ",".join(f'{{"id":{i},"id_task":1,"n_ctx":4096,"is_processing":true}}' for i in range(70_000)) + "]",
+            None,
+            False,
+            "parse",
+        ),  # 70k slots
+    ],
+)
 async def test_absurd_llamacpp_json_is_a_clean_parse_error_or_ignored(slots, props, up, reason):
     """L5: deep nesting, huge integers and wrong types in /slots or /props never become an internal error."""
     from tests.conftest import FIXTURES
-    metrics = (FIXTURES / "llamacpp" / "b11434-metrics-idle-after-load.prom").read_text().replace(
-        "llamacpp:requests_processing 0", "llamacpp:requests_processing 1")
-    srv = ReplayServer({"/health": Reply.json({"status": "ok"}), "/metrics": Reply.text(metrics),
-                        "/props": Reply.text(props or (FIXTURES / "llamacpp" / "b11434-props.json").read_text(),
-                                             content_type="application/json"),
-                        "/slots": Reply.text(slots or "[]", content_type="application/json")})
+
+    metrics = (
+        (FIXTURES / "llamacpp" / "b11434-metrics-idle-after-load.prom")
+        .read_text()
+        .replace("llamacpp:requests_processing 0", "llamacpp:requests_processing 1")
+    )
+    srv = ReplayServer(
+        {
+            "/health": Reply.json({"status": "ok"}),
+            "/metrics": Reply.text(metrics),
+            "/props": Reply.text(
+                props or (FIXTURES / "llamacpp" / "b11434-props.json").read_text(), content_type="application/json"
+            ),
+            "/slots": Reply.text(slots or "[]", content_type="application/json"),
+        }
+    )
     await srv.start()
     p = Pipeline("llamacpp", f"http://127.0.0.1:{srv.port}")
     try:
@@ -188,6 +227,7 @@ async def test_router_listing_fresh_models_every_poll_keeps_no_state_for_gone_on
     from aiohttp import web
 
     from tests.conftest import FIXTURES
+
     llama = (FIXTURES / "llamacpp" / "b11434-metrics-idle-after-load.prom").read_text()
     polls = {"n": 0}
 
@@ -196,14 +236,15 @@ async def test_router_listing_fresh_models_every_poll_keeps_no_state_for_gone_on
             return web.json_response({"error": {"message": "model name is missing"}}, status=400)
         if request.path == "/models":
             polls["n"] += 1
-            return web.json_response({"data": [{"id": f"m{polls['n']}-{i}", "status": {"value": "loaded",
-                                                                                          "args": []}}
-                                               for i in range(50)]})
+            return web.json_response(
+                {"data": [{"id": f"m{polls['n']}-{i}", "status": {"value": "loaded", "args": []}} for i in range(50)]}
+            )
         if request.path == "/metrics":
             return web.Response(text=llama)
         if request.path == "/props":
-            return web.Response(text='{"total_slots": 1, "x": "' + "p" * 200_000 + '"}',
-                                content_type="application/json")
+            return web.Response(
+                text='{"total_slots": 1, "x": "' + "p" * 200_000 + '"}', content_type="application/json"
+            )
         return web.json_response({"status": "ok"})
 
     app = web.Application()
@@ -231,14 +272,22 @@ async def test_router_listing_fresh_models_every_poll_keeps_no_state_for_gone_on
 async def test_one_absurd_waiting_count_cannot_poison_the_queue_estimate():
     """M9: `requests_deferred 1e308` for a few polls, then healthy: the estimate's sum stays finite."""
     from tests.conftest import FIXTURES
-    base = (FIXTURES / "llamacpp" / "b11434-metrics-idle-after-load.prom").read_text().replace(
-        "llamacpp:requests_processing 0", "llamacpp:requests_processing 1")
-    srv = ReplayServer({"/health": Reply.json({"status": "ok"}),
-                        "/metrics": Reply.text(base.replace("llamacpp:requests_deferred 0",
-                                                            "llamacpp:requests_deferred 1e308")),
-                        "/props": Reply.text((FIXTURES / "llamacpp" / "b11434-props.json").read_text(),
-                                             content_type="application/json"),
-                        "/slots": Reply.json([{"id": 0, "id_task": 1, "n_ctx": 4096, "is_processing": True}])})
+
+    base = (
+        (FIXTURES / "llamacpp" / "b11434-metrics-idle-after-load.prom")
+        .read_text()
+        .replace("llamacpp:requests_processing 0", "llamacpp:requests_processing 1")
+    )
+    srv = ReplayServer(
+        {
+            "/health": Reply.json({"status": "ok"}),
+            "/metrics": Reply.text(base.replace("llamacpp:requests_deferred 0", "llamacpp:requests_deferred 1e308")),
+            "/props": Reply.text(
+                (FIXTURES / "llamacpp" / "b11434-props.json").read_text(), content_type="application/json"
+            ),
+            "/slots": Reply.json([{"id": 0, "id_task": 1, "n_ctx": 4096, "is_processing": True}]),
+        }
+    )
     await srv.start()
     p = Pipeline("llamacpp", f"http://127.0.0.1:{srv.port}")
     try:
@@ -272,6 +321,7 @@ async def test_a_large_payload_is_parsed_off_the_event_loop(monkeypatch):
     import threading
 
     from exporter.sources import base
+
     seen: list[str] = []
     real = base.parse_metrics
 

@@ -31,6 +31,7 @@ def test_cache_sizes_come_from_the_kernel(tmp_path):
 @pytest.mark.timeout(60)
 async def test_read_host_cpu_runs_py_cpuinfo_in_a_child_process():
     import sys
+
     labels = dict(await read_host_cpu())
     assert labels["brand"] and labels["arch"] and int(labels["logical_cores"]) >= 1
     assert "cpuinfo" not in sys.modules  # never imported into the exporter

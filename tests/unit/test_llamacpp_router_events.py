@@ -37,8 +37,9 @@ class FakeRouter:
                 await asyncio.sleep(0.02)
             return response
         if request.path == "/models":
-            return web.json_response({"data": [{"id": "m", "path": "/models/m.gguf",
-                                                "status": {"value": self.state, "args": []}}]})
+            return web.json_response(
+                {"data": [{"id": "m", "path": "/models/m.gguf", "status": {"value": self.state, "args": []}}]}
+            )
         if request.path == "/metrics" and "model" not in request.query:
             return web.json_response({"error": {"message": "model name is missing"}}, status=400)
         if request.path == "/metrics":

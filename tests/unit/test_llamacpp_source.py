@@ -90,7 +90,8 @@ async def test_older_build_kv_usage_gauge_is_used(server, pipe):
     routes = ready_routes()
     text = fixture_text("b11434-metrics-idle.prom") + (
         "# HELP llamacpp:kv_cache_usage_ratio KV-cache usage. 1 means 100 percent usage.\n"
-        "# TYPE llamacpp:kv_cache_usage_ratio gauge\nllamacpp:kv_cache_usage_ratio 0.25\n")
+        "# TYPE llamacpp:kv_cache_usage_ratio gauge\nllamacpp:kv_cache_usage_ratio 0.25\n"
+    )
     routes["/metrics"] = Reply.text(text)
     for path, reply in routes.items():
         server.set(path, reply)
@@ -133,13 +134,22 @@ async def test_series_hit_ratio_and_queue_estimate(server, pipe, phase):
     d_cached, d_processed = delta("llamacpp:prompt_tokens_cached_total"), delta("llamacpp:prompt_tokens_total")
     assert d_cached + d_processed > 0
     assert model.derived[("kv_cache_hit_ratio", (("unit", "tokens"),))] == pytest.approx(
-        d_cached / (d_cached + d_processed))
+        d_cached / (d_cached + d_processed)
+    )
 
 
 async def test_disabled_endpoints_degrade_with_one_notice(server, pipe, caplog):
     routes = ready_routes("b11434-metrics-load.prom")  # work in flight: the only time /slots is read
-    routes["/slots"] = Reply.json({"error": {"code": 501, "message": "This server does not support slots endpoint.",
-                                             "type": "not_supported_error"}}, status=501)
+    routes["/slots"] = Reply.json(
+        {
+            "error": {
+                "code": 501,
+                "message": "This server does not support slots endpoint.",
+                "type": "not_supported_error",
+            }
+        },
+        status=501,
+    )
     for path, reply in routes.items():
         server.set(path, reply)
     with caplog.at_level(logging.WARNING):
@@ -156,9 +166,16 @@ async def test_metrics_disabled_reads_health_and_props_never_slots(server, pipe)
     """Without /metrics the source cannot tell whether work is in flight, and GET /slots resets the
     idle timer of a server started with --sleep-idle-seconds: it reads /health and /props only."""
     routes = ready_routes(slots="b11434-slots-busy.json")
-    routes["/metrics"] = Reply.json({"error": {"code": 501, "type": "not_supported_error",
-                                               "message": "This server does not support metrics endpoint."}},
-                                    status=501)
+    routes["/metrics"] = Reply.json(
+        {
+            "error": {
+                "code": 501,
+                "type": "not_supported_error",
+                "message": "This server does not support metrics endpoint.",
+            }
+        },
+        status=501,
+    )
     for path, reply in routes.items():
         server.set(path, reply)
     await pipe.poll()
@@ -190,7 +207,7 @@ async def test_restart_detected_from_ready_header(server, pipe):
 
 async def test_garbage_slots_is_a_parse_error(server, pipe):
     routes = ready_routes("b11434-metrics-load.prom")
-    routes["/slots"] = Reply(200, b"[{\"id\": \"x\"}]")
+    routes["/slots"] = Reply(200, b'[{"id": "x"}]')
     for path, reply in routes.items():
         server.set(path, reply)
     await pipe.poll()
@@ -205,6 +222,7 @@ async def test_a_clock_step_during_a_load_bends_no_duration(server, pipe, monkey
     import time
 
     from exporter import clock
+
     loading = (LC / "b11434-health-loading.json").read_bytes()
     for path in ("/metrics", "/health", "/slots", "/props"):
         server.set(path, Reply(503, loading, {"Content-Type": "application/json; charset=utf-8"}))
@@ -223,13 +241,16 @@ async def test_a_clock_step_during_a_load_bends_no_duration(server, pipe, monkey
     assert abs(shown - (time.time() + 3600.0)) < 2  # the system's (stepped) Unix time
 
 
-@pytest.mark.parametrize("flags, unified", [
-    ((), True),                                # default: -np auto = 4 slots sharing one unified pool
-    (("-np", "4"), False),                     # -np given: one pool per slot
-    (("--parallel=2", "-kvu"), True),
-    (("-np", "2", "--kv-unified"), True),
-    (("-no-kvu",), False),
-])
+@pytest.mark.parametrize(
+    "flags, unified",
+    [
+        ((), True),  # default: -np auto = 4 slots sharing one unified pool
+        (("-np", "4"), False),  # -np given: one pool per slot
+        (("--parallel=2", "-kvu"), True),
+        (("-np", "2", "--kv-unified"), True),
+        (("-no-kvu",), False),
+    ],
+)
 async def test_kv_usage_with_the_layout_from_the_engines_command_line(server, tmp_path, flags, unified):
     """The llama-server beside the exporter is found by the port in its command line (no `process:`); its
     flags say whether the slots share one KV pool (each slot then reports the whole pool as n_ctx) or have one
@@ -260,11 +281,20 @@ async def test_kv_usage_with_the_layout_from_the_engines_command_line(server, tm
 
 def test_held_tokens_counts_each_token_once_in_both_slot_shapes():
     from exporter.sources.llamacpp import held_tokens
-    b11434 = {"n_prompt_tokens": 494, "n_prompt_tokens_cache": 468, "n_prompt_tokens_processed": 17,
-              "next_token": [{"n_decoded": 9}]}
+
+    b11434 = {
+        "n_prompt_tokens": 494,
+        "n_prompt_tokens_cache": 468,
+        "n_prompt_tokens_processed": 17,
+        "next_token": [{"n_decoded": 9}],
+    }
     assert held_tokens(b11434) == 494
-    prompt_only = {"n_prompt_tokens": 485, "n_prompt_tokens_cache": 468, "n_prompt_tokens_processed": 17,
-                   "next_token": [{"n_decoded": 9}]}
+    prompt_only = {
+        "n_prompt_tokens": 485,
+        "n_prompt_tokens_cache": 468,
+        "n_prompt_tokens_processed": 17,
+        "next_token": [{"n_decoded": 9}],
+    }
     assert held_tokens(prompt_only) == 494
     assert held_tokens({"n_prompt_tokens": 100, "next_token": [{"n_decoded": 5}]}) == 105  # older shape
     assert held_tokens({"n_prompt_tokens": "x"}) == 0
@@ -272,10 +302,12 @@ def test_held_tokens_counts_each_token_once_in_both_slot_shapes():
 
 def test_kv_layout_unknown_when_the_environment_could_decide_it():
     from exporter.sources.llamacpp import KvLayout, kv_layout
+
     assert kv_layout(("llama-server",), None) is None  # LLAMA_ARG_N_PARALLEL could be set: unreadable
     assert kv_layout(("llama-server", "-np", "4"), None) is None  # LLAMA_ARG_KV_UNIFIED could be set
     assert kv_layout(("llama-server", "-np", "4", "-no-kvu"), None) == KvLayout(unified=False)
     assert kv_layout(("llama-server",), {"LLAMA_ARG_N_PARALLEL": "2"}) == KvLayout(unified=False)
-    assert kv_layout(("llama-server",), {"LLAMA_ARG_N_PARALLEL": "2", "LLAMA_ARG_KV_UNIFIED": "1"}) == \
-        KvLayout(unified=True)
+    assert kv_layout(("llama-server",), {"LLAMA_ARG_N_PARALLEL": "2", "LLAMA_ARG_KV_UNIFIED": "1"}) == KvLayout(
+        unified=True
+    )
     assert kv_layout(("llama-server", "--kv-unified-per-slot", "512"), {}) is None  # slots report a cap

@@ -62,9 +62,11 @@ def test_sglang_cache_hit_rate_gauge_is_not_the_ratio():
 
 
 def test_sglang_startup_phases():
-    text = ('# TYPE sglang:startup_time_seconds gauge\n'
-            'sglang:startup_time_seconds{model_name="m",phase="load_weights"} 3.5\n'
-            'sglang:startup_time_seconds{model_name="m",phase="cuda_graph"} 9.0\n')
+    text = (
+        "# TYPE sglang:startup_time_seconds gauge\n"
+        'sglang:startup_time_seconds{model_name="m",phase="load_weights"} 3.5\n'
+        'sglang:startup_time_seconds{model_name="m",phase="cuda_graph"} 9.0\n'
+    )
     m = mapped(sglang, text)[0]["m"]
     assert m.get("startup_phase_seconds", phase="load_weights") == 3.5
 
@@ -82,8 +84,13 @@ def test_tgi_every_unified_metric_and_no_cache_metrics():
 
 
 async def test_tgi_source_names_the_model_from_info():
-    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(TGI),
-                        "/info": Reply.json({"model_id": "bigscience/bloom-560m", "router": "text-generation-router"})})
+    srv = ReplayServer(
+        {
+            "/health": Reply(200),
+            "/metrics": Reply.text(TGI),
+            "/info": Reply.json({"model_id": "bigscience/bloom-560m", "router": "text-generation-router"}),
+        }
+    )
     await srv.start()
     pipe = Pipeline("tgi", f"http://127.0.0.1:{srv.port}")
     try:
@@ -103,20 +110,40 @@ def remove_family(text: str, family: str) -> str:
     return "".join(line for line in text.splitlines(True) if family not in line)
 
 
-@pytest.mark.parametrize("engine, text, family, metric", [
-    ("vllm", (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text(), "vllm:num_requests_waiting",
-     "requests_waiting"),
-    ("vllm", (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text(), "vllm:request_queue_time_seconds",
-     "token_queue_latency"),
-    ("sglang", SGL_REAL, "sglang:num_queue_reqs", "requests_waiting"),
-    ("tgi", TGI, "tgi_queue_size", "requests_waiting"),
-    ("llamacpp", (FIXTURES / "llamacpp" / "b11434-metrics-idle.prom").read_text(), "llamacpp:requests_deferred",
-     "requests_waiting"),
-])
+@pytest.mark.parametrize(
+    "engine, text, family, metric",
+    [
+        (
+            "vllm",
+            (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text(),
+            "vllm:num_requests_waiting",
+            "requests_waiting",
+        ),
+        (
+            "vllm",
+            (FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text(),
+            "vllm:request_queue_time_seconds",
+            "token_queue_latency",
+        ),
+        ("sglang", SGL_REAL, "sglang:num_queue_reqs", "requests_waiting"),
+        ("tgi", TGI, "tgi_queue_size", "requests_waiting"),
+        (
+            "llamacpp",
+            (FIXTURES / "llamacpp" / "b11434-metrics-idle.prom").read_text(),
+            "llamacpp:requests_deferred",
+            "requests_waiting",
+        ),
+    ],
+)
 async def test_mapping_miss_counter_fires_when_a_family_disappears(engine, text, family, metric):
-    routes = {"/health": Reply(200), "/ready": Reply(200), "/metrics": Reply.text(text),
-              "/info": Reply.json({"model_id": "m"}),
-              "/slots": Reply.json([]), "/props": Reply.json({"model_path": "/m.gguf"})}
+    routes = {
+        "/health": Reply(200),
+        "/ready": Reply(200),
+        "/metrics": Reply.text(text),
+        "/info": Reply.json({"model_id": "m"}),
+        "/slots": Reply.json([]),
+        "/props": Reply.json({"model_path": "/m.gguf"}),
+    }
     srv = ReplayServer(routes)
     await srv.start()
     pipe = Pipeline(engine, f"http://127.0.0.1:{srv.port}")
@@ -134,13 +161,21 @@ async def test_mapping_miss_counter_fires_when_a_family_disappears(engine, text,
         await srv.stop()
 
 
-EXPECTED = {"llamacpp": "llamacpp", "vllm": "vllm", "vllm-real": "vllm", "sglang-real": "sglang", "sglang": "sglang",
-            "trtllm": "trtllm", "lmdeploy": "lmdeploy",
-            "tgi": "tgi"}
+EXPECTED = {
+    "llamacpp": "llamacpp",
+    "vllm": "vllm",
+    "vllm-real": "vllm",
+    "sglang-real": "sglang",
+    "sglang": "sglang",
+    "trtllm": "trtllm",
+    "lmdeploy": "lmdeploy",
+    "tgi": "tgi",
+}
 
 
-@pytest.mark.parametrize("path", sorted(FIXTURES.rglob("*.prom")) + [FIXTURES / "nvml" / "nvml-metrics.prom"],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted(FIXTURES.rglob("*.prom")) + [FIXTURES / "nvml" / "nvml-metrics.prom"], ids=lambda p: p.name
+)
 def test_auto_detection_on_every_fixture(path):
     detected = auto.detect_from_metrics(path.read_text())
     assert detected == EXPECTED.get(path.parent.name), (path, detected)
@@ -151,15 +186,33 @@ def test_auto_detection_on_every_series_payload():
         assert auto.detect_from_metrics(json.loads(line)["metrics"]) == "llamacpp"
 
 
-@pytest.mark.parametrize("routes, expected", [
-    ({"/metrics": Reply.text(SGL_REAL), "/ready": Reply(200)}, "sglang"),
-    ({"/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text()),
-      "/health": Reply(200)}, "vllm"),
-    ({"/metrics": Reply(501, (FIXTURES / "llamacpp" / "b11434-health-loading.json").read_bytes().replace(
-        b"unavailable_error", b"not_supported_error")),
-      "/health": Reply(200, b'{"status":"ok"}'), "/slots": Reply.json([]),
-      "/props": Reply(200, (FIXTURES / "llamacpp" / "b11434-props.json").read_bytes())}, "llamacpp"),
-])
+@pytest.mark.parametrize(
+    "routes, expected",
+    [
+        ({"/metrics": Reply.text(SGL_REAL), "/ready": Reply(200)}, "sglang"),
+        (
+            {
+                "/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-idle.prom").read_text()),
+                "/health": Reply(200),
+            },
+            "vllm",
+        ),
+        (
+            {
+                "/metrics": Reply(
+                    501,
+                    (FIXTURES / "llamacpp" / "b11434-health-loading.json")
+                    .read_bytes()
+                    .replace(b"unavailable_error", b"not_supported_error"),
+                ),
+                "/health": Reply(200, b'{"status":"ok"}'),
+                "/slots": Reply.json([]),
+                "/props": Reply(200, (FIXTURES / "llamacpp" / "b11434-props.json").read_bytes()),
+            },
+            "llamacpp",
+        ),
+    ],
+)
 async def test_auto_source_detects_and_delegates(routes, expected):
     srv = ReplayServer(routes)
     await srv.start()
@@ -195,6 +248,7 @@ async def test_passthrough_reexposes_engine_families_under_the_namespace(promtoo
     import subprocess
 
     from exporter.collector import ExporterStatus, TextRenderer
+
     text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
     srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})
     await srv.start()
@@ -207,8 +261,12 @@ async def test_passthrough_reexposes_engine_families_under_the_namespace(promtoo
         await srv.stop()
     samples = parse(body)
     running = samples.get("llm_vllm_num_requests_running")
-    assert running and dict(running[0][0]) == {"exported_engine": "0", "model_name": "tiny-llama",
-                                                "target": "t", "engine": "vllm"}
+    assert running and dict(running[0][0]) == {
+        "exported_engine": "0",
+        "model_name": "tiny-llama",
+        "target": "t",
+        "engine": "vllm",
+    }
     assert samples.get("llm_vllm_request_queue_time_seconds_count")[0][1] == 8
     assert samples.get("llm_requests_running")  # the unified metrics are still there
     assert "# TYPE llm_vllm_request_queue_time_seconds histogram" in body
@@ -232,8 +290,9 @@ async def test_sglang_real_start_load_time_is_tokenizer_e2e():
         srv.set("/ready", Reply(200))
         await pipe.poll()
         assert pipe.value("llm_model_state", model="tiny-llama", state="loaded") == 1
-        assert pipe.value("llm_model_last_load_duration_seconds", model="tiny-llama", kind="start",
-                          basis="engine_reported") == pytest.approx(12.677011202999893)
+        assert pipe.value(
+            "llm_model_last_load_duration_seconds", model="tiny-llama", kind="start", basis="engine_reported"
+        ) == pytest.approx(12.677011202999893)
         assert pipe.value("llm_model_loads_total", model="tiny-llama", kind="start") == 1
     finally:
         await pipe.close()
@@ -245,15 +304,21 @@ def test_router_children_join_gpu_processes_to_their_model():
     from exporter.observation import ModelState, ModelStatus, Observation, Readiness
     from exporter.state import TargetState
     from tests.support.pipeline import target_config
+
     state = TargetState(target_config("llamacpp", "http://127.0.0.1:1"))
-    obs = Observation(Readiness.READY, lifecycle={
-        "small": ModelStatus(ModelState.LOADED, model="small", pid=101),
-        "large": ModelStatus(ModelState.SLEEPING, model="large", pid=202),
-        "medium": ModelStatus(ModelState.UNLOADED, model="medium")})
+    obs = Observation(
+        Readiness.READY,
+        lifecycle={
+            "small": ModelStatus(ModelState.LOADED, model="small", pid=101),
+            "large": ModelStatus(ModelState.SLEEPING, model="large", pid=202),
+            "medium": ModelStatus(ModelState.UNLOADED, model="medium"),
+        },
+    )
     state.record_success(obs, 1.0, 0.01)
     assert state.model_pids() == {101: "small", 202: "large"}
-    state.record_success(Observation(Readiness.READY, lifecycle={
-        "small": ModelStatus(ModelState.UNLOADED, model="small")}), 2.0, 0.01)
+    state.record_success(
+        Observation(Readiness.READY, lifecycle={"small": ModelStatus(ModelState.UNLOADED, model="small")}), 2.0, 0.01
+    )
     assert state.model_pids() == {}  # unloaded: its process is gone, nothing to join
 
 
@@ -265,6 +330,7 @@ async def test_passthrough_in_both_renderers_from_one_sample_stream():
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
     from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
+
     text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
     srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})
     await srv.start()
@@ -299,6 +365,7 @@ async def test_auto_detects_sglang_without_metrics_from_its_real_server_info():
         from exporter.sources.auto import detect
         from exporter.sources.base import HttpFetcher
         from tests.support.pipeline import target_config
+
         async with make_session() as session:
             fetcher = HttpFetcher(session, target_config("auto", f"http://127.0.0.1:{srv.port}"))
             assert await detect(fetcher) == "sglang"
@@ -330,8 +397,9 @@ async def test_sglang_is_never_asked_to_run_a_generation():
     that records every request sees 60 polls (a minute at the default interval) and never /health or
     /health_generate; readiness comes from /ready."""
     text = (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text()
-    srv = ReplayServer({"/ready": Reply(200), "/metrics": Reply.text(text), "/health": Reply(200),
-                        "/health_generate": Reply(200)})
+    srv = ReplayServer(
+        {"/ready": Reply(200), "/metrics": Reply.text(text), "/health": Reply(200), "/health_generate": Reply(200)}
+    )
     await srv.start()
     pipe = Pipeline("sglang", f"http://127.0.0.1:{srv.port}")
     try:
@@ -350,8 +418,9 @@ async def test_sglang_without_ready_falls_back_to_model_info_not_the_deprecated_
     warning on every call where /model_info exists) is never asked, and the working path is kept."""
     text = (FIXTURES / "sglang-real" / "sglang-0.5.23-metrics.prom").read_text()
     info = (FIXTURES / "sglang-real" / "sglang-0.5.23-get_model_info.json").read_bytes()
-    srv = ReplayServer({"/metrics": Reply.text(text), "/model_info": Reply(200, info),
-                        "/get_model_info": Reply(200, info)})
+    srv = ReplayServer(
+        {"/metrics": Reply.text(text), "/model_info": Reply(200, info), "/get_model_info": Reply(200, info)}
+    )
     await srv.start()
     pipe = Pipeline("sglang", f"http://127.0.0.1:{srv.port}")
     try:

@@ -37,13 +37,21 @@ class FakeGpus:
         self.processes: dict[int, list] = {0: [], 1: []}
         self.mig = False
         fns = {
-            "nvmlInit": self.init, "nvmlShutdown": self.shutdown, "nvmlDeviceGetCount": self.get_count,
+            "nvmlInit": self.init,
+            "nvmlShutdown": self.shutdown,
+            "nvmlDeviceGetCount": self.get_count,
             "nvmlDeviceGetHandleByIndex": lambda i: ("gpu", i),
             "nvmlDeviceGetUUID": lambda h: f"GPU-{h[1]}" if h[0] == "gpu" else f"MIG-{h[1]}-{h[2]}",
             "nvmlDeviceGetName": lambda h: "NVIDIA H100 80GB HBM3",
-            "nvmlDeviceGetMemoryInfo": self.field("memory", lambda h, version=None: SimpleNamespace(
-                total=80 * 2**30, used=(h[1] + 1) * 2**30, free=80 * 2**30 - (h[1] + 1) * 2**30 - 2**29,
-                **({"reserved": 2**29} if version else {}))),
+            "nvmlDeviceGetMemoryInfo": self.field(
+                "memory",
+                lambda h, version=None: SimpleNamespace(
+                    total=80 * 2**30,
+                    used=(h[1] + 1) * 2**30,
+                    free=80 * 2**30 - (h[1] + 1) * 2**30 - 2**29,
+                    **({"reserved": 2**29} if version else {}),
+                ),
+            ),
             "nvmlDeviceGetUtilizationRates": self.field("util", lambda h: SimpleNamespace(gpu=37, memory=12)),
             "nvmlDeviceGetPowerUsage": self.field("power", lambda h: 123456),
             "nvmlDeviceGetEnforcedPowerLimit": self.field("power_limit", lambda h: 700000),
@@ -51,12 +59,14 @@ class FakeGpus:
             "nvmlDeviceGetTemperature": self.field("temp", lambda h, s: 41),
             "nvmlDeviceGetClockInfo": self.field("clock", lambda h, c: 1980 if c == pynvml.NVML_CLOCK_SM else 2619),
             "nvmlDeviceGetCurrentClocksEventReasons": self.field(
-                "events", lambda h: pynvml.nvmlClocksEventReasonGpuIdle | pynvml.nvmlClocksEventReasonSwPowerCap),
+                "events", lambda h: pynvml.nvmlClocksEventReasonGpuIdle | pynvml.nvmlClocksEventReasonSwPowerCap
+            ),
             "nvmlDeviceGetPcieThroughput": self.field("pcie", lambda h, c: 100),
             "nvmlDeviceGetTotalEccErrors": self.field("ecc", lambda h, t, c: 3 if t == 0 else 0),
             "nvmlDeviceGetPerformanceState": self.field("pstate", lambda h: 0),
-            "nvmlDeviceGetComputeRunningProcesses": self.field("procs", lambda h: self.processes.get(h[1], [])
-                                                                if h[0] == "gpu" else []),
+            "nvmlDeviceGetComputeRunningProcesses": self.field(
+                "procs", lambda h: self.processes.get(h[1], []) if h[0] == "gpu" else []
+            ),
             "nvmlDeviceGetGraphicsRunningProcesses": self.field("gprocs", lambda h: []),
             "nvmlDeviceGetMigMode": self.field("mig", lambda h: [int(self.mig), int(self.mig)]),
             "nvmlDeviceGetMaxMigDeviceCount": lambda h: 2,
@@ -87,12 +97,14 @@ class FakeGpus:
                 self.calls[f"{name}:{index}"] = self.calls.get(f"{name}:{index}", 0) + 1
                 raise err(pynvml.NVML_ERROR_NOT_SUPPORTED)
             return fn(handle, *args)
+
         return call
 
 
 def make(shared=None, timeout="1s"):
-    target = load_config_text(f"targets:\n  - {{name: gpus, engine: nvml, interval: 2s, timeout: {timeout}}}\n",
-                              "t", {}).targets[0]
+    target = load_config_text(
+        f"targets:\n  - {{name: gpus, engine: nvml, interval: 2s, timeout: {timeout}}}\n", "t", {}
+    ).targets[0]
     shared = shared or SharedContext()
     source = NvmlSource(target, shared)
     state = TargetState(target)
@@ -110,8 +122,11 @@ def values(state, key):
 
 
 def one(state, key, **labels):
-    hits = [s.value for s in state.report.series
-            if s.key == key and all(dict(s.labels).get(k) == v for k, v in labels.items())]
+    hits = [
+        s.value
+        for s in state.report.series
+        if s.key == key and all(dict(s.labels).get(k) == v for k, v in labels.items())
+    ]
     assert len(hits) == 1, (key, labels, hits)
     return hits[0]
 
@@ -144,8 +159,11 @@ async def test_reads_every_field_in_base_units(monkeypatch):
     assert one(state, "gpu_temperature_celsius", gpu="0") == 41
     assert one(state, "gpu_sm_clock_hertz", gpu="0") == 1980e6
     assert one(state, "gpu_memory_clock_hertz", gpu="0") == 2619e6
-    reasons = {dict(s.labels)["reason"] for s in state.report.series if s.key == "gpu_clock_event_active"
-               and dict(s.labels)["gpu"] == "0"}
+    reasons = {
+        dict(s.labels)["reason"]
+        for s in state.report.series
+        if s.key == "gpu_clock_event_active" and dict(s.labels)["gpu"] == "0"
+    }
     assert reasons == {"gpu_idle", "sw_power_cap"}
     assert one(state, "gpu_pcie_bytes_per_second", gpu="0", direction="tx") == 102400
     assert one(state, "gpu_ecc_errors", gpu="0", type="corrected") == 3
@@ -240,22 +258,40 @@ async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeyp
     try:
         time.sleep(0.2)
         child = int(subprocess.run(["pgrep", "-P", str(engine.pid)], capture_output=True, text=True).stdout.split()[0])
-        fake.processes = {0: [SimpleNamespace(pid=child, usedGpuMemory=5 * 2**30),
-                              SimpleNamespace(pid=999_999, usedGpuMemory=2**20),
-                              SimpleNamespace(pid=4242, usedGpuMemory=None)]}
+        fake.processes = {
+            0: [
+                SimpleNamespace(pid=child, usedGpuMemory=5 * 2**30),
+                SimpleNamespace(pid=999_999, usedGpuMemory=2**20),
+                SimpleNamespace(pid=4242, usedGpuMemory=None),
+            ]
+        }
         _source, state, poller, shared = make()
         await poller.poll()
         # NVML reports pids only; the join stage labels them from the live engine target that owns one
         engine_state = TargetState(target_config("llamacpp", "http://127.0.0.1:1", name="llama"))
-        engine_state.record_success(Observation(Readiness.READY, process_pid=engine.pid, lifecycle={
-            "": ModelStatus(ModelState.LOADED, model="tiny.gguf", pid=engine.pid)}), 1.0, 0.01)
-        exposed = [(labels, value) for key, _, labels, value in target_samples(state, process_owners([engine_state]))
-                   if key == "gpu_process_memory_used_bytes"]
+        engine_state.record_success(
+            Observation(
+                Readiness.READY,
+                process_pid=engine.pid,
+                lifecycle={"": ModelStatus(ModelState.LOADED, model="tiny.gguf", pid=engine.pid)},
+            ),
+            1.0,
+            0.01,
+        )
+        exposed = [
+            (labels, value)
+            for key, _, labels, value in target_samples(state, process_owners([engine_state]))
+            if key == "gpu_process_memory_used_bytes"
+        ]
         owned = [(labels, value) for labels, value in exposed if labels["pid"] == str(child)]
         assert len(owned) == 1 and owned[0][1] == 5 * 2**30
         labels = owned[0][0]
         assert (labels["target"], labels["engine"], labels["model"], labels["gpu"]) == (
-            "llama", "llamacpp", "tiny.gguf", "0")
+            "llama",
+            "llamacpp",
+            "tiny.gguf",
+            "0",
+        )
         stranger = [labels for labels, _ in exposed if labels["pid"] == "999999"]
         assert stranger[0]["target"] == "gpus" and stranger[0]["engine"] == "nvml"  # stays with the nvml target
         assert "model" not in stranger[0]
@@ -269,8 +305,12 @@ async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeyp
 
 async def test_exporter_initialises_nvml_once_and_shuts_down_on_stop(monkeypatch):
     fake = FakeGpus(monkeypatch)
-    config = load_config_text("listen: 127.0.0.1:1\ntargets:\n  - {name: a, engine: nvml, interval: 1s}\n"
-                              "  - {name: b, engine: nvml, interval: 1s}\n", "t", {})
+    config = load_config_text(
+        "listen: 127.0.0.1:1\ntargets:\n  - {name: a, engine: nvml, interval: 1s}\n"
+        "  - {name: b, engine: nvml, interval: 1s}\n",
+        "t",
+        {},
+    )
     exporter = Exporter(config, None)
     await exporter.start()
     await exporter.poll_all_once()

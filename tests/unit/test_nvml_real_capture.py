@@ -39,8 +39,14 @@ def test_identity_and_versions(smi, exported):
     labels = dict(exported.payload.get("llm_gpu_memory_total_bytes")[0][0])
     assert labels["uuid"] == gpu.findtext("uuid") and labels["name"] == gpu.findtext("product_name")
     assert labels["gpu"] == "0"
-    assert exported("llm_gpu_driver_info", driver_version=smi.findtext("driver_version"),
-                    cuda_version=smi.findtext("cuda_version")) == 1
+    assert (
+        exported(
+            "llm_gpu_driver_info",
+            driver_version=smi.findtext("driver_version"),
+            cuda_version=smi.findtext("cuda_version"),
+        )
+        == 1
+    )
 
 
 def test_memory_agrees_to_the_mib(smi, exported):
@@ -68,8 +74,9 @@ def test_live_readings_agree_within_their_sampling_noise(smi, exported):
     assert abs(exported("llm_gpu_sm_clock_hertz") - sm) / sm < 0.05
     assert exported("llm_gpu_memory_clock_hertz") == number(gpu.findtext("clocks/mem_clock")) * 1e6
     assert abs(exported("llm_gpu_utilization_ratio") * 100 - number(gpu.findtext("utilization/gpu_util"))) <= 10
-    assert abs(exported("llm_gpu_memory_utilization_ratio") * 100
-               - number(gpu.findtext("utilization/memory_util"))) <= 10
+    assert (
+        abs(exported("llm_gpu_memory_utilization_ratio") * 100 - number(gpu.findtext("utilization/memory_util"))) <= 10
+    )
     assert exported("llm_gpu_performance_state") == float(gpu.findtext("performance_state").lstrip("P"))
     for direction in ("tx", "rx"):
         assert exported("llm_gpu_pcie_bytes_per_second", direction=direction) >= 0
@@ -78,17 +85,21 @@ def test_live_readings_agree_within_their_sampling_noise(smi, exported):
 
 def test_clock_event_reasons_and_ecc(smi, exported):
     gpu = smi.find("gpu")
-    known = {child.tag.replace("clocks_event_reason_", "").replace("display_clocks", "display_clock")
-             for child in gpu.find("clocks_event_reasons")}
+    known = {
+        child.tag.replace("clocks_event_reason_", "").replace("display_clocks", "display_clock")
+        for child in gpu.find("clocks_event_reasons")
+    }
     ours = {labels["reason"] for labels, _ in exported.payload.get("llm_gpu_clock_event_active")}
     # Reasons flicker at full power (sw_power_cap on and off within a second), and the scrape shows the
     # exporter's last poll, up to 1 s before nvidia-smi's instant: only the names can be compared here
     # (the bit mapping is tested with the fake NVML).
     assert ours <= known
     assert exported("llm_gpu_ecc_errors_total", type="corrected") == number(
-        gpu.findtext("ecc_errors/aggregate/dram_correctable"))
+        gpu.findtext("ecc_errors/aggregate/dram_correctable")
+    )
     assert exported("llm_gpu_ecc_errors_total", type="uncorrected") == number(
-        gpu.findtext("ecc_errors/aggregate/dram_uncorrectable"))
+        gpu.findtext("ecc_errors/aggregate/dram_uncorrectable")
+    )
 
 
 def test_gpu_memory_of_llama_server_joined_to_its_target_and_model():
@@ -100,7 +111,11 @@ def test_gpu_memory_of_llama_server_joined_to_its_target_and_model():
     joined = [(lab, v) for lab, v in payload.get("llm_gpu_process_memory_used_bytes") if lab["pid"] == pid]
     assert len(joined) == 1
     labels, value = joined[0]
-    assert (labels["target"], labels["engine"], labels["model"], labels["uuid"]) == \
-        ("llama", "llamacpp", "tiny.gguf", uuid)
+    assert (labels["target"], labels["engine"], labels["model"], labels["uuid"]) == (
+        "llama",
+        "llamacpp",
+        "tiny.gguf",
+        uuid,
+    )
     assert abs(value / MIB - number(used)) <= 1.0
     assert [v for lab, v in payload.get("llm_up") if lab["target"] == "llama"] == [1.0]

@@ -25,9 +25,11 @@ def body(name: str) -> bytes:
 
 
 def routes(ps: str = "ps-loaded.txt") -> dict[str, Reply]:
-    return {"/api/ps": Reply(200, body(ps), {"Content-Type": "application/json"}),
-            "/api/version": Reply(200, body("version.txt"), {"Content-Type": "application/json"}),
-            "/api/tags": Reply(200, body("tags.txt"), {"Content-Type": "application/json"})}
+    return {
+        "/api/ps": Reply(200, body(ps), {"Content-Type": "application/json"}),
+        "/api/version": Reply(200, body("version.txt"), {"Content-Type": "application/json"}),
+        "/api/tags": Reply(200, body("tags.txt"), {"Content-Type": "application/json"}),
+    }
 
 
 @pytest.fixture
@@ -46,8 +48,9 @@ async def pipe(server):
 
 
 def test_go_timestamps_with_nanoseconds():
-    assert ollama.parse_stamp(EXPIRES) == pytest.approx(datetime.fromisoformat("2026-11-30T16:59:15+00:00")
-                                                        .timestamp() + 0.024063591)
+    assert ollama.parse_stamp(EXPIRES) == pytest.approx(
+        datetime.fromisoformat("2026-11-30T16:59:15+00:00").timestamp() + 0.024063591
+    )
     assert ollama.parse_stamp("2026-11-30T17:59:15+01:00") == ollama.parse_stamp("2026-11-30T16:59:15Z")
     assert ollama.parse_stamp("yesterday") is None and ollama.parse_stamp(5) is None
 
@@ -60,7 +63,8 @@ async def test_a_loaded_model(server, pipe):
     assert pipe.value("llm_model_memory_bytes", **model) == 93050633
     assert pipe.value("llm_model_vram_bytes", **model) == 0  # CPU only: Ollama says 0, and so do we
     assert pipe.value("llm_model_keep_alive_expiry_timestamp_seconds", **model) == pytest.approx(
-        ollama.parse_stamp(EXPIRES))
+        ollama.parse_stamp(EXPIRES)
+    )
     assert pipe.value("llm_context_size_tokens", **model) == 4096
     assert pipe.value("llm_engine_info", build="0.32.15") == 1
     # Ollama keeps no request or token counters: none are made up
@@ -125,8 +129,9 @@ async def test_a_load_is_dated_by_its_runner_process(server, pipe, tmp_path):
         await asyncio.sleep(0.3)
         server.set("/api/ps", Reply(200, body("ps-loaded.txt"), {"Content-Type": "application/json"}))
         await pipe.poll()
-        seconds = pipe.value("llm_model_last_load_duration_seconds", kind="load", basis="process_start",
-                             model="tiny:latest")
+        seconds = pipe.value(
+            "llm_model_last_load_duration_seconds", kind="load", basis="process_start", model="tiny:latest"
+        )
         assert seconds is not None and 0.2 < seconds < 5
         assert pipe.state.model_pids() == {runner.pid: "tiny:latest"}
     finally:
@@ -152,4 +157,3 @@ async def test_odd_answers_are_parse_errors(server, pipe, ps):
     server.set("/api/ps", Reply(200, ps, {"Content-Type": "application/json"}))
     await pipe.poll()
     assert not pipe.state.health.up and pipe.state.health.last_error[0].value == "parse"
-

@@ -10,7 +10,7 @@ from exporter.sources.mapping import Feed, Upstream, apply
 from tests.support.pipeline import Pipeline
 from tests.support.replay import ReplayServer, Reply
 
-TOY_METRICS = "# TYPE toy_running gauge\ntoy_running{model=\"m\"} 3\n"
+TOY_METRICS = '# TYPE toy_running gauge\ntoy_running{model="m"} 3\n'
 
 
 async def test_a_source_defined_in_one_place_is_an_engine_everywhere():
@@ -31,8 +31,9 @@ async def test_a_source_defined_in_one_place_is_an_engine_everywhere():
     await srv.start()
     try:
         # config validation knows it (and that it needs a url)
-        config = load_config_text(f"targets:\n  - {{name: t, engine: toy, url: 'http://127.0.0.1:{srv.port}'}}\n",
-                                  "t", {})
+        config = load_config_text(
+            f"targets:\n  - {{name: t, engine: toy, url: 'http://127.0.0.1:{srv.port}'}}\n", "t", {}
+        )
         assert config.targets[0].engine == "toy"
         # auto-detection recognises it by its prefix
         assert detect_from_metrics(TOY_METRICS) == "toy"
@@ -56,13 +57,16 @@ async def test_a_source_defined_in_one_place_is_an_engine_everywhere():
 
 def test_a_source_feeding_a_key_the_catalogue_does_not_know_is_refused_when_defined():
     import pytest
+
     with pytest.raises(TypeError, match="requests_runing"):
+
         class TypoSource(HttpSource):
             engine = "typo"
             mapping = (Feed("requests_runing", "gauge", (Upstream("typo_running", "1.0+"),)),)
 
             async def collect(self) -> Observation:
                 raise NotImplementedError
+
     assert "typo" not in REGISTRY
 
 
@@ -80,8 +84,9 @@ async def test_an_engine_with_text_at_another_path_is_one_file_with_no_collect()
         docs = "Path toy notes."
 
     text = '# TYPE pathtoy_running gauge\npathtoy_running{model="m"} 4\n'
-    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.json({"not": "prometheus"}),
-                        "/stats/prometheus": Reply.text(text)})
+    srv = ReplayServer(
+        {"/health": Reply(200), "/metrics": Reply.json({"not": "prometheus"}), "/stats/prometheus": Reply.text(text)}
+    )
     await srv.start()
     try:
         for engine in ("pathtoy", "auto"):

@@ -82,8 +82,7 @@ async def test_truncated_body(server):
 
 async def test_huge_body_is_cut_at_the_cap(server):
     server.set("/metrics", Reply(200, b"", {"Content-Type": "text/plain"}, fault="huge"))
-    pipe, reason, _elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", max_body_bytes="1MiB",
-                                              timeout="3s")
+    pipe, reason, _elapsed = await poll_reason(f"http://127.0.0.1:{server.port}", max_body_bytes="1MiB", timeout="3s")
     assert reason is Reason.TOO_LARGE and "read cut" in pipe.state.health.last_error[1]
     # the declared-length path is refused before reading
     server.set("/metrics", Reply(200, b"x" * (2 * 1024 * 1024)))
@@ -136,6 +135,7 @@ async def test_error_reason_counters_and_recovery(server):
 async def test_errors_name_the_path_really_requested_and_the_tls_files(tmp_path):
     from tests.support.pipeline import Pipeline
     from tests.support.replay import ReplayServer
+
     srv = ReplayServer({})
     await srv.start()
     pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}/engines/a")
@@ -159,8 +159,12 @@ async def test_errors_name_the_path_really_requested_and_the_tls_files(tmp_path)
 async def test_a_bug_after_collect_is_an_other_error_not_a_dead_poller(caplog):
     """The whole poll is inside the error boundary: a bug in the render after the state update (here the
     renderer's hook raising) is a logged `other` error on that target, and the next poll runs."""
-    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(
-        (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text())})
+    srv = ReplayServer(
+        {
+            "/health": Reply(200),
+            "/metrics": Reply.text((FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()),
+        }
+    )
     await srv.start()
     pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}")
     calls = {"n": 0}
@@ -190,8 +194,10 @@ async def test_debug_view_of_ten_thousand_models_is_bounded():
     from exporter.debugview import MODELS_SHOWN, target_debug
     from exporter.observation import ModelSample, Observation, Readiness
     from exporter.state import TargetState
-    target = load_config_text("targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 1000000}\n",
-                              "t", {}).targets[0]
+
+    target = load_config_text(
+        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 1000000}\n", "t", {}
+    ).targets[0]
     state = TargetState(target)
     models = {}
     for i in range(10_000):

@@ -74,28 +74,33 @@ def test_label_cache_reuses_parsed_labels():
 
 
 def test_escapes_specials_and_edge_cases():
-    text = ('# HELP m help\n# TYPE m gauge\n'
-            'm{a="quote\\"q",b="back\\\\slash",c="new\\nline",d="ünï},{"} +Inf\n'
-            'm{a="x"} -Inf\nm{a="y"} NaN\nm{a="z"} 1.5e-3 1700000000000\n'
-            '\n# a comment\nno_newline_at_end 7')
+    text = (
+        "# HELP m help\n# TYPE m gauge\n"
+        'm{a="quote\\"q",b="back\\\\slash",c="new\\nline",d="ünï},{"} +Inf\n'
+        'm{a="x"} -Inf\nm{a="y"} NaN\nm{a="z"} 1.5e-3 1700000000000\n'
+        "\n# a comment\nno_newline_at_end 7"
+    )
     assert our_samples(text) == reference_samples(text)
     labels, value = parse(text).get("m")[0]
     assert labels["a"] == 'quote"q' and labels["b"] == "back\\slash" and labels["c"] == "new\nline"
     assert labels["d"] == "ünï},{" and value == math.inf
 
 
-@pytest.mark.parametrize("bad", [
-    "m{a=\"1\" 1\n",           # unterminated labels
-    "m{a=1} 1\n",              # unquoted value
-    "m{a=\"1\",a=\"2\"} 1\n",  # duplicate label
-    "m one\n",                 # bad value
-    "m 1_000\n",               # underscores are not numbers here
-    "9m 1\n",                  # bad name
-    "m\n",                     # no value
-    "m 1 2 3\n",               # too many fields
-    "m{a=\"\\q\"} 1\n",        # bad escape
-    "# TYPE m\n",              # TYPE without type
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        'm{a="1" 1\n',  # unterminated labels
+        "m{a=1} 1\n",  # unquoted value
+        'm{a="1",a="2"} 1\n',  # duplicate label
+        "m one\n",  # bad value
+        "m 1_000\n",  # underscores are not numbers here
+        "9m 1\n",  # bad name
+        "m\n",  # no value
+        "m 1 2 3\n",  # too many fields
+        'm{a="\\q"} 1\n',  # bad escape
+        "# TYPE m\n",  # TYPE without type
+    ],
+)
 def test_malformed_raises_typed_error(bad):
     with pytest.raises(PromParseError):
         parse(bad)
@@ -106,7 +111,7 @@ def test_malformed_raises_typed_error(bad):
 names = st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,20}", fullmatch=True)
 label_names = st.from_regex(r"[a-zA-Z][a-zA-Z0-9_]{0,10}", fullmatch=True)
 label_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=20)
-numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**12, 10**12))
+numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**12), 10**12))
 
 
 def _escape(value: str) -> str:
@@ -165,6 +170,7 @@ def test_arbitrary_text_only_raises_parse_error(text):
 def test_filtered_parse_equals_full_parse_restricted(text):
     """Skipping unwanted family blocks must not lose or invent a wanted sample."""
     from exporter.sources.vllm import METRICS_PREFIXES
+
     for prefixes in (METRICS_PREFIXES, ("llamacpp:",), ("vllm:num_requests", "process_")):
         full = parse(text)
         filtered = parse(text, prefixes)

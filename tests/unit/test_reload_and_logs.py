@@ -9,8 +9,10 @@ from exporter.logsetup import _OneLine
 
 async def test_a_label_change_shows_in_both_formats_at_once_and_unchanged_pollers_keep_running(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://127.0.0.1:9', labels: {team: x}}\n"
-                    "  - {name: b, engine: vllm, url: 'http://127.0.0.1:9'}\n")
+    path.write_text(
+        "targets:\n  - {name: a, engine: vllm, url: 'http://127.0.0.1:9', labels: {team: x}}\n"
+        "  - {name: b, engine: vllm, url: 'http://127.0.0.1:9'}\n"
+    )
     exporter = Exporter(load_config_text(path.read_text(), str(path), {}), str(path))
     await exporter.start()
     try:
@@ -28,8 +30,15 @@ async def test_a_label_change_shows_in_both_formats_at_once_and_unchanged_poller
 
 
 def test_text_logs_escape_control_characters():
-    record = logging.LogRecord("llm_exporter", logging.INFO, __file__, 1,
-                               "model %s ready", ("\x1b]0;pwned\x07\x1b[2J\x1b[31mRED\nforged line",), None)
+    record = logging.LogRecord(
+        "llm_exporter",
+        logging.INFO,
+        __file__,
+        1,
+        "model %s ready",
+        ("\x1b]0;pwned\x07\x1b[2J\x1b[31mRED\nforged line",),
+        None,
+    )
     line = _OneLine(as_json=False).format(record)
     assert "\x1b" not in line and "\x07" not in line and "\n" not in line
     assert "\\x1b]0;pwned\\x07" in line and "\\nforged line" in line

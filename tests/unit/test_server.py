@@ -88,8 +88,9 @@ async def test_builds_are_capped_and_cache_hits_are_free(monkeypatch):
         zipped = loop.run_in_executor(None, get, port, "/metrics", b"Accept-Encoding: gzip\r\n")
         await asyncio.sleep(0.3)
         assert app[server.SCRAPES_KEY].in_flight == 1
-        other = await loop.run_in_executor(None, get, port, "/metrics",
-                                           b"Accept: application/openmetrics-text; version=1.0.0\r\n")
+        other = await loop.run_in_executor(
+            None, get, port, "/metrics", b"Accept: application/openmetrics-text; version=1.0.0\r\n"
+        )
         assert other.startswith(b"HTTP/1.1 503")
         plain = await loop.run_in_executor(None, get, port)  # the text body exists already: no build
         assert plain.startswith(b"HTTP/1.1 200")
@@ -144,8 +145,11 @@ async def test_malformed_requests_are_logged_rate_limited_without_their_bytes(ca
 
     async def one(i: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        bad = b"GET * HTTP/1.1\r\nHost: x\r\n\r\n" if i % 2 else \
-            b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + secret + b"\x01\r\n\r\n"
+        bad = (
+            b"GET * HTTP/1.1\r\nHost: x\r\n\r\n"
+            if i % 2
+            else b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + secret + b"\x01\r\n\r\n"
+        )
         writer.write(bad)
         await writer.drain()
         await reader.read()
@@ -168,15 +172,21 @@ async def test_malformed_requests_are_logged_rate_limited_without_their_bytes(ca
             logging.getLogger(name).filters.clear()
 
 
-@pytest.mark.parametrize("accept, openmetrics", [
-    # Prometheus 2.x's default scrape Accept header
-    ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1", True),
-    ("text/plain;version=0.0.4;q=0.5,*/*;q=0.1", False),
-    ("text/plain;version=0.0.4,application/openmetrics-text;version=1.0.0;q=0.5", False),
-    ("application/openmetrics-text; version=1.0.0", True),
-    ("", False),
-    ("application/openmetrics-text;q=0", False),
-])
+@pytest.mark.parametrize(
+    "accept, openmetrics",
+    [
+        # Prometheus 2.x's default scrape Accept header
+        (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+            "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            True,
+        ),
+        ("text/plain;version=0.0.4;q=0.5,*/*;q=0.1", False),
+        ("text/plain;version=0.0.4,application/openmetrics-text;version=1.0.0;q=0.5", False),
+        ("application/openmetrics-text; version=1.0.0", True),
+        ("", False),
+        ("application/openmetrics-text;q=0", False),
+    ],
+)
 def test_format_negotiation(accept, openmetrics):
     assert server.wants_openmetrics(accept) is openmetrics

@@ -7,8 +7,11 @@ from exporter.state import TargetState
 
 
 def loads(state: TargetState) -> dict[str, float]:
-    return {labels["model"]: value for key, _, labels, value in target_samples(state, {})
-            if key == "model_loads" and labels["kind"] == "start"}
+    return {
+        labels["model"]: value
+        for key, _, labels, value in target_samples(state, {})
+        if key == "model_loads" and labels["kind"] == "start"
+    }
 
 
 def test_alpha_beta_alpha_keep_their_own_counts():
@@ -18,31 +21,42 @@ def test_alpha_beta_alpha_keep_their_own_counts():
     for model in ("alpha", "beta", "beta", "alpha"):
         state.record_failure(PollError(Reason.CONNECT, "refused"), t, 0.01)
         t += 1
-        state.record_success(Observation(Readiness.LOADING, lifecycle={"": ModelStatus(ModelState.LOADING,
-                                                                                        model=model)}), t, 0.01)
+        state.record_success(
+            Observation(Readiness.LOADING, lifecycle={"": ModelStatus(ModelState.LOADING, model=model)}), t, 0.01
+        )
         t += 2
-        state.record_success(Observation(Readiness.READY, lifecycle={"": ModelStatus(ModelState.LOADED,
-                                                                                      model=model)}), t, 0.01)
+        state.record_success(
+            Observation(Readiness.READY, lifecycle={"": ModelStatus(ModelState.LOADED, model=model)}), t, 0.01
+        )
         t += 1
     assert loads(state) == {"alpha": 2, "beta": 2}
-    durations = {labels["model"]: value for key, suffix, labels, value in target_samples(state, {})
-                 if key == "model_load_duration" and suffix == "_count"}
+    durations = {
+        labels["model"]: value
+        for key, suffix, labels, value in target_samples(state, {})
+        if key == "model_load_duration" and suffix == "_count"
+    }
     assert durations == {"alpha": 2, "beta": 2}
-    states = {(labels["model"], labels["state"]) for key, _, labels, value in target_samples(state, {})
-              if key == "model_state" and value == 1}
+    states = {
+        (labels["model"], labels["state"])
+        for key, _, labels, value in target_samples(state, {})
+        if key == "model_state" and value == 1
+    }
     assert states == {("alpha", "loaded")}  # only the model served now has a state
 
 
 def test_a_load_that_fails_is_charged_to_the_model_being_loaded():
     target = load_config_text("targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}).targets[0]
     state = TargetState(target)
-    state.record_success(Observation(Readiness.READY, lifecycle={"": ModelStatus(ModelState.LOADED,
-                                                                                  model="alpha")}), 1.0, 0.01)
-    state.record_success(Observation(Readiness.LOADING, lifecycle={"": ModelStatus(ModelState.LOADING,
-                                                                                    model="beta")}), 2.0, 0.01)
+    state.record_success(
+        Observation(Readiness.READY, lifecycle={"": ModelStatus(ModelState.LOADED, model="alpha")}), 1.0, 0.01
+    )
+    state.record_success(
+        Observation(Readiness.LOADING, lifecycle={"": ModelStatus(ModelState.LOADING, model="beta")}), 2.0, 0.01
+    )
     state.record_failure(PollError(Reason.CONNECT, "refused"), 3.0, 0.01)  # killed while loading
-    failures = {labels["model"]: value for key, _, labels, value in target_samples(state, {})
-                if key == "model_load_failures"}
+    failures = {
+        labels["model"]: value for key, _, labels, value in target_samples(state, {}) if key == "model_load_failures"
+    }
     assert failures == {"beta": 1, "alpha": 0}
 
 
@@ -54,7 +68,9 @@ def test_a_failed_load_is_logged_once_and_in_the_debug_events(caplog):
 
     steps: list[Observation | PollError] = [
         Observation(Readiness.LOADING, lifecycle={"": ModelStatus(ModelState.LOADING, model="beta")}),
-        PollError(Reason.CONNECT, "refused"), PollError(Reason.CONNECT, "refused")]
+        PollError(Reason.CONNECT, "refused"),
+        PollError(Reason.CONNECT, "refused"),
+    ]
 
     class Script(Source):
         async def collect(self) -> Observation:

@@ -55,8 +55,10 @@ async def test_every_capture_maps_the_headline_metrics(server, pipe):
         running, waiting = expected[name]
         assert pipe.value("llm_requests_running", model="tiny-llama") == running
         assert pipe.value("llm_requests_waiting", model="tiny-llama") == waiting
-    assert pipe.value("llm_kv_cache_config_info", block_size="128", num_gpu_blocks="16384",
-                      enable_prefix_caching="True") == 1
+    assert (
+        pipe.value("llm_kv_cache_config_info", block_size="128", num_gpu_blocks="16384", enable_prefix_caching="True")
+        == 1
+    )
 
 
 async def test_load_capture_values_match_sources_md(server, pipe):
@@ -70,8 +72,7 @@ async def test_load_capture_values_match_sources_md(server, pipe):
 
 
 async def test_windowed_queue_mean_and_hit_ratio_between_captures(server, pipe):
-    await replay(pipe, server, [(capture("idle"), 1000.0), (capture("load"), 1001.2),
-                                (capture("after-load"), 1003.0)])
+    await replay(pipe, server, [(capture("idle"), 1000.0), (capture("load"), 1001.2), (capture("after-load"), 1003.0)])
     derived = model(pipe).derived
     assert derived[("token_queue_latency_mean", ())] == pytest.approx(0.548, abs=5e-4)
     # no prefix hits during load: ratio is 0 with queries moving
@@ -98,8 +99,10 @@ async def test_load_time_from_created_when_met_ready(server, pipe):
     start = payload.get("process_start_time_seconds")[0][1]
     # the stat loggers' creation times of the families the source reads (all within ~1 ms)
     from exporter.sources.vllm import METRICS_PREFIXES
-    created = min(v for n, s in payload.samples.items() if n.startswith(METRICS_PREFIXES) and n.endswith("_created")
-                  for _, v in s)
+
+    created = min(
+        v for n, s in payload.samples.items() if n.startswith(METRICS_PREFIXES) and n.endswith("_created") for _, v in s
+    )
     load = pipe.state.life.lifecycles[""].last
     assert load.basis == BASIS_ENGINE_TIMESTAMPS
     assert load.seconds == pytest.approx(created - start)
@@ -111,6 +114,7 @@ async def test_load_time_from_observed_refusal_then_ready():
     import time
 
     from tests.support.net import free_port
+
     port = free_port()
     pipe = Pipeline("vllm", f"http://127.0.0.1:{port}", interval="1s")
     server = ReplayServer({"/health": Reply(200)})
@@ -120,8 +124,9 @@ async def test_load_time_from_observed_refusal_then_ready():
         assert pipe.value("llm_exporter_poll_errors_total", reason="connect") == 1
         assert pipe.value("llm_model_last_load_duration_seconds") is None
         started = time.time() - 5.0
-        text = capture("idle").replace("process_start_time_seconds 1.79532376826e+09",
-                                       f"process_start_time_seconds {started!r}")
+        text = capture("idle").replace(
+            "process_start_time_seconds 1.79532376826e+09", f"process_start_time_seconds {started!r}"
+        )
         server.set("/metrics", Reply.text(text))
         await server.start(port)
         await pipe.poll()
@@ -146,11 +151,22 @@ async def test_dead_engine_health_503(server, pipe):
 async def test_restart_detected_and_windows_reseeded(server, pipe):
     text = capture("after-load")
     await replay(pipe, server, [(capture("idle"), 1000.0), (text, 1005.0)])
-    restarted = text.replace("process_start_time_seconds 1.79532376826e+09",
-                             "process_start_time_seconds 1.79532399999e+09")
+    restarted = text.replace(
+        "process_start_time_seconds 1.79532376826e+09", "process_start_time_seconds 1.79532399999e+09"
+    )
     assert restarted != text
-    await replay(pipe, server, [(capture("idle").replace("process_start_time_seconds 1.79532376826e+09",
-                                                        "process_start_time_seconds 1.79532399999e+09"), 1100.0)])
+    await replay(
+        pipe,
+        server,
+        [
+            (
+                capture("idle").replace(
+                    "process_start_time_seconds 1.79532376826e+09", "process_start_time_seconds 1.79532399999e+09"
+                ),
+                1100.0,
+            )
+        ],
+    )
     assert pipe.state.life.restarts == 1
     assert len(model(pipe).window) == 1
     assert model(pipe).derived == {}
@@ -167,6 +183,7 @@ async def test_counter_going_down_is_a_restart(server, pipe):
 
 
 # ---------------------------------------------------------------- V0 and other versions
+
 
 def mapped(text: str):
     return apply(parse(text, ("vllm:", "process_start_time_seconds")), MAPPING, MODEL_LABEL)[0]
@@ -191,9 +208,11 @@ def test_v0_07_prefix_caching_disabled_exposes_no_hit_rate():
 
 
 def test_v0_lifetime_hit_rate_when_enabled():
-    text = ('# HELP vllm:gpu_prefix_cache_hit_rate GPU prefix cache block hit rate.\n'
-            '# TYPE vllm:gpu_prefix_cache_hit_rate gauge\n'
-            'vllm:gpu_prefix_cache_hit_rate{model_name="m"} 0.42\n')
+    text = (
+        "# HELP vllm:gpu_prefix_cache_hit_rate GPU prefix cache block hit rate.\n"
+        "# TYPE vllm:gpu_prefix_cache_hit_rate gauge\n"
+        'vllm:gpu_prefix_cache_hit_rate{model_name="m"} 0.42\n'
+    )
     assert mapped(text)["m"].get("kv_cache_lifetime_hit_ratio") == 0.42
 
 
@@ -226,8 +245,9 @@ def test_unknown_unit_exposes_nothing():
 
 def test_newer_names_preferred_when_both_present():
     text = capture("after-prefix") + (
-        '# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage.\n# TYPE vllm:gpu_cache_usage_perc gauge\n'
-        'vllm:gpu_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.9\n')
+        "# HELP vllm:gpu_cache_usage_perc GPU KV-cache usage.\n# TYPE vllm:gpu_cache_usage_perc gauge\n"
+        'vllm:gpu_cache_usage_perc{engine="0",model_name="tiny-llama"} 0.9\n'
+    )
     sample = mapped(text)["tiny-llama"]
     assert sample.get("kv_cache_usage_ratio") == 0.0  # kv_cache_usage_perc wins
 
@@ -281,8 +301,8 @@ vllm:time_in_queue_requests_count{model_name="m"} 1.0
 async def test_process_start_basis_from_payload(server, pipe):
     server.set("/metrics", Reply.text(capture("idle")))
     await pipe.poll()
-    assert pipe.state.life.process_start == (1.79532376826e+09, "payload")
-    assert pipe.value("llm_engine_process_start_time_seconds", basis="payload") == 1.79532376826e+09
+    assert pipe.state.life.process_start == (1.79532376826e09, "payload")
+    assert pipe.value("llm_engine_process_start_time_seconds", basis="payload") == 1.79532376826e09
     assert BASIS_PROCESS_START == "process_start"
 
 
@@ -313,7 +333,8 @@ async def test_sleep_state_and_wake(server, pipe):
     sleeping payload is built here from the real one's family, awake flipped to 0 and level 1 to 1)."""
     awake = capture("idle")
     asleep = awake.replace('sleep_state="awake"} 1.0', 'sleep_state="awake"} 0.0').replace(
-        'sleep_state="weights_offloaded"} 0.0', 'sleep_state="weights_offloaded"} 1.0')
+        'sleep_state="weights_offloaded"} 0.0', 'sleep_state="weights_offloaded"} 1.0'
+    )
     assert asleep != awake
     for text in (awake, asleep, asleep, awake):
         server.set("/metrics", Reply.text(text))
@@ -338,6 +359,7 @@ async def test_refused_while_its_process_runs_is_loading_not_down(tmp_path):
     import subprocess
 
     from tests.support.net import free_port
+
     port = free_port()
     (tmp_path / "serve").write_text("sleep 30\n")
     engine = subprocess.Popen(["vllm", "serve", "--port", str(port)], executable="/bin/sh", cwd=tmp_path)

@@ -28,8 +28,7 @@ def holder_for(tmp_path, text: str) -> WebConfigHolder:
 
 
 async def serve(holder: WebConfigHolder) -> tuple[web.AppRunner, int]:
-    exporter = Exporter(load_config_text("targets:\n  - {name: v, engine: vllm, url: 'http://h:1'}\n", "t", {}),
-                        None)
+    exporter = Exporter(load_config_text("targets:\n  - {name: v, engine: vllm, url: 'http://h:1'}\n", "t", {}), None)
     exporter.states = {t.name: TargetState(t) for t in exporter.config.targets}
     runner = await server.start_runner(server.build_app(exporter, web_config=holder))
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=holder.ssl_context)
@@ -90,16 +89,17 @@ async def test_unknown_users_cost_a_check_and_odd_credentials_are_401(tmp_path):
     runner, port = await serve(holder)
     loop = asyncio.get_running_loop()
     try:
-        known = [(await loop.run_in_executor(None, status, port, "/metrics", basic("prom", f"w{i}")))
-                 for i in range(3)]
-        unknown = [(await loop.run_in_executor(None, status, port, "/metrics", basic(f"eve{i}", "w")))
-                   for i in range(3)]
+        known = [(await loop.run_in_executor(None, status, port, "/metrics", basic("prom", f"w{i}"))) for i in range(3)]
+        unknown = [
+            (await loop.run_in_executor(None, status, port, "/metrics", basic(f"eve{i}", "w"))) for i in range(3)
+        ]
         assert {c for c, _ in known + unknown} == {401}
         k, u = sorted(t for _, t in known)[1], sorted(t for _, t in unknown)[1]
         assert 0.5 < u / k < 2.0, (k, u)  # medians alike: both cost one bcrypt check
         assert (await loop.run_in_executor(None, status, port, "/metrics", basic("prom", "a" * 100)))[0] == 401
-        assert (await loop.run_in_executor(None, status, port, "/metrics",
-                                           basic("prom", "s3cret", scheme="basic")))[0] == 200
+        assert (await loop.run_in_executor(None, status, port, "/metrics", basic("prom", "s3cret", scheme="basic")))[
+            0
+        ] == 200
         again = await loop.run_in_executor(None, status, port, "/metrics", basic("prom", "w0"))
         assert again[0] == 401 and again[1] < k / 2  # the failure was cached
     finally:
@@ -111,8 +111,9 @@ async def test_rate_limit_and_reload_take_effect_without_restart(tmp_path):
     runner, port = await serve(holder)
     loop = asyncio.get_running_loop()
     try:
-        codes = [(await loop.run_in_executor(None, status, port, "/metrics", basic("prom", "s3cret")))[0]
-                 for _ in range(5)]
+        codes = [
+            (await loop.run_in_executor(None, status, port, "/metrics", basic("prom", "s3cret")))[0] for _ in range(5)
+        ]
         assert codes[:3] == [200, 200, 200] and codes[3:] == [429, 429]
         assert (await loop.run_in_executor(None, status, port, "/healthz"))[0] == 200  # probes are exempt
         new_hash = bcrypt.hashpw(b"n3w", bcrypt.gensalt(4)).decode()
@@ -141,22 +142,23 @@ def handshake(port: int, ciphers: str | None = None, **versions: ssl.TLSVersion)
         setattr(context, attr, version)
     if ciphers:
         context.set_ciphers(ciphers)
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            context.wrap_socket(raw) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as sock:
         return sock.cipher()[0]
 
 
 async def test_cipher_suites_are_honoured_with_a_real_tls_client(tmp_path, pki):
-    holder = holder_for(tmp_path, tls_config(pki, "  max_version: TLS12\n"
-                                                  "  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n"))
+    holder = holder_for(
+        tmp_path, tls_config(pki, "  max_version: TLS12\n  cipher_suites: [TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384]\n")
+    )
     runner, port = await serve(holder)
     loop = asyncio.get_running_loop()
     try:
         assert await loop.run_in_executor(None, handshake, port) == "ECDHE-ECDSA-AES256-GCM-SHA384"
         for other in ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"):
             with pytest.raises(ssl.SSLError):
-                await loop.run_in_executor(None, lambda o=other: handshake(port, o,
-                                                                        maximum_version=ssl.TLSVersion.TLSv1_2))
+                await loop.run_in_executor(
+                    None, lambda o=other: handshake(port, o, maximum_version=ssl.TLSVersion.TLSv1_2)
+                )
     finally:
         await runner.cleanup()
 
@@ -182,13 +184,16 @@ async def test_curve_preference_is_honoured(tmp_path, pki):
         await runner.cleanup()
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "not configurable"),
-    ("  cipher_suites: [NOPE]\n", "unknown or not configurable"),
-    ("  curve_preferences: [CurveP256, CurveP384]\n", "exactly one curve"),
-    ("  curve_preferences: [Curve1]\n", "unknown curve"),
-    ("  client_ca_file: CA\n", "client_auth_type is not"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("  cipher_suites: [TLS_AES_128_GCM_SHA256]\n", "not configurable"),
+        ("  cipher_suites: [NOPE]\n", "unknown or not configurable"),
+        ("  curve_preferences: [CurveP256, CurveP384]\n", "exactly one curve"),
+        ("  curve_preferences: [Curve1]\n", "unknown curve"),
+        ("  client_ca_file: CA\n", "client_auth_type is not"),
+    ],
+)
 def test_tls_options_refused_with_a_clear_error(tmp_path, pki, extra, message):
     path = tmp_path / "web.yml"
     path.write_text(tls_config(pki, extra.replace("CA", str(pki["ca_crt"]))))
