@@ -236,7 +236,7 @@ def test_router_loads_swaps_and_unloads(llama_server_bin, models_dir, tmp_path):
             for labels, v in parse_body(body, "llm_model_unloads_total")
             if labels.get("target") == "router"
         }
-        RESULTS["router_unloads"] = unloads
+        RESULTS["router_unloads"] = {f"{model}/{reason}": n for (model, reason), n in unloads.items()}
         assert unloads == {
             ("medium", "evicted"): 1,
             ("small", "evicted"): 1,
