@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import free_port, proc_peak_rss_bytes, proc_rss_bytes, wait_http  # noqa: E402
+from run import free_port, proc_peak_rss_bytes, proc_rss_bytes, publish_section, wait_http  # noqa: E402
 
 from exporter.promparse import parse  # noqa: E402
 
@@ -465,17 +465,7 @@ def main() -> int:
 def _publish(text: str, write: bool) -> int:
     print(text)
     if write:
-        (ROOT / "bench" / "hostile.md").write_text(text + "\n")
-        results = ROOT / "bench" / "RESULTS.md"
-        current = results.read_text()
-        marker = "## Hostile: the reliability report's attacks (bench/hostile.py)"
-        if marker in current:
-            head, _, rest = current.partition(marker)
-            tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-            current = head + text + tail
-        else:
-            current = current.rstrip("\n") + "\n\n" + text
-        results.write_text(current)
+        publish_section("hostile.md", "## Hostile: the reliability report's attacks (bench/hostile.py)", text)
     return 0
 
 

@@ -23,7 +23,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run import free_port, polls_total, proc_cpu_seconds, proc_peak_rss_bytes, scrape, wait_http  # noqa: E402
+from run import (  # noqa: E402
+    free_port,
+    polls_total,
+    proc_cpu_seconds,
+    proc_peak_rss_bytes,
+    publish_section,
+    scrape,
+    wait_http,
+)
 
 LC = ROOT / "tests" / "fixtures" / "llamacpp"
 FAKE_ROUTER = """
@@ -138,17 +146,7 @@ def main() -> int:
     print(text)
     print(json.dumps({"single": single, "router": router}), file=sys.stderr)
     if args.write:
-        (ROOT / "bench" / "router.md").write_text(text + "\n")  # bench/run.py --write keeps it in RESULTS.md
-        results = ROOT / "bench" / "RESULTS.md"
-        current = results.read_text()
-        marker = "## Router mode (bench/router.py)"
-        if marker in current:
-            head, _, rest = current.partition(marker)
-            tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
-            current = head + text + tail
-        else:
-            current = current.rstrip("\n") + "\n\n" + text
-        results.write_text(current)
+        publish_section("router.md", "## Router mode (bench/router.py)", text)
     return 0
 
 

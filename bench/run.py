@@ -83,6 +83,21 @@ def proc_peak_rss_bytes(pid: int) -> int:
     return 0
 
 
+def publish_section(name: str, marker: str, text: str) -> None:
+    """Write a benchmark's section to bench/<name> (bench/run.py --write keeps it in RESULTS.md) and replace
+    the section that starts with `marker` in bench/RESULTS.md now (or append it)."""
+    (ROOT / "bench" / name).write_text(text + "\n")
+    results = ROOT / "bench" / "RESULTS.md"
+    current = results.read_text()
+    if marker in current:
+        head, _, rest = current.partition(marker)
+        tail = rest[rest.find("\n## ") :] if "\n## " in rest else ""
+        current = head + text + tail
+    else:
+        current = current.rstrip("\n") + "\n\n" + text
+    results.write_text(current)
+
+
 def free_port() -> int:
     import socket
 

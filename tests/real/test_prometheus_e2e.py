@@ -21,6 +21,7 @@ from tests.support.net import (
     free_port,
     http_get,
     kill_tree,
+    start_prometheus,
     wait_until,
 )
 
@@ -100,19 +101,7 @@ scrape_configs:
         wait_until(lambda: http_get(f"http://127.0.0.1:{replay_port}/health")[0] == 200, 10, what="replay")
         exporter = ExporterProcess(config, exporter_port)
         server.start()
-        prom_log = open(tmp_path / "prometheus.log", "w")
-        prometheus = subprocess.Popen(
-            [
-                prometheus_bin,
-                f"--config.file={prom_config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            stdout=prom_log,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-        wait_until(lambda: http_get(f"http://127.0.0.1:{prom_port}/-/ready")[0] == 200, 30, what="prometheus")
+        prometheus = start_prometheus(prometheus_bin, prom_config, prom_port, tmp_path)
 
         # ---- load: llama.cpp queueing and prefix reuse; vLLM's recorded phases in order
         prefix = "You are a helpful assistant for a monitoring project. " * 6

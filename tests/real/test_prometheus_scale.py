@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import FIXTURES, ROOT
 from tests.real.test_prometheus_e2e import prom_query
-from tests.support.net import ExporterProcess, free_port, http_get, kill_tree, wait_until
+from tests.support.net import ExporterProcess, free_port, http_get, kill_tree, start_prometheus, wait_until
 
 pytestmark = [pytest.mark.prometheus]
 TARGETS = 1000
@@ -107,19 +107,7 @@ scrape_configs:
             interval=1,
             what="all targets polled",
         )
-        prom_log = open(tmp_path / "prometheus.log", "w")
-        prometheus = subprocess.Popen(
-            [
-                prometheus_bin,
-                f"--config.file={prom_config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{prom_port}",
-            ],
-            stdout=prom_log,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-        wait_until(lambda: http_get(f"http://127.0.0.1:{prom_port}/-/ready")[0] == 200, 30, what="prometheus")
+        prometheus = start_prometheus(prometheus_bin, prom_config, prom_port, tmp_path)
         wait_until(
             lambda: (
                 len(prom_query(prom_port, 'count_over_time(scrape_duration_seconds{job="llm"}[1m])'))

@@ -126,3 +126,21 @@ def value(body: str, name: str, **labels: str) -> float | None:
         if all(sample_labels.get(k) == want for k, want in labels.items()):
             return sample_value
     return None
+
+
+def start_prometheus(prometheus_bin: str, config: Path, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """Debian's Prometheus with `config`, its TSDB and log in `workdir`, ready to answer on `port`."""
+    log = open(workdir / "prometheus.log", "w")
+    proc = subprocess.Popen(
+        [
+            prometheus_bin,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        process_group=0,
+    )
+    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, 30, what="prometheus")
+    return proc
