@@ -164,10 +164,7 @@ class Poller:
             raise
         except PollError as error:
             events = self.state.record_failure(error, clock.now(), time.monotonic() - started)
-            for model in events.failed:
-                self.notices.emit(
-                    logging.WARNING, "target %s (%s): model %s failed to load", target.name, target.engine, model or "?"
-                )
+            self._log_failed_loads(events)
             if events.went_down:
                 self.changes.emit(
                     logging.WARNING,
@@ -195,10 +192,7 @@ class Poller:
             self.changes.emit(logging.INFO, "target %s (%s) is %s", target.name, target.engine, readiness)
         for notice in events.notices:
             self.notices.emit(logging.WARNING, "target %s (%s): %s", target.name, target.engine, notice)
-        for model in events.failed:
-            self.notices.emit(
-                logging.WARNING, "target %s (%s): model %s failed to load", target.name, target.engine, model or "?"
-            )
+        self._log_failed_loads(events)
         for model, load in events.loads:
             if load.seconds is None:
                 self.notices.emit(
@@ -220,3 +214,10 @@ class Poller:
                     load.seconds,
                     load.basis,
                 )
+
+    def _log_failed_loads(self, events: PollEvents) -> None:
+        target = self.state.target
+        for model in events.failed:
+            self.notices.emit(
+                logging.WARNING, "target %s (%s): model %s failed to load", target.name, target.engine, model or "?"
+            )

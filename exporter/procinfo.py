@@ -187,6 +187,12 @@ def processes_where(accept: Callable[[tuple[str, ...]], bool], proc_root: str = 
     return sorted(found, key=lambda p: p.start_since_boot)
 
 
+def still_running(info: ProcessInfo) -> bool:
+    """The process `info` describes is alive and is the same one (a recycled PID has another start time)."""
+    current = process_start(info.pid)
+    return current is not None and abs(current.start_since_boot - info.start_since_boot) < 0.02
+
+
 def command_line(pid: int, proc_root: str = "/proc") -> tuple[str, ...] | None:
     """A process's argv (every user can read it), or None when it is gone."""
     raw = _read(f"{proc_root}/{pid}/cmdline", 65536)

@@ -22,7 +22,7 @@ import aiohttp
 from ..catalogue import BY_KEY
 from ..config import TargetConfig, is_loopback_url, read_small_file
 from ..observation import ModelState, ModelStatus, Observation, PollError, Readiness, Reason
-from ..procinfo import ProcessFinder, ProcessInfo, find_by_port, process_start
+from ..procinfo import ProcessFinder, ProcessInfo, find_by_port, still_running
 from ..promparse import LabelCache, Payload, PromParseError, parse
 from .mapping import Feed, apply, mapped_keys, prefixes
 
@@ -166,6 +166,18 @@ def _short(exc: BaseException | None) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def parse_json(response: Response, path: str, want: type | None = None) -> Any:
+    """A JSON body, or a `parse` error for this endpoint whatever it holds (200k-deep nesting raises
+    RecursionError, a 5,000-digit number ValueError); `want`: the type the top level must have."""
+    try:
+        value = json.loads(response.text())
+    except (ValueError, RecursionError) as exc:
+        raise PollError(Reason.PARSE, f"{path}: invalid JSON: {str(exc)[:100]}") from None
+    if want is not None and not isinstance(value, want):
+        raise PollError(Reason.PARSE, f"{path}: expected a JSON {'object' if want is dict else want.__name__}")
+    return value
+
+
 def expect_status(response: Response, path: str, *ok: int) -> None:
     if response.status not in (ok or (200,)):
         raise PollError(Reason.HTTP_STATUS, f"GET {response.path or path}: HTTP {response.status}")
@@ -285,10 +297,8 @@ class HttpSource(Source):
         if not self.process_programs or not is_loopback_url(self.target.url):
             return None
         known = self._by_port
-        if known is not None:
-            current = process_start(known.pid)
-            if current is not None and abs(current.start_since_boot - known.start_since_boot) < 0.02:
-                return known
+        if known is not None and still_running(known):
+            return known
         now = time.monotonic()
         if known is None and now - self._port_scanned < PORT_SCAN_SECONDS:
             return None

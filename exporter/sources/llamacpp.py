@@ -49,8 +49,8 @@ from ..observation import (
     Readiness,
     Reason,
 )
-from ..procinfo import ProcessInfo, command_line, environment, find_by_argv, process_start
-from .base import HttpFetcher, HttpSource, Response, SharedContext, expect_status, parse_metrics
+from ..procinfo import ProcessInfo, command_line, environment, find_by_argv, still_running
+from .base import HttpFetcher, HttpSource, Response, SharedContext, expect_status, parse_json, parse_metrics
 from .mapping import Feed, Upstream, apply
 
 U = Upstream
@@ -115,15 +115,6 @@ def _is_loading(response: Response) -> bool:
 
 def _is_router(response: Response) -> bool:
     return response.status == 400 and "model name is missing" in _error_message(response)
-
-
-def _json(response: Response, path: str) -> Any:
-    """A JSON body, or a `parse` error for this endpoint whatever it holds (200k-deep nesting raises
-    RecursionError, a 5,000-digit number ValueError)."""
-    try:
-        return json.loads(response.text())
-    except (ValueError, RecursionError) as exc:
-        raise PollError(Reason.PARSE, f"{path}: invalid JSON: {str(exc)[:100]}") from None
 
 
 def _int(value: Any) -> bool:
@@ -459,7 +450,7 @@ class LlamaCppSource(HttpSource):
         self.events.start()
         response = await http.get("/models")
         expect_status(response, "/models")
-        listing = _json(response, "/models")
+        listing = parse_json(response, "/models")
         entries = listing.get("data") if isinstance(listing, dict) else None
         if not isinstance(entries, list):
             raise PollError(Reason.PARSE, "/models: expected an object with a data list")
@@ -581,8 +572,7 @@ class LlamaCppSource(HttpSource):
         if known is not None and known[0] == (argv, state):
             if known[1] is None:
                 return None  # not visible from here (another PID namespace): not looked for every poll
-            current = process_start(known[1].pid)
-            if current is not None and abs(current.start_since_boot - known[1].start_since_boot) < 0.02:
+            if still_running(known[1]):
                 return known[1]
         info = find_by_argv(argv)
         self.children[model] = ((argv, state), info)
@@ -643,7 +633,7 @@ class LlamaCppSource(HttpSource):
             return None  # all slots busy ("no slot available"), or a router child that just went away
         expect_status(response, path)
         self.slots_enabled = True
-        slots = _json(response, "/slots")
+        slots = parse_json(response, "/slots")
         if isinstance(slots, list) and len(slots) > MAX_SLOTS:
             raise PollError(Reason.PARSE, f"/slots: {len(slots)} slots (more than {MAX_SLOTS}): not a llama-server")
         if not isinstance(slots, list) or not all(isinstance(s, dict) and _int(s.get("id")) for s in slots):

@@ -26,7 +26,7 @@ from typing import Any
 from ..config import TargetConfig
 from ..observation import InfoSample, ModelSample, ModelState, ModelStatus, Observation, PollError, Readiness, Reason
 from ..procinfo import ProcessInfo, processes_where
-from .base import HttpSource, SharedContext, expect_status
+from .base import HttpSource, SharedContext, expect_status, parse_json
 
 MODEL_STATES = (ModelState.LOADED, ModelState.UNLOADED)
 TAGS_EVERY = 12  # polls between two reads of /api/tags (installed models change rarely)
@@ -89,7 +89,7 @@ class OllamaSource(HttpSource):
     async def collect(self) -> Observation:
         response = await self.http.get("/api/ps")
         expect_status(response, "/api/ps")
-        listing = _json_object(response.body, "/api/ps")
+        listing = parse_json(response, "/api/ps", dict)
         entries = listing.get("models")
         if not isinstance(entries, list):
             raise PollError(Reason.PARSE, "/api/ps: expected an object with a models list")
@@ -167,15 +167,3 @@ class OllamaSource(HttpSource):
         self.runners = {r.pid for r in runners}
         if len(appeared) == 1 and len(new) == 1:
             self.pids[appeared[0]] = new[0]
-
-
-def _json_object(body: bytes, path: str) -> dict[str, Any]:
-    import json
-
-    try:
-        value = json.loads(body.decode("utf-8", "replace"))
-    except (ValueError, RecursionError) as exc:
-        raise PollError(Reason.PARSE, f"{path}: invalid JSON: {str(exc)[:100]}") from None
-    if not isinstance(value, dict):
-        raise PollError(Reason.PARSE, f"{path}: expected a JSON object")
-    return value

@@ -15,6 +15,7 @@ import math
 import os
 
 from .. import clock
+from ..catalogue import BY_KEY
 from ..observation import (
     InfoSample,
     ModelSample,
@@ -129,15 +130,7 @@ finishes, so the windowed mean lags waiting requests: watch `llm_requests_waitin
 present. Bucket bounds are read from the payload (0.32+ lets operators change them). Sleep state
 comes from `vllm:engine_sleep_state`; LoRA adapters from the newest `vllm:lora_requests_info`
 series (adapter names only: vLLM exposes no per-adapter request counts)."""
-CACHE_CONFIG_KEYS = (
-    "block_size",
-    "num_gpu_blocks",
-    "num_cpu_blocks",
-    "enable_prefix_caching",
-    "cache_dtype",
-    "gpu_memory_utilization",
-    "kv_cache_size_tokens",
-)
+CACHE_CONFIG_KEYS = BY_KEY["kv_cache_config_info"].labels  # the cache_config_info labels kept, as catalogued
 # Only these families are parsed: the parser skips every other family's block unread.
 ENGINE_HEALTHY = "vllm:engine_healthy"  # {engine="<rank>"} 1/0 with --enable-fault-tolerance (0.33)
 METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, SLEEP_STATE, LORA_INFO, ENGINE_HEALTHY, "process_start_time_seconds")

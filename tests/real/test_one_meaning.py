@@ -51,6 +51,16 @@ def completion(port: int, model: str, prompt: str, max_tokens: int, stream: bool
     }
 
 
+def one_target(tmp_path, exporter_port: int, name: str, engine: str, port: int, interval: str, timeout: str):
+    """The exporter's config: one target on loopback."""
+    config = tmp_path / "exporter.yaml"
+    config.write_text(
+        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: {name}, engine: {engine}, "
+        f"url: 'http://127.0.0.1:{port}', interval: {interval}, timeout: {timeout}}}\n"
+    )
+    return config
+
+
 def counters(body: str, target: str) -> dict[str, float | None]:
     out = {key: value(body, name, target=target) for key, name in COUNTERS}
     from exporter.promparse import parse
@@ -105,11 +115,7 @@ def prove(
 def test_llamacpp_counters_equal_the_usage_clients_got(llama_server_bin, tiny_gguf, tmp_path):
     port, exporter_port = free_port(), free_port()
     server = LlamaServer(llama_server_bin, tiny_gguf, port, tmp_path / "llama.log")
-    config = tmp_path / "exporter.yaml"
-    config.write_text(
-        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: llama, engine: llamacpp, "
-        f"url: 'http://127.0.0.1:{port}', interval: 200ms, timeout: 190ms}}\n"
-    )
+    config = one_target(tmp_path, exporter_port, "llama", "llamacpp", port, "200ms", "190ms")
     server.start()
     exporter = ExporterProcess(config, exporter_port)
     try:
@@ -130,11 +136,7 @@ def test_vllm_counters_equal_the_usage_clients_got(vllm_python, model_dir, tmp_p
     port, exporter_port = free_port(), free_port()
     server = VllmServer(vllm_python, model_dir, port, tmp_path / "vllm.log")
     server.args.append("--enable-prompt-tokens-details")  # so clients are told cached_tokens
-    config = tmp_path / "exporter.yaml"
-    config.write_text(
-        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: vllm, engine: vllm, "
-        f"url: 'http://127.0.0.1:{port}', interval: 500ms, timeout: 450ms}}\n"
-    )
+    config = one_target(tmp_path, exporter_port, "vllm", "vllm", port, "500ms", "450ms")
     exporter = ExporterProcess(config, exporter_port)
     server.start()
     try:
@@ -160,11 +162,7 @@ def test_llamacpp_kv_usage_follows_the_fill_the_clients_know(llama_server_bin, t
 
     port, exporter_port = free_port(), free_port()
     server = LlamaServer(llama_server_bin, tiny_gguf, port, tmp_path / "llama.log")
-    config = tmp_path / "exporter.yaml"
-    config.write_text(
-        f"listen: 127.0.0.1:{exporter_port}\ntargets:\n  - {{name: llama, engine: llamacpp, "
-        f"url: 'http://127.0.0.1:{port}', interval: 200ms, timeout: 190ms}}\n"
-    )
+    config = one_target(tmp_path, exporter_port, "llama", "llamacpp", port, "200ms", "190ms")
     server.start()
     exporter = ExporterProcess(config, exporter_port)
     streamed = [0, 0]
