@@ -476,6 +476,134 @@ GPU_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec(
         "gpu_lost", "gpu_lost", "gauge", "1 when the GPU fell off the bus (NVML_ERROR_GPU_IS_LOST).", GPU_LABELS
     ),
+    # Profiling counters (NVML GPM, nvmlGpmMetricsGet over two samples: the poll interval). Hopper and newer.
+    MetricSpec(
+        "gpu_sm_active_ratio",
+        "gpu_sm_active_ratio",
+        "gauge",
+        "Fraction of SMs busy over the poll interval, averaged over SMs (GPM NVML_GPM_METRIC_SM_UTIL / 100; "
+        "DCGM's SM_ACTIVE). Unlike gpu_utilization_ratio, a tiny kernel on one SM reads near 0.",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_sm_occupancy_ratio",
+        "gpu_sm_occupancy_ratio",
+        "gauge",
+        "Resident warps as a fraction of the SMs' maximum over the poll interval (GPM SM_OCCUPANCY / 100).",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_tensor_active_ratio",
+        "gpu_tensor_active_ratio",
+        "gauge",
+        "Fraction of time the SMs' tensor pipes (any type) were active over the poll interval "
+        "(GPM ANY_TENSOR_UTIL / 100): prefill and matmul-bound work.",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_tensor_hmma_active_ratio",
+        "gpu_tensor_hmma_active_ratio",
+        "gauge",
+        "Fraction of time the half-precision (FP16/BF16) tensor pipes were active (GPM HMMA_TENSOR_UTIL / 100).",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_dram_bandwidth_utilization_ratio",
+        "gpu_dram_bandwidth_utilization_ratio",
+        "gauge",
+        "Device-memory bandwidth used as a fraction of the theoretical maximum over the poll interval "
+        "(GPM DRAM_BW_UTIL / 100): what bounds decode.",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_fp16_active_ratio",
+        "gpu_fp16_active_ratio",
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP16 math (GPM FP16_UTIL / 100).",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_fp32_active_ratio",
+        "gpu_fp32_active_ratio",
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP32 math (GPM FP32_UTIL / 100).",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_fp64_active_ratio",
+        "gpu_fp64_active_ratio",
+        "gauge",
+        "Fraction of time the SMs ran non-tensor FP64 math (GPM FP64_UTIL / 100).",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_pcie_average_bytes_per_second",
+        "gpu_pcie_average_bytes_per_second",
+        "gauge",
+        "PCIe traffic averaged over the poll interval (GPM PCIE_TX/RX_PER_SEC, MiB/s × 2^20); "
+        "gpu_pcie_bytes_per_second is the driver's 20 ms sample.",
+        GPU_LABELS + ("direction",),
+    ),
+    MetricSpec(
+        "gpu_nvlink_bytes_per_second",
+        "gpu_nvlink_bytes_per_second",
+        "gauge",
+        "NVLink traffic over all links averaged over the poll interval (GPM NVLINK_TOTAL_TX/RX_PER_SEC, "
+        "MiB/s × 2^20). Absent on GPUs without NVLink.",
+        GPU_LABELS + ("direction",),
+    ),
+    # Faults.
+    MetricSpec(
+        "gpu_xid_errors",
+        "gpu_xid_errors",
+        "counter",
+        "XID (critical error) events seen since the exporter started, by XID code (NVML events, "
+        "nvmlEventTypeXidCriticalError). A code appears at its first event.",
+        GPU_LABELS + ("xid",),
+    ),
+    MetricSpec(
+        "gpu_remapped_rows",
+        "gpu_remapped_rows",
+        "gauge",
+        "Device-memory rows remapped, by the error that caused it (nvmlDeviceGetRemappedRows; Ampere and newer).",
+        GPU_LABELS + ("cause",),
+    ),
+    MetricSpec(
+        "gpu_row_remap_pending",
+        "gpu_row_remap_pending",
+        "gauge",
+        "1 when a row remap waits for the GPU's next reset (nvmlDeviceGetRemappedRows isPending).",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_row_remap_failed",
+        "gpu_row_remap_failed",
+        "gauge",
+        "1 when a row remap failed: the GPU needs service (nvmlDeviceGetRemappedRows failureOccurred).",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_retired_pages",
+        "gpu_retired_pages",
+        "gauge",
+        "Device-memory pages retired, by cause (nvmlDeviceGetRetiredPages; GPUs before Ampere).",
+        GPU_LABELS + ("cause",),
+    ),
+    MetricSpec(
+        "gpu_retired_pages_pending",
+        "gpu_retired_pages_pending",
+        "gauge",
+        "1 when a page retirement waits for the next driver reload (nvmlDeviceGetRetiredPagesPendingStatus).",
+        GPU_LABELS,
+    ),
+    MetricSpec(
+        "gpu_nvlink_errors",
+        "gpu_nvlink_errors",
+        "counter",
+        "NVLink data-link errors summed over the GPU's active links, by type (nvmlDeviceGetNvLinkErrorCounter: "
+        "replay, recovery, crc_flit, crc_data).",
+        GPU_LABELS + ("type",),
+    ),
     MetricSpec(
         "gpu_process_memory_used_bytes",
         "gpu_process_memory_used_bytes",
@@ -483,6 +611,23 @@ GPU_METRICS: tuple[MetricSpec, ...] = (
         "Device memory used by one process (nvmlDeviceGetComputeRunningProcesses / "
         "GraphicsRunningProcesses). A process of a configured engine target carries that "
         "target's target, engine and model labels: the GPU <-> model join.",
+        GPU_LABELS + ("pid", "model"),
+    ),
+    MetricSpec(
+        "gpu_process_sm_utilization_ratio",
+        "gpu_process_sm_utilization_ratio",
+        "gauge",
+        "One process's SM utilisation over the poll interval: the mean of the driver's samples since the "
+        "last poll (nvmlDeviceGetProcessUtilization smUtil / 100); 0 for a process holding memory with no "
+        "sample. Joined to the owning target and model like gpu_process_memory_used_bytes.",
+        GPU_LABELS + ("pid", "model"),
+    ),
+    MetricSpec(
+        "gpu_process_memory_utilization_ratio",
+        "gpu_process_memory_utilization_ratio",
+        "gauge",
+        "One process's memory-controller utilisation over the poll interval (nvmlDeviceGetProcessUtilization "
+        "memUtil / 100), joined like gpu_process_sm_utilization_ratio.",
         GPU_LABELS + ("pid", "model"),
     ),
 )
@@ -567,6 +712,14 @@ INFO_METRICS: tuple[MetricSpec, ...] = (
         "info",
         "The engine an `engine: auto` target was identified as.",
         ("detected",),
+    ),
+    MetricSpec(
+        "gpu_target_info",
+        "gpu_target_info",
+        "info",
+        "1 while an engine target's process (or a child of it) holds memory on this GPU: joins any per-GPU "
+        "series to the target and model in PromQL (`* on (uuid) group_left (target, model)`).",
+        ("gpu", "uuid", "name", "model"),
     ),
     MetricSpec(
         "gpu_driver_info",

@@ -28,7 +28,7 @@ from .catalogue import ALL_METRICS, BY_KEY
 from .clock import to_wall
 from .derive.lifecycle import ModelLifecycle
 from .derive.maths import CumulativeHistogram
-from .join import Owners, owner_of, process_owners
+from .join import Owners, owner_of, process_owners, target_links
 from .observation import ModelState, Readiness
 from .passthrough import RawFamily
 from .procinfo import own_process
@@ -127,6 +127,9 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
             put(info.name, {**base, **{k: v for k, v in info.labels if v}}, 1.0)
     for series in report.series:
         put(series.key, {**base, **dict(series.labels), **dict(owner_of(series, owners))}, series.value)
+    if owners:
+        for link in target_links(report.series, owners):
+            put("gpu_target_info", {**base, **dict(link)}, 1.0)
     for model_name, model in report.models.items():
         labels = {**base, "model": model_name}
         sample = model.latest

@@ -26,6 +26,19 @@ def process_owners(states: Iterable[TargetState]) -> Owners:
     return owners
 
 
+def target_links(series: Iterable[SeriesSample], owners: Owners) -> list[LabelPairs]:
+    """`gpu_target_info`'s label sets: each GPU (its labels, pid left out) joined to each engine target and
+    model whose process holds memory on it; once per pair, however many processes it has there."""
+    links: dict[LabelPairs, None] = {}
+    for one in series:
+        if one.key != "gpu_process_memory_used_bytes":
+            continue
+        owner = owner_of(one, owners)
+        if owner:
+            links[tuple((k, v) for k, v in one.labels if k != "pid") + owner] = None
+    return list(links)
+
+
 def owner_of(series: SeriesSample, owners: Owners) -> LabelPairs:
     """The owning engine's labels for a series that can be joined, else ()."""
     for pid in series.join_pids:
