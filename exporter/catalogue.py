@@ -309,6 +309,13 @@ LIFECYCLE_METRICS: tuple[MetricSpec, ...] = (
 # Per-target metrics kept by the exporter itself.
 TARGET_METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("up", "up", "gauge", "1 when the last poll of the target succeeded, else 0."),
+    MetricSpec(
+        "target_absent",
+        "target_absent",
+        "gauge",
+        "Only for `optional: true` targets: 1 while nothing has answered since the exporter started and "
+        "nothing is there (connection refused; no NVIDIA driver or GPU), else 0. LLMTargetDown skips them.",
+    ),
     MetricSpec("ready", "ready", "gauge", "1 when the engine is ready to serve, 0 when loading or down."),
     MetricSpec(
         "engine_restarts",

@@ -100,6 +100,8 @@ def target_samples(state: TargetState, owners: Owners) -> list[Sample]:
             out.append((key, BY_KEY[key].suffix, labels, value))
 
     put("up", base, 1.0 if health.up else 0.0)
+    if target.optional:
+        put("target_absent", base, 1.0 if health.absent else 0.0)
     put("ready", base, 1.0 if health.readiness is Readiness.READY else 0.0)
     put("poll_duration", base, health.last_poll_duration)
     put("last_success", base, None if health.last_success is None else to_wall(health.last_success))

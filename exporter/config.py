@@ -579,6 +579,7 @@ class TargetConfig:
     tls: TargetTLS | None = key(None)
     bearer_token_file: str | None = key(_string)
     passthrough: str = key(_passthrough, "")  # "": off; "own": the engine's own families; "all": everything
+    optional: bool = key(_bool, False)  # may not exist on this host: llm_target_absent instead of an alert
     gpu_profiling: bool = key(_bool, True)  # nvml targets: GPM profiling counters (Hopper and newer)
 
     @property

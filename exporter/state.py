@@ -60,6 +60,16 @@ class PollHealth:
     last_error: tuple[Reason, str] | None = None
     errors: dict[Reason, int] = field(default_factory=lambda: {reason: 0 for reason in Reason})
 
+    @property
+    def absent(self) -> bool:
+        """Nothing was ever there: no poll succeeded since the exporter started, and the last one found
+        nothing to talk to (connection refused; for nvml, no driver or no GPU)."""
+        return (
+            self.last_success is None
+            and self.last_error is not None
+            and self.last_error[0] in (Reason.CONNECT, Reason.OTHER)
+        )
+
 
 @dataclass
 class EngineLife:
