@@ -133,15 +133,17 @@ class Beside:
 WORKLOADS = {
     "idle": None,
     "matmul": (
-        "import torch,time\nx=torch.randn(8192,8192,device='cuda',dtype=torch.bfloat16)\nend=time.time()+{d}\n"
+        "import torch,time\nx=torch.randn(8192,8192,device='cuda',dtype=torch.bfloat16)\nx@x;torch.cuda.synchronize()\n"
+        "print('go',flush=True)\nend=time.time()+{d}\n"
         "while time.time()<end:\n  [x@x for _ in range(20)]; torch.cuda.synchronize()\n"
     ),
     "copy": (
         "import torch,time\na=torch.empty(4*2**30,dtype=torch.uint8,device='cuda');b=torch.empty_like(a)\n"
+        "print('go',flush=True)\n"
         "end=time.time()+{d}\nwhile time.time()<end:\n  [b.copy_(a) for _ in range(10)]; torch.cuda.synchronize()\n"
     ),
     "tiny": (
-        "import torch,time\nx=torch.zeros(1024,device='cuda')\nend=time.time()+{d}\n"
+        "import torch,time\nx=torch.zeros(1024,device='cuda')\nprint('go',flush=True)\nend=time.time()+{d}\n"
         "while time.time()<end:\n  [x.add_(1.0) for _ in range(1000)]; torch.cuda.synchronize()\n"
     ),
 }
@@ -165,8 +167,10 @@ def part_workloads(beside: Beside) -> None:
     for name, code in WORKLOADS.items():
         proc = None
         if code:
-            proc = subprocess.Popen([sys.executable, "-c", code.format(d=16)])
-        time.sleep(4)
+            proc = subprocess.Popen([sys.executable, "-c", code.format(d=14)], stdout=subprocess.PIPE)
+            assert proc.stdout is not None
+            proc.stdout.readline()  # "go": the workload runs (torch's import and CUDA start are over)
+        time.sleep(2.5)
         recorder = RecordingNvml(pynvml)
         library = NvmlLibrary(module_loader=lambda r=recorder: r)
         beside.window()
@@ -190,7 +194,7 @@ def part_workloads(beside: Beside) -> None:
             if proc is not None:
                 row["process_sm"] = value(text, "llm_gpu_process_sm_utilization_ratio", pid=str(proc.pid))
             rows.append(row)
-            if second == 5:
+            if second == 5 and name != "idle":
                 with open(f"{OUT}/{name}.prom", "w") as handle:
                     handle.write(text)
         library.shutdown_now()
@@ -214,7 +218,36 @@ def part_workloads(beside: Beside) -> None:
         json.dump(recordings, handle, indent=0, sort_keys=True)
 
 
+class TimingNvml:
+    """pynvml with the time spent in each function added up."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(pynvml, name)
+        if not (name.startswith("nvml") and callable(value) and not isinstance(value, type)):
+            return value
+
+        def call(*args: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return value(*args)
+            finally:
+                self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - start
+
+        return call
+
+
 def part_cost(exporters: dict[str, subprocess.Popen[bytes]]) -> None:
+    timing = TimingNvml()
+    timed = NvmlLibrary(module_loader=lambda: timing)
+    for _ in range(21):
+        timed.read()
+    timed.shutdown_now()
+    results["nvml_ms_per_read_by_call"] = {
+        k: round(v * 1000 / 21, 3) for k, v in sorted(timing.spent.items(), key=lambda kv: -kv[1])[:15]
+    }
     timings: dict[str, list[float]] = {"with_gpm": [], "without_gpm": []}
     libraries = {"with_gpm": NvmlLibrary(gpu_profiling=True), "without_gpm": NvmlLibrary(gpu_profiling=False)}
     for library in libraries.values():
@@ -347,7 +380,7 @@ def main() -> None:
         "gpu": pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0)),
         "python": sys.version.split()[0],
     }
-    build = build_llama()
+    build = build_llama() if not os.environ.get("SKIP_LLAMA") else subprocess.Popen(["true"])
     exporters = {
         "with_gpm": start_exporter(19787, "  - {name: gpus, engine: nvml, interval: 1s, timeout: 900ms}\n", "gpm"),
         "without_gpm": start_exporter(
@@ -359,8 +392,11 @@ def main() -> None:
     part_cost(exporters)
     for proc in exporters.values():
         proc.terminate()
-    os.system(f"cat /tmp/gpm.log /tmp/nogpm.log | tail -c 4000 > {OUT}/exporters.log")
-    part_llama(beside, build, T0 + float(os.environ.get("LLAMA_DEADLINE_S", "470")))
+    os.system("cat /tmp/gpm.log /tmp/nogpm.log | tail -c 4000 > /tmp/exporters.log")
+    if os.environ.get("SKIP_LLAMA"):
+        build.kill()
+    else:
+        part_llama(beside, build, T0 + float(os.environ.get("LLAMA_DEADLINE_S", "470")))
     log("done")
 
 

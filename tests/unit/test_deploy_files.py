@@ -230,11 +230,31 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test():
         "LLMTargetDown",
         "LLMModelLoadingTooLong",
         "LLMQueueLatencyHigh",
-        "LLMKVCacheHitRatioLow",
+        "LLMKVCacheHitRatioDropped",
         "LLMKVCacheUsageHigh",
         "LLMGPUMemoryNearlyFull",
         "LLMExporterPollErrors",
+        "LLMGPUXidError",
+        "LLMGPURowRemapFailed",
     } <= alerts
+
+
+def test_every_alert_is_tested_on_two_replicas_and_names_the_one_that_fires():
+    """Two exporters (different instance) in the test's input; each expected alert carries its instance,
+    and every alert's summary names the replica (pod or instance)."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "llm-exporter.rules.yml").read_text())
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                assert "$labels.instance" in rule["annotations"]["summary"], rule["alert"]
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "tests" / "llm-exporter.rules.test.yml").read_text())
+    for case in tests["tests"]:
+        instances = set(re.findall(r'instance="([^"]+)"', " ".join(s["series"] for s in case["input_series"])))
+        for check in case.get("alert_rule_test", []):
+            assert len(instances) >= 2, check["alertname"]
+            for alert in check["exp_alerts"]:
+                assert alert["exp_labels"].get("instance") in instances, check["alertname"]
+                assert alert["exp_annotations"]["summary"], check["alertname"]
 
 
 def dashboard_queries():

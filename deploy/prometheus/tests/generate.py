@@ -65,11 +65,11 @@ case(
         (f"llm_up{{{ident(0)}}}", "1x10"),
         (f"llm_up{{{ident(1)}}}", "0x10"),
         # a default-config box without vLLM: optional target, nothing ever there
-        (f'llm_up{{job="llm",instance="box:9787",target="vllm",engine="vllm"}}', "0x10"),
-        (f'llm_target_absent{{job="llm",instance="box:9787",target="vllm",engine="vllm"}}', "1x10"),
+        ('llm_up{job="llm",instance="box:9787",target="vllm",engine="vllm"}', "0x10"),
+        ('llm_target_absent{job="llm",instance="box:9787",target="vllm",engine="vllm"}', "1x10"),
         # the same optional target on a box where it had answered before: alerts
-        (f'llm_up{{job="llm",instance="gone:9787",target="vllm",engine="vllm"}}', "0x10"),
-        (f'llm_target_absent{{job="llm",instance="gone:9787",target="vllm",engine="vllm"}}', "0x10"),
+        ('llm_up{job="llm",instance="gone:9787",target="vllm",engine="vllm"}', "0x10"),
+        ('llm_target_absent{job="llm",instance="gone:9787",target="vllm",engine="vllm"}', "0x10"),
     ],
     alerts=[
         (
@@ -121,7 +121,7 @@ case(
 def buckets(i, per_min, le_counts, sum_per_min, name="llm_token_queue_latency_seconds", **extra):
     rows = []
     for le, c in le_counts:
-        rows.append((f'{name}_bucket{{{ident(i, model="m", le=le, **extra)}}}', f"0+{c}x30"))
+        rows.append((f"{name}_bucket{{{ident(i, model='m', le=le, **extra)}}}", f"0+{c}x30"))
     rows.append((f"{name}_count{{{ident(i, model='m', **extra)}}}", f"0+{per_min}x30"))
     rows.append((f"{name}_sum{{{ident(i, model='m', **extra)}}}", f"0+{sum_per_min}x30"))
     return rows
@@ -165,28 +165,41 @@ case(
         (
             "namespace_target_model:llm_token_queue_latency_seconds:p95_5m",
             "10m",
-            [('namespace_target_model:llm_token_queue_latency_seconds:p95_5m{namespace="serving",target="vllm",model="m"}', 9.5)],
+            [
+                (
+                    'namespace_target_model:llm_token_queue_latency_seconds:p95_5m{namespace="serving",target="vllm",model="m"}',
+                    9.5,
+                )
+            ],
         ),
         # fleet mean: (30 + 450) / 120 = 4 s
         (
             "namespace_target_model:llm_token_queue_latency_seconds:mean_5m",
             "10m",
-            [('namespace_target_model:llm_token_queue_latency_seconds:mean_5m{namespace="serving",target="vllm",model="m"}', 4)],
+            [
+                (
+                    'namespace_target_model:llm_token_queue_latency_seconds:mean_5m{namespace="serving",target="vllm",model="m"}',
+                    4,
+                )
+            ],
         ),
     ],
 )
 
 series = [
-    (f'llm_token_queue_latency_seconds_bucket{{{ident(i, target="llama", engine="llamacpp", model="m", le="+Inf")}}}', "0+60x30")
+    (
+        f"llm_token_queue_latency_seconds_bucket{{{ident(i, target='llama', engine='llamacpp', model='m', le='+Inf')}}}",
+        "0+60x30",
+    )
     for i in (0, 1)
 ]
 series += [
-    (f'llm_token_queue_latency_seconds_count{{{ident(i, target="llama", engine="llamacpp", model="m")}}}', "0+60x30")
+    (f"llm_token_queue_latency_seconds_count{{{ident(i, target='llama', engine='llamacpp', model='m')}}}", "0+60x30")
     for i in (0, 1)
 ]
 series += [
-    (f'llm_token_queue_latency_seconds_sum{{{ident(0, target="llama", engine="llamacpp", model="m")}}}', "0+6x30"),
-    (f'llm_token_queue_latency_seconds_sum{{{ident(1, target="llama", engine="llamacpp", model="m")}}}', "0+180x30"),
+    (f"llm_token_queue_latency_seconds_sum{{{ident(0, target='llama', engine='llamacpp', model='m')}}}", "0+6x30"),
+    (f"llm_token_queue_latency_seconds_sum{{{ident(1, target='llama', engine='llamacpp', model='m')}}}", "0+180x30"),
 ]
 case(
     "queue latency of llama.cpp (+Inf bucket only): the mean alert",
@@ -232,9 +245,18 @@ case(
         (
             "namespace_target_model:llm_kv_cache_hit_ratio:ratio_5m",
             "10m",
-            [('namespace_target_model:llm_kv_cache_hit_ratio:ratio_5m{namespace="serving",target="vllm",model="m"}', 910 / 1100)],
+            [
+                (
+                    'namespace_target_model:llm_kv_cache_hit_ratio:ratio_5m{namespace="serving",target="vllm",model="m"}',
+                    910 / 1100,
+                )
+            ],
         ),
-        ("model:llm_kv_cache_hit_ratio:ratio_5m", "10m", [('model:llm_kv_cache_hit_ratio:ratio_5m{model="m"}', 910 / 1100)]),
+        (
+            "model:llm_kv_cache_hit_ratio:ratio_5m",
+            "10m",
+            [('model:llm_kv_cache_hit_ratio:ratio_5m{model="m"}', 910 / 1100)],
+        ),
     ],
 )
 
@@ -296,10 +318,10 @@ case(
     "poll errors: a sustained ratio, not one timeout",
     [
         (f"llm_exporter_polls_total{{{ident(0)}}}", "0+12x40"),
-        (f'llm_exporter_poll_errors_total{{{ident(0, reason="timeout")}}}', "0x10 1x30"),
+        (f"llm_exporter_poll_errors_total{{{ident(0, reason='timeout')}}}", "0x10 1x30"),
         (f"llm_exporter_polls_total{{{ident(1)}}}", "0+12x40"),
-        (f'llm_exporter_poll_errors_total{{{ident(1, reason="timeout")}}}', "0+2x40"),
-        (f'llm_exporter_poll_errors_total{{{ident(1, reason="connect")}}}', "0+1.6x40"),
+        (f"llm_exporter_poll_errors_total{{{ident(1, reason='timeout')}}}", "0+2x40"),
+        (f"llm_exporter_poll_errors_total{{{ident(1, reason='connect')}}}", "0+1.6x40"),
     ],
     alerts=[
         (
@@ -322,9 +344,12 @@ case(
 case(
     "model swap thrash (router, --models-max too small)",
     [
-        (f'llm_model_loads_total{{{ident(0, target="router", engine="llamacpp", model="a", kind="load")}}}', "0+0.0625x90"),
-        (f'llm_model_loads_total{{{ident(1, target="router", engine="llamacpp", model="a", kind="load")}}}', "0+1x90"),
-        (f'llm_model_loads_total{{{ident(1, target="router", engine="llamacpp", model="a", kind="wake")}}}', "0+1x90"),
+        (
+            f"llm_model_loads_total{{{ident(0, target='router', engine='llamacpp', model='a', kind='load')}}}",
+            "0+0.0625x90",
+        ),
+        (f"llm_model_loads_total{{{ident(1, target='router', engine='llamacpp', model='a', kind='load')}}}", "0+1x90"),
+        (f"llm_model_loads_total{{{ident(1, target='router', engine='llamacpp', model='a', kind='wake')}}}", "0+1x90"),
     ],
     alerts=[
         (
@@ -332,7 +357,10 @@ case(
             "LLMModelSwapThrash",
             [
                 (
-                    {"severity": "warning", **labels_dict(1, target="router", engine="llamacpp", model="a", kind="load")},
+                    {
+                        "severity": "warning",
+                        **labels_dict(1, target="router", engine="llamacpp", model="a", kind="load"),
+                    },
                     {
                         "summary": "a on router (vllm-1) was loaded 60 times in an hour",
                         "description": "A router keeps evicting and reloading this model: --models-max is too small for the traffic, or requests alternate between too many models.",
@@ -347,14 +375,25 @@ case(
             'replica:llm_model_loads:increase1h{pod="vllm-1"}',
             "80m",
             [
-                (f'replica:llm_model_loads:increase1h{{{ident(1, target="router", engine="llamacpp", model="a", kind="load")}}}', 60),
-                (f'replica:llm_model_loads:increase1h{{{ident(1, target="router", engine="llamacpp", model="a", kind="wake")}}}', 60),
+                (
+                    f"replica:llm_model_loads:increase1h{{{ident(1, target='router', engine='llamacpp', model='a', kind='load')}}}",
+                    60,
+                ),
+                (
+                    f"replica:llm_model_loads:increase1h{{{ident(1, target='router', engine='llamacpp', model='a', kind='wake')}}}",
+                    60,
+                ),
             ],
         ),
         (
             'namespace_target_model:llm_model_loads:increase1h{kind="load"}',
             "80m",
-            [('namespace_target_model:llm_model_loads:increase1h{namespace="serving",target="router",model="a",kind="load"}', 63.75)],
+            [
+                (
+                    'namespace_target_model:llm_model_loads:increase1h{namespace="serving",target="router",model="a",kind="load"}',
+                    63.75,
+                )
+            ],
         ),
     ],
 )
@@ -362,8 +401,11 @@ case(
 case(
     "failed load",
     [
-        (f'llm_model_load_failures_total{{{ident(0, target="router", engine="llamacpp", model="broken")}}}', "0x30"),
-        (f'llm_model_load_failures_total{{{ident(1, target="router", engine="llamacpp", model="broken")}}}', "0 0 0 1x27"),
+        (f"llm_model_load_failures_total{{{ident(0, target='router', engine='llamacpp', model='broken')}}}", "0x30"),
+        (
+            f"llm_model_load_failures_total{{{ident(1, target='router', engine='llamacpp', model='broken')}}}",
+            "0 0 0 1x27",
+        ),
     ],
     alerts=[
         (
@@ -386,26 +428,40 @@ case(
 case(
     "load-duration quantiles and state counts per replica",
     [
-        (f'llm_model_load_duration_seconds_bucket{{{ident(1, target="router", engine="llamacpp", model="a", kind="load", le="1")}}}', "0+1x70"),
-        (f'llm_model_load_duration_seconds_bucket{{{ident(1, target="router", engine="llamacpp", model="a", kind="load", le="2.5")}}}', "0+2x70"),
-        (f'llm_model_load_duration_seconds_bucket{{{ident(1, target="router", engine="llamacpp", model="a", kind="load", le="+Inf")}}}', "0+2x70"),
-        (f'llm_model_state{{{ident(0, target="router", engine="llamacpp", model="a", state="loaded")}}}', "1x70"),
-        (f'llm_model_state{{{ident(1, target="router", engine="llamacpp", model="a", state="loaded")}}}', "1x70"),
-        (f'llm_model_state{{{ident(1, target="router", engine="llamacpp", model="b", state="loaded")}}}', "1x70"),
-        (f'llm_model_state{{{ident(1, target="router", engine="llamacpp", model="c", state="loaded")}}}', "0x70"),
+        (
+            f"llm_model_load_duration_seconds_bucket{{{ident(1, target='router', engine='llamacpp', model='a', kind='load', le='1')}}}",
+            "0+1x70",
+        ),
+        (
+            f"llm_model_load_duration_seconds_bucket{{{ident(1, target='router', engine='llamacpp', model='a', kind='load', le='2.5')}}}",
+            "0+2x70",
+        ),
+        (
+            f"llm_model_load_duration_seconds_bucket{{{ident(1, target='router', engine='llamacpp', model='a', kind='load', le='+Inf')}}}",
+            "0+2x70",
+        ),
+        (f"llm_model_state{{{ident(0, target='router', engine='llamacpp', model='a', state='loaded')}}}", "1x70"),
+        (f"llm_model_state{{{ident(1, target='router', engine='llamacpp', model='a', state='loaded')}}}", "1x70"),
+        (f"llm_model_state{{{ident(1, target='router', engine='llamacpp', model='b', state='loaded')}}}", "1x70"),
+        (f"llm_model_state{{{ident(1, target='router', engine='llamacpp', model='c', state='loaded')}}}", "0x70"),
     ],
     exprs=[
         (
             "replica:llm_model_load_duration_seconds:p50_1h",
             "65m",
-            [(f'replica:llm_model_load_duration_seconds:p50_1h{{{ident(1, target="router", engine="llamacpp", model="a", kind="load")}}}', 1)],
+            [
+                (
+                    f"replica:llm_model_load_duration_seconds:p50_1h{{{ident(1, target='router', engine='llamacpp', model='a', kind='load')}}}",
+                    1,
+                )
+            ],
         ),
         (
             'replica:llm_models:count{state="loaded"}',
             "65m",
             [
-                (f'replica:llm_models:count{{{ident(0, target="router", engine="llamacpp", state="loaded")}}}', 1),
-                (f'replica:llm_models:count{{{ident(1, target="router", engine="llamacpp", state="loaded")}}}', 2),
+                (f"replica:llm_models:count{{{ident(0, target='router', engine='llamacpp', state='loaded')}}}", 1),
+                (f"replica:llm_models:count{{{ident(1, target='router', engine='llamacpp', state='loaded')}}}", 2),
             ],
         ),
         (
@@ -415,6 +471,7 @@ case(
         ),
     ],
 )
+
 
 # ---------------------------------------------------------------- GPUs: two hosts, one GPU each
 def xid_text(xid):
@@ -432,7 +489,15 @@ def gpu(host, **extra):
 
 
 def gpu_dict(host, **extra):
-    d = {"job": "llm", "instance": f"{host}:9787", "target": "gpus", "engine": "nvml", "gpu": "0", "uuid": f"GPU-{host}", "name": "H200"}
+    d = {
+        "job": "llm",
+        "instance": f"{host}:9787",
+        "target": "gpus",
+        "engine": "nvml",
+        "gpu": "0",
+        "uuid": f"GPU-{host}",
+        "name": "H200",
+    }
     d.update(extra)
     return d
 
@@ -452,7 +517,10 @@ case(
             [
                 (
                     {"severity": "warning", **gpu_dict("b")},
-                    {"summary": "GPU 0 (H200) on b:9787 memory is 98.75% used", "description": "Above 95 % for 5 minutes."},
+                    {
+                        "summary": "GPU 0 (H200) on b:9787 memory is 98.75% used",
+                        "description": "Above 95 % for 5 minutes.",
+                    },
                 )
             ],
         ),
@@ -478,7 +546,11 @@ case(
                 )
             ],
         ),
-        ("14m", "LLMGPUXidError", [(({"severity": "critical", **gpu_dict("b", xid=x)}), xid_text(x)) for x in ("48", "79")]),
+        (
+            "14m",
+            "LLMGPUXidError",
+            [(({"severity": "critical", **gpu_dict("b", xid=x)}), xid_text(x)) for x in ("48", "79")],
+        ),
         ("28m", "LLMGPUXidError", []),
     ],
 )
@@ -521,6 +593,8 @@ case(
             ],
         ),
         ("30m", "LLMGPURowRemapPending", []),
+        ("1m", "LLMGPURowRemapFailed", []),
+        ("4m", "LLMGPULost", []),
         (
             "7m",
             "LLMGPULost",
@@ -536,6 +610,7 @@ case(
         ),
     ],
 )
+
 
 # Energy per token: host a's GPU is owned by one target (valid); host b's GPU is shared by two (left out).
 def info(host, target, model):
@@ -562,12 +637,22 @@ case(
         (
             "replica:llm_gpu_energy_joules_per_generation_token:ratio_5m",
             "10m",
-            [('replica:llm_gpu_energy_joules_per_generation_token:ratio_5m{instance="a:9787",target="llama",model="m"}', 3)],
+            [
+                (
+                    'replica:llm_gpu_energy_joules_per_generation_token:ratio_5m{instance="a:9787",target="llama",model="m"}',
+                    3,
+                )
+            ],
         ),
         (
             "replica:llm_gpu_energy_joules_per_prompt_token:ratio_5m",
             "10m",
-            [('replica:llm_gpu_energy_joules_per_prompt_token:ratio_5m{instance="a:9787",target="llama",model="m"}', 0.3)],
+            [
+                (
+                    'replica:llm_gpu_energy_joules_per_prompt_token:ratio_5m{instance="a:9787",target="llama",model="m"}',
+                    0.3,
+                )
+            ],
         ),
         (
             "model:llm_gpu_energy_joules_per_generation_token:ratio_5m",
@@ -581,26 +666,43 @@ case(
 case(
     "GPU memory per model across the cluster: joined by Prometheus through kube_pod_info",
     [
-        ('llm_gpu_process_memory_used_bytes{job="nvml",instance="node-1",target="gpus",engine="nvml",gpu="0",uuid="GPU-1",name="H200",pid="4242",pod_uid="uid-0",container_id="c0"}', "30x10"),
-        ('llm_gpu_process_memory_used_bytes{job="nvml",instance="node-2",target="gpus",engine="nvml",gpu="0",uuid="GPU-2",name="H200",pid="4242",pod_uid="uid-1",container_id="c1"}', "50x10"),
+        (
+            'llm_gpu_process_memory_used_bytes{job="nvml",instance="node-1",target="gpus",engine="nvml",gpu="0",uuid="GPU-1",name="H200",pid="4242",pod_uid="uid-0",container_id="c0"}',
+            "30x10",
+        ),
+        (
+            'llm_gpu_process_memory_used_bytes{job="nvml",instance="node-2",target="gpus",engine="nvml",gpu="0",uuid="GPU-2",name="H200",pid="4242",pod_uid="uid-1",container_id="c1"}',
+            "50x10",
+        ),
         ('kube_pod_info{job="kube-state-metrics",namespace="serving",pod="vllm-0",uid="uid-0",node="node-1"}', "1x10"),
         ('kube_pod_info{job="kube-state-metrics",namespace="serving",pod="vllm-1",uid="uid-1",node="node-2"}', "1x10"),
-        (f'llm_model_state{{{ident(0, model="m", state="loaded")}}}', "1x10"),
-        (f'llm_model_state{{{ident(1, model="m", state="loaded")}}}', "1x10"),
+        (f"llm_model_state{{{ident(0, model='m', state='loaded')}}}", "1x10"),
+        (f"llm_model_state{{{ident(1, model='m', state='loaded')}}}", "1x10"),
     ],
     exprs=[
         (
             "namespace_pod:llm_gpu_process_memory_used_bytes:sum",
             "5m",
             [
-                ('namespace_pod:llm_gpu_process_memory_used_bytes:sum{namespace="serving",pod="vllm-0",uuid="GPU-1",gpu="0"}', 30),
-                ('namespace_pod:llm_gpu_process_memory_used_bytes:sum{namespace="serving",pod="vllm-1",uuid="GPU-2",gpu="0"}', 50),
+                (
+                    'namespace_pod:llm_gpu_process_memory_used_bytes:sum{namespace="serving",pod="vllm-0",uuid="GPU-1",gpu="0"}',
+                    30,
+                ),
+                (
+                    'namespace_pod:llm_gpu_process_memory_used_bytes:sum{namespace="serving",pod="vllm-1",uuid="GPU-2",gpu="0"}',
+                    50,
+                ),
             ],
         ),
         (
             "namespace_target_model:llm_gpu_process_memory_used_bytes:sum",
             "5m",
-            [('namespace_target_model:llm_gpu_process_memory_used_bytes:sum{namespace="serving",target="vllm",model="m"}', 80)],
+            [
+                (
+                    'namespace_target_model:llm_gpu_process_memory_used_bytes:sum{namespace="serving",target="vllm",model="m"}',
+                    80,
+                )
+            ],
         ),
     ],
 )
