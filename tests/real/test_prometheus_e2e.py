@@ -5,6 +5,7 @@ for the GPU box. Every Grafana dashboard query must return data."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -47,6 +48,13 @@ def replay_set(port: int, path: str, body: str) -> None:
     urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/_replay", data=data), timeout=5)
 
 
+def dashboard_expr(expr: str) -> str:
+    """A panel's query with every variable set to All (as the dashboard's allValue) and Grafana's rate
+    interval set."""
+    expr = expr.replace("$__rate_interval", "1m")
+    return re.sub(r"\$(\w+)", lambda m: ".+" if m.group(1) == "target" else ".*", expr)
+
+
 def test_prometheus_scrapes_rules_and_dashboard(llama_server_bin, tiny_gguf, prometheus_bin, promtool, tmp_path):
     llama_port, exporter_port, replay_port, prom_port = free_port(), free_port(), free_port(), free_port()
     spec = tmp_path / "replay.json"
@@ -57,6 +65,12 @@ def test_prometheus_scrapes_rules_and_dashboard(llama_server_bin, tiny_gguf, pro
                 "/metrics": {"file": str(VLLM / "v0.32.0-metrics-idle.prom")},
                 "/gpu/metrics": {"file": str(FIXTURES / "nvml" / "nvml-metrics.prom")},
                 "/gpu-join/metrics": {"file": str(FIXTURES / "nvml" / "join-metrics.prom")},
+                # Hopper GPM counters under a matmul, and a CUDA llama-server with per-process utilisation
+                # and llm_gpu_target_info (tests/fixtures/nvml-gpm)
+                "/gpu-gpm/metrics": {"file": str(FIXTURES / "nvml-gpm" / "matmul.prom")},
+                "/gpu-llama/metrics": {"file": str(FIXTURES / "nvml-gpm" / "llama-join.prom")},
+                "/lora/health": {"status": 200},
+                "/lora/metrics": {"file": str(VLLM / "v0.32.0-metrics-lora-busy.prom")},
             }
         )
     )
@@ -79,6 +93,10 @@ targets:
     engine: vllm
     url: http://127.0.0.1:{replay_port}
     interval: 1s
+  - name: vllm-lora
+    engine: vllm
+    url: http://127.0.0.1:{replay_port}/lora
+    interval: 1s
 """)
     rules = ROOT / "deploy" / "prometheus" / "llm-exporter.rules.yml"
     prom_config = tmp_path / "prometheus.yml"
@@ -93,6 +111,12 @@ scrape_configs:
     static_configs: [{{targets: ["127.0.0.1:{replay_port}"]}}]
   - job_name: llm-exporter-gpu-join-recorded
     metrics_path: /gpu-join/metrics
+    static_configs: [{{targets: ["127.0.0.1:{replay_port}"]}}]
+  - job_name: llm-exporter-gpm-recorded
+    metrics_path: /gpu-gpm/metrics
+    static_configs: [{{targets: ["127.0.0.1:{replay_port}"]}}]
+  - job_name: llm-exporter-gpu-llama-recorded
+    metrics_path: /gpu-llama/metrics
     static_configs: [{{targets: ["127.0.0.1:{replay_port}"]}}]
 """)
     server = LlamaServer(llama_server_bin, tiny_gguf, llama_port, tmp_path / "llama-server.log")
@@ -123,6 +147,8 @@ scrape_configs:
             "llm-exporter": "up",
             "llm-exporter-gpu-recorded": "up",
             "llm-exporter-gpu-join-recorded": "up",
+            "llm-exporter-gpm-recorded": "up",
+            "llm-exporter-gpu-llama-recorded": "up",
         }
 
         # ---- headline series with the expected labels
@@ -152,18 +178,25 @@ scrape_configs:
 
         # ---- rules loaded and evaluating without errors
         groups = prom_api(prom_port, "/api/v1/rules")["groups"]
-        assert {g["name"] for g in groups} == {"llm-exporter.recording", "llm-exporter.alerts"}
+        assert {g["name"] for g in groups} == {
+            "llm-exporter.replica",
+            "llm-exporter.fleet",
+            "llm-exporter.gpu",
+            "llm-exporter.kubernetes",
+            "llm-exporter.alerts",
+        }
         for group in groups:
             for rule in group["rules"]:
                 assert rule["health"] == "ok" and not rule.get("lastError"), rule
-        assert prom_query(prom_port, "target_model:llm_kv_cache_hit_ratio:ratio_5m")
+        assert prom_query(prom_port, "replica:llm_kv_cache_hit_ratio:ratio_5m")
+        assert prom_query(prom_port, "model:llm_kv_cache_hit_ratio:ratio_5m")
 
         # ---- every dashboard query returns data
         dashboard = json.loads((ROOT / "deploy" / "grafana" / "llm-exporter-dashboard.json").read_text())
         empty = []
         for panel in dashboard["panels"]:
             for target in panel.get("targets", []):
-                expr = target["expr"].replace("$target", ".+").replace("$model", ".*").replace("$__rate_interval", "1m")
+                expr = dashboard_expr(target["expr"])
                 if not prom_query(prom_port, expr):
                     empty.append((panel["title"], expr))
         assert not empty, empty
