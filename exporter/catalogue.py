@@ -617,8 +617,9 @@ GPU_METRICS: tuple[MetricSpec, ...] = (
         "gauge",
         "Device memory used by one process (nvmlDeviceGetComputeRunningProcesses / "
         "GraphicsRunningProcesses). A process of a configured engine target carries that "
-        "target's target, engine and model labels: the GPU <-> model join.",
-        GPU_LABELS + ("pid", "model"),
+        "target's target, engine and model labels: the GPU <-> model join. In a container, `pod_uid` and "
+        "`container_id` from /proc/<pid>/cgroup (for the Kubernetes join rules).",
+        GPU_LABELS + ("pid", "model", "pod_uid", "container_id"),
     ),
     MetricSpec(
         "gpu_process_sm_utilization_ratio",
@@ -627,7 +628,7 @@ GPU_METRICS: tuple[MetricSpec, ...] = (
         "One process's SM utilisation over the poll interval: the mean of the driver's samples since the "
         "last poll (nvmlDeviceGetProcessUtilization smUtil / 100); 0 for a process holding memory with no "
         "sample. Joined to the owning target and model like gpu_process_memory_used_bytes.",
-        GPU_LABELS + ("pid", "model"),
+        GPU_LABELS + ("pid", "model", "pod_uid", "container_id"),
     ),
     MetricSpec(
         "gpu_process_memory_utilization_ratio",
@@ -635,7 +636,7 @@ GPU_METRICS: tuple[MetricSpec, ...] = (
         "gauge",
         "One process's memory-controller utilisation over the poll interval (nvmlDeviceGetProcessUtilization "
         "memUtil / 100), joined like gpu_process_sm_utilization_ratio.",
-        GPU_LABELS + ("pid", "model"),
+        GPU_LABELS + ("pid", "model", "pod_uid", "container_id"),
     ),
 )
 

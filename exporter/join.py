@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from .observation import LabelPairs, SeriesSample
 from .state import TargetState
 
+PROCESS_LABELS = frozenset({"pid", "pod_uid", "container_id"})  # one process, not the GPU
 Owners = dict[int, tuple[tuple[str, str], ...]]  # pid → the (target, engine, model) labels of its engine
 
 
@@ -35,7 +36,7 @@ def target_links(series: Iterable[SeriesSample], owners: Owners) -> list[LabelPa
             continue
         owner = owner_of(one, owners)
         if owner:
-            links[tuple((k, v) for k, v in one.labels if k != "pid") + owner] = None
+            links[tuple((k, v) for k, v in one.labels if k not in PROCESS_LABELS) + owner] = None
     return list(links)
 
 

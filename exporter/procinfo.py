@@ -271,3 +271,38 @@ def release_free_memory() -> None:
     trim = getattr(process, "malloc_trim", None)
     if trim is not None:
         trim(0)
+
+
+# Kubernetes identity from /proc/<pid>/cgroup (v1: one line per hierarchy; v2: "0::<path>"). The pod UID
+# is the kubelet's `pod<uid>` segment (dashes, or underscores under the systemd cgroup driver); the
+# container id is the last segment's 64 hex digits, bare (cgroupfs driver) or in a systemd scope named by
+# the runtime: cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope. CRI-O's conmon scope is not
+# the container. Shapes: tests/fixtures/cgroup/SOURCES.md.
+_POD_UID = re.compile(
+    r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12})(?:\.slice)?(?:/|$)"
+)
+_CONTAINER_ID = re.compile(r"(?:^|/)(?:(?:cri-containerd|crio|docker|containerd)-)?([0-9a-f]{64})(?:\.scope)?$")
+
+
+def parse_cgroup(text: str) -> tuple[str, str] | None:
+    """(pod UID, container id) from a /proc/<pid>/cgroup text; either may be "" (a Docker container has no
+    pod); None when the process is in no container."""
+    best: tuple[str, str] | None = None
+    for line in text.splitlines()[:64]:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        path = parts[2].strip()
+        pod = _POD_UID.search(path)
+        container = _CONTAINER_ID.search(path)
+        if not pod and not container:
+            continue
+        found = (pod.group(1).replace("_", "-") if pod else "", container.group(1) if container else "")
+        if best is None or sum(map(bool, found)) > sum(map(bool, best)):
+            best = found
+    return best
+
+
+def container_identity(pid: int, proc_root: str = "/proc") -> tuple[str, str] | None:
+    raw = _read(f"{proc_root}/{pid}/cgroup", 16384)
+    return None if raw is None else parse_cgroup(raw.decode("utf-8", "replace"))

@@ -32,7 +32,7 @@ from ..observation import (
     Reason,
     SeriesSample,
 )
-from ..procinfo import parent_pid, release_free_memory
+from ..procinfo import container_identity, parent_pid, release_free_memory
 from .base import Source
 
 log = logging.getLogger("llm_exporter.nvml")
@@ -723,6 +723,11 @@ class NvmlSource(Source):
     engine = "nvml"
     title = "NVIDIA GPUs (NVML)"
     needs_url = False
+    containers: dict[int, tuple[str, str]]  # pid → (pod UID, container id), read once per process
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.containers = {}
 
     @property
     def library(self) -> NvmlLibrary:
@@ -733,6 +738,8 @@ class NvmlSource(Source):
 
     async def collect(self) -> Observation:
         reading = await self.library.read_async(self.target.timeout)
+        live = {pid for gpu in reading.gpus for pid in gpu.processes}
+        self.containers = {pid: found for pid, found in self.containers.items() if pid in live}
         observation = Observation(Readiness.READY)
         put = observation.series.append
         for gpu in reading.gpus:
@@ -745,6 +752,12 @@ class NvmlSource(Source):
                 # Keyed by pid only: the join stage (exporter/join.py) adds the target, engine and model of
                 # the engine process that owns it (or one of its parents).
                 labels, parents = gpu.labels + (("pid", str(pid)),), _ancestors(pid)
+                identity = self.containers.get(pid)
+                if identity is None:
+                    identity = self.containers[pid] = container_identity(pid) or ("", "")
+                # In a container (the node-level DaemonSet): the pod UID and container id, for the
+                # Kubernetes join rules (kube_pod_info); left out where not found.
+                labels += tuple((k, v) for k, v in zip(("pod_uid", "container_id"), identity, strict=True) if v)
                 readings: tuple[tuple[str, float | None], ...] = (
                     ("gpu_process_memory_used_bytes", process.memory),
                     ("gpu_process_sm_utilization_ratio", process.sm),

@@ -162,7 +162,8 @@ def test_sidecars_probes_port_resources_and_security():
         sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == "llm-exporter")
         assert sidecar["ports"] == [{"name": "llm-metrics", "containerPort": DEFAULT_PORT}]
         assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
-        assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        # a monitor never gates the pod's Ready condition (and with it the Service endpoints)
+        assert "readinessProbe" not in sidecar and "startupProbe" not in sidecar
         # the probes send no password: both paths must stay open when --web.config.file turns on basic auth
         from exporter.webconfig import OPEN_PATHS
 
@@ -178,7 +179,7 @@ def test_sidecars_probes_port_resources_and_security():
 
 def test_configmaps_hold_valid_exporter_configs():
     maps = [doc for _, doc in documents() if doc["kind"] == "ConfigMap"]
-    assert len(maps) == 2
+    assert len(maps) == 3  # two sidecars and the node-level nvml DaemonSet
     for config_map in maps:
         load_config_text(config_map["data"]["config.yaml"], config_map["metadata"]["name"], {})
 
@@ -189,7 +190,7 @@ def test_prometheus_operator_monitors_select_the_named_port():
     assert monitors["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "llm-metrics"
     assert monitors["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "llm-metrics"
     selected = monitors["PodMonitor"]["spec"]["selector"]["matchExpressions"][0]["values"]
-    assert set(selected) == {"vllm", "llamacpp"}
+    assert set(selected) == {"vllm", "llamacpp", "llm-exporter-nvml"}
 
 
 def test_kubernetes_sd_scrape_job_keeps_the_named_port():
@@ -306,3 +307,20 @@ def test_quoted_benchmark_figures_come_from_bench_results():
     for manifest in (ROOT / "deploy" / "kubernetes").glob("*.yaml"):
         comments = [line for line in manifest.read_text().splitlines() if line.strip().startswith("#")]
         assert not any(re.search(r"\d+(\.\d+)? ?(MiB|%)", c) for c in comments), manifest.name
+
+
+def test_nvml_daemonset_reads_every_gpu_without_claiming_one():
+    (daemonset,) = [doc for _, doc in documents() if doc["kind"] == "DaemonSet"]
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["hostPID"] is True  # NVML's PIDs are the host's; /proc/<pid>/cgroup gives pod and container
+    (container,) = pod["containers"]
+    assert "nvidia.com/gpu" not in str(container["resources"])  # never takes a GPU from the engines
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env == {"NVIDIA_VISIBLE_DEVICES": "all", "NVIDIA_DRIVER_CAPABILITIES": "utility"}
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and security["capabilities"] == {"drop": ["ALL"]}
+    assert "readinessProbe" not in container
+    config = next(
+        d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "llm-exporter-nvml"
+    )
+    assert "engine: nvml" in config["data"]["config.yaml"]
