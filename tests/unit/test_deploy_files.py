@@ -132,7 +132,7 @@ def test_systemd_example_config_is_valid():
 
 # ---------------------------------------------------------------- Kubernetes
 
-MANIFESTS = sorted((DEPLOY / "kubernetes").glob("*.yaml"))
+MANIFESTS = sorted(p for p in (DEPLOY / "kubernetes").glob("*.yaml") if p.name != "kustomization.yaml")
 
 
 def documents():
@@ -324,3 +324,27 @@ def test_nvml_daemonset_reads_every_gpu_without_claiming_one():
         d for _, d in documents() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "llm-exporter-nvml"
     )
     assert "engine: nvml" in config["data"]["config.yaml"]
+
+
+def test_kustomization_sets_image_tag_and_namespace_for_every_manifest():
+    kustomization = yaml.safe_load((DEPLOY / "kubernetes" / "kustomization.yaml").read_text())
+    assert kustomization["namespace"] and {r for r in kustomization["resources"]} >= {
+        "vllm-with-exporter.yaml",
+        "llamacpp-with-exporter.yaml",
+        "nvml-daemonset.yaml",
+        "podmonitor.yaml",
+    }
+    (image,) = kustomization["images"]
+    assert image["newName"] and image["newTag"]
+    exporter_images = {
+        c["image"].split(":")[0]
+        for _, doc in documents()
+        if doc["kind"] in ("Deployment", "DaemonSet")
+        for c in doc["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "llm-exporter"
+    }
+    assert exporter_images == {image["name"]}  # the one name the kustomization rewrites
+    for _, doc in documents():
+        assert "namespace" not in doc["metadata"], doc["metadata"]["name"]  # set in one place
+        if doc["apiVersion"] == "monitoring.coreos.com/v1":
+            assert doc["metadata"]["labels"]["release"]
