@@ -348,3 +348,36 @@ def test_kustomization_sets_image_tag_and_namespace_for_every_manifest():
         assert "namespace" not in doc["metadata"], doc["metadata"]["name"]  # set in one place
         if doc["apiVersion"] == "monitoring.coreos.com/v1":
             assert doc["metadata"]["labels"]["release"]
+
+
+def test_every_recording_rule_is_checked_by_a_promtool_test():
+    """Each recorded series is asserted by a promql_expr_test, or feeds (directly or through another rule)
+    an alert or a recorded series that is."""
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "llm-exporter.rules.yml").read_text())
+    records = {r["record"]: r["expr"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    alerts = [r["expr"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    tests = yaml.safe_load((DEPLOY / "prometheus" / "tests" / "llm-exporter.rules.test.yml").read_text())
+    checked = " ".join(check["expr"] for case in tests["tests"] for check in case.get("promql_expr_test", []))
+    covered = {name for name in records if re.search(rf"\b{re.escape(name)}\b", checked + " " + " ".join(alerts))}
+    changed = True
+    while changed:
+        changed = False
+        for name in list(covered):
+            for other in records:
+                if other not in covered and re.search(rf"\b{re.escape(other)}\b", records[name]):
+                    covered.add(other)
+                    changed = True
+    assert not set(records) - covered, sorted(set(records) - covered)
+
+
+def test_dcgm_join_rules_use_dcgm_exporters_own_label_names():
+    sample = (ROOT / "tests" / "fixtures" / "dcgm-exporter" / "readme-kubernetes-sample.txt").read_text()
+    names = set(re.findall(r"[{,]\s*(\w+)=", sample))
+    assert {"gpu", "UUID", "container", "namespace", "pod"} <= names
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "llm-exporter.rules.yml").read_text())
+    (group,) = [g for g in rules["groups"] if g["name"] == "llm-exporter.dcgm"]
+    for rule in group["rules"]:
+        used = set(re.findall(r"by \(([^)]*)\)", rule["expr"]))
+        for labels in used:
+            for label in (x.strip() for x in labels.split(",")):
+                assert label in names | {"target", "model", "Hostname"}, (rule["record"], label)

@@ -457,6 +457,21 @@ case(
             ],
         ),
         (
+            "replica:llm_model_load_duration_seconds:p95_1h",
+            "65m",
+            [
+                (
+                    f"replica:llm_model_load_duration_seconds:p95_1h{{{ident(1, target='router', engine='llamacpp', model='a', kind='load')}}}",
+                    2.3499999999999996,
+                )
+            ],
+        ),
+        (
+            "model:llm_model_load_duration_seconds:p95_1h",
+            "65m",
+            [('model:llm_model_load_duration_seconds:p95_1h{model="a",kind="load"}', 2.3499999999999996)],
+        ),
+        (
             'replica:llm_models:count{state="loaded"}',
             "65m",
             [
@@ -655,6 +670,11 @@ case(
             ],
         ),
         (
+            'gpu:llm_gpu_energy_joules:rate5m{instance="a:9787"}',
+            "10m",
+            [(f"gpu:llm_gpu_energy_joules:rate5m{{{gpu('a')}}}", 300)],
+        ),
+        (
             "model:llm_gpu_energy_joules_per_generation_token:ratio_5m",
             "10m",
             [('model:llm_gpu_energy_joules_per_generation_token:ratio_5m{model="m"}', 3)],
@@ -678,8 +698,58 @@ case(
         ('kube_pod_info{job="kube-state-metrics",namespace="serving",pod="vllm-1",uid="uid-1",node="node-2"}', "1x10"),
         (f"llm_model_state{{{ident(0, model='m', state='loaded')}}}", "1x10"),
         (f"llm_model_state{{{ident(1, model='m', state='loaded')}}}", "1x10"),
+        (
+            'llm_gpu_process_sm_utilization_ratio{job="nvml",instance="node-1",target="gpus",engine="nvml",gpu="0",uuid="GPU-1",name="H200",pid="4242",pod_uid="uid-0",container_id="c0"}',
+            "0.5x10",
+        ),
+        (
+            'llm_gpu_process_sm_utilization_ratio{job="nvml",instance="node-2",target="gpus",engine="nvml",gpu="0",uuid="GPU-2",name="H200",pid="4242",pod_uid="uid-1",container_id="c1"}',
+            "0.25x10",
+        ),
+        (
+            'llm_gpu_process_sm_utilization_ratio{job="llm",instance="box:9787",target="llama",engine="llamacpp",model="q",gpu="0",uuid="GPU-9",name="H200",pid="7"}',
+            "0.5x10",
+        ),
+        (
+            'llm_gpu_process_sm_utilization_ratio{job="llm",instance="box:9787",target="llama",engine="llamacpp",model="q",gpu="0",uuid="GPU-9",name="H200",pid="8"}',
+            "0.25x10",
+        ),
     ],
     exprs=[
+        (
+            "target_model_gpu:llm_gpu_process_sm_utilization:sum",
+            "5m",
+            [
+                (
+                    'target_model_gpu:llm_gpu_process_sm_utilization:sum{job="llm",instance="box:9787",target="llama",engine="llamacpp",model="q",gpu="0",uuid="GPU-9",name="H200"}',
+                    0.75,
+                )
+            ],
+        ),
+        (
+            "namespace_pod:llm_gpu_process_sm_utilization:sum",
+            "5m",
+            [
+                (
+                    'namespace_pod:llm_gpu_process_sm_utilization:sum{namespace="serving",pod="vllm-0",uuid="GPU-1",gpu="0"}',
+                    0.5,
+                ),
+                (
+                    'namespace_pod:llm_gpu_process_sm_utilization:sum{namespace="serving",pod="vllm-1",uuid="GPU-2",gpu="0"}',
+                    0.25,
+                ),
+            ],
+        ),
+        (
+            "namespace_target_model:llm_gpu_process_sm_utilization:sum",
+            "5m",
+            [
+                (
+                    'namespace_target_model:llm_gpu_process_sm_utilization:sum{namespace="serving",target="vllm",model="m"}',
+                    0.75,
+                )
+            ],
+        ),
         (
             "namespace_pod:llm_gpu_process_memory_used_bytes:sum",
             "5m",
@@ -703,6 +773,129 @@ case(
                     80,
                 )
             ],
+        ),
+    ],
+)
+
+# dcgm-exporter: series shaped as its README's Kubernetes sample (tests/fixtures/dcgm-exporter), held by pods
+DCGM = 'gpu="{gpu}",UUID="GPU-{gpu}",container="vllm",namespace="serving",pod="{pod}",Hostname="node-1"'
+case(
+    "dcgm-exporter's per-GPU series joined to target and model by namespace and pod",
+    [
+        (f"DCGM_FI_DEV_GPU_UTIL{{{DCGM.format(gpu=0, pod='vllm-0')}}}", "90x10"),
+        (f"DCGM_FI_DEV_GPU_UTIL{{{DCGM.format(gpu=1, pod='vllm-1')}}}", "30x10"),
+        ('DCGM_FI_DEV_GPU_UTIL{gpu="2",UUID="GPU-2",container="",namespace="",pod="",Hostname="node-1"}', "5x10"),
+        (f"DCGM_FI_DEV_FB_USED{{{DCGM.format(gpu=0, pod='vllm-0')}}}", "1024x10"),
+        (f"DCGM_FI_DEV_FB_USED{{{DCGM.format(gpu=1, pod='vllm-1')}}}", "2048x10"),
+        (f"llm_model_state{{{ident(0, model='m', state='loaded')}}}", "1x10"),
+        (f"llm_model_state{{{ident(1, model='m', state='loaded')}}}", "1x10"),
+    ],
+    exprs=[
+        (
+            "namespace_pod_gpu:dcgm_gpu_utilization:ratio",
+            "5m",
+            [
+                (
+                    'namespace_pod_gpu:dcgm_gpu_utilization:ratio{namespace="serving",pod="vllm-0",UUID="GPU-0",gpu="0",Hostname="node-1",target="vllm",model="m"}',
+                    0.9,
+                ),
+                (
+                    'namespace_pod_gpu:dcgm_gpu_utilization:ratio{namespace="serving",pod="vllm-1",UUID="GPU-1",gpu="1",Hostname="node-1",target="vllm",model="m"}',
+                    0.3,
+                ),
+            ],
+        ),
+        # the model's GPUs: (0.9 + 0.3) / 2 GPUs; the unowned GPU 2 is not the model's
+        (
+            "namespace_target_model:dcgm_gpu_utilization:ratio",
+            "5m",
+            [('namespace_target_model:dcgm_gpu_utilization:ratio{namespace="serving",target="vllm",model="m"}', 0.6)],
+        ),
+        (
+            "namespace_target_model:dcgm_fb_used_bytes:sum",
+            "5m",
+            [
+                (
+                    'namespace_target_model:dcgm_fb_used_bytes:sum{namespace="serving",target="vllm",model="m"}',
+                    3072 * 1048576,
+                )
+            ],
+        ),
+    ],
+)
+
+# ---------------------------------------------------------------- remaining recorded series, each checked
+series = buckets(0, 60, [("0.5", 60), ("5", 60), ("10", 60), ("+Inf", 60)], 30)
+series += buckets(1, 60, [("0.5", 0), ("5", 0), ("10", 60), ("+Inf", 60)], 450)
+for metric in ("llm_time_to_first_token_seconds", "llm_inter_token_latency_seconds", "llm_request_latency_seconds"):
+    series += buckets(0, 60, [("0.5", 60), ("+Inf", 60)], 6, name=metric)
+series += [
+    (f"llm_generation_tokens_total{{{ident(0, model='m')}}}", "0+600x30"),
+    (f"llm_generation_tokens_total{{{ident(1, model='m')}}}", "0+1200x30"),
+    (f"llm_prompt_tokens_total{{{ident(0, model='m')}}}", "0+6000x30"),
+    (f"llm_ready{{{ident(0)}}}", "1x30"),
+    (f"llm_ready{{{ident(1)}}}", "0x30"),
+]
+case(
+    "every other recorded series: latency quantiles and means, token rates, replicas ready",
+    series,
+    exprs=[
+        (
+            'replica:llm_token_queue_latency_seconds:p99_5m{pod="vllm-1"}',
+            "10m",
+            [(f"replica:llm_token_queue_latency_seconds:p99_5m{{{ident(1, model='m')}}}", 9.95)],
+        ),
+        (
+            "model:llm_token_queue_latency_seconds:mean_5m",
+            "10m",
+            [('model:llm_token_queue_latency_seconds:mean_5m{model="m"}', 4)],
+        ),
+        (
+            "model:llm_token_queue_latency_seconds:p95_5m",
+            "10m",
+            [('model:llm_token_queue_latency_seconds:p95_5m{model="m"}', 9.5)],
+        ),
+        (
+            "replica:llm_time_to_first_token_seconds:p95_5m",
+            "10m",
+            [(f"replica:llm_time_to_first_token_seconds:p95_5m{{{ident(0, model='m')}}}", 0.475)],
+        ),
+        (
+            "model:llm_time_to_first_token_seconds:p95_5m",
+            "10m",
+            [('model:llm_time_to_first_token_seconds:p95_5m{model="m"}', 0.475)],
+        ),
+        (
+            "replica:llm_inter_token_latency_seconds:p95_5m",
+            "10m",
+            [(f"replica:llm_inter_token_latency_seconds:p95_5m{{{ident(0, model='m')}}}", 0.475)],
+        ),
+        (
+            "replica:llm_request_latency_seconds:p95_5m",
+            "10m",
+            [(f"replica:llm_request_latency_seconds:p95_5m{{{ident(0, model='m')}}}", 0.475)],
+        ),
+        (
+            'replica:llm_generation_tokens:rate5m{pod="vllm-1"}',
+            "10m",
+            [(f"replica:llm_generation_tokens:rate5m{{{ident(1, model='m')}}}", 20)],
+        ),
+        (
+            "namespace_target_model:llm_generation_tokens:rate5m",
+            "10m",
+            [('namespace_target_model:llm_generation_tokens:rate5m{namespace="serving",target="vllm",model="m"}', 30)],
+        ),
+        ("model:llm_generation_tokens:rate5m", "10m", [('model:llm_generation_tokens:rate5m{model="m"}', 30)]),
+        (
+            "replica:llm_prompt_tokens:rate5m",
+            "10m",
+            [(f"replica:llm_prompt_tokens:rate5m{{{ident(0, model='m')}}}", 100)],
+        ),
+        ("model:llm_prompt_tokens:rate5m", "10m", [('model:llm_prompt_tokens:rate5m{model="m"}', 100)]),
+        (
+            "namespace_target:llm_replicas_ready:count",
+            "10m",
+            [('namespace_target:llm_replicas_ready:count{namespace="serving",target="vllm"}', 1)],
         ),
     ],
 )
