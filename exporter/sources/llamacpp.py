@@ -399,24 +399,26 @@ class LlamaCppSource(HttpSource):
         self.polls_since_props += 1
 
         sleeping = (metrics is None or not metrics.busy) and self.props.get("is_sleeping") is True
-        model_name = self._model_name()
-        sample = metrics.sample if metrics is not None else ModelSample()
         observation = Observation(
             Readiness.READY,
-            models={model_name: sample},
-            info=self._props_info(model_name),
             endpoints=self._endpoints(),
             notices=tuple(notices),
             mapping_misses=tuple(metrics.misses) if metrics else (),
             model_states=SINGLE_STATES,
         )
+        # The process first: the model its command line names (and its KV layout) are this process's, not
+        # the previous one's (a restart with another model may be seen first when it is already ready).
+        self._timing(observation, metrics.ready_header if metrics else None)
+        model_name = self._model_name()
+        sample = metrics.sample if metrics is not None else ModelSample()
+        observation.models = {model_name: sample}
+        observation.info = self._props_info(model_name)
         self._fill_from_props(self.props, sample)
         if metrics is not None:
             self._map_slots(slots, metrics, sample, self.kv_layout)
             if self.slots_enabled:  # without /slots no task is ever counted: no estimate at all
                 observation.queue_probes[model_name] = self._probe(sample, slots)
             self.add_passthrough(observation, metrics.text)
-        self._timing(observation, metrics.ready_header if metrics else None)
         observation.lifecycle[""] = ModelStatus(
             ModelState.SLEEPING if sleeping else ModelState.LOADED,
             model=model_name,

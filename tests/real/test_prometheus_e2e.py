@@ -183,6 +183,7 @@ scrape_configs:
             "llm-exporter.fleet",
             "llm-exporter.gpu",
             "llm-exporter.kubernetes",
+            "llm-exporter.dcgm",
             "llm-exporter.alerts",
         }
         for group in groups:
