@@ -167,33 +167,21 @@ def build() -> dict[str, Any]:
     )
 
     d.row("Latency per request")
-    d.panel(
-        "Time to first token p50 / p95",
-        "From the engines' TTFT histograms (vLLM, SGLang, TGI, TensorRT-LLM).",
-        [
-            (quantile("0.5", "llm_time_to_first_token_seconds"), "p50 " + MODEL),
-            (quantile("0.95", "llm_time_to_first_token_seconds"), "p95 " + MODEL),
-        ],
-        "s",
-    )
-    d.panel(
-        "Inter-token latency p50 / p95",
-        "Time between two output tokens of one request.",
-        [
-            (quantile("0.5", "llm_inter_token_latency_seconds"), "p50 " + MODEL),
-            (quantile("0.95", "llm_inter_token_latency_seconds"), "p95 " + MODEL),
-        ],
-        "s",
-    )
-    d.panel(
-        "End-to-end request latency p50 / p95",
-        "Arrival to last token, per finished request.",
-        [
-            (quantile("0.5", "llm_request_latency_seconds"), "p50 " + MODEL),
-            (quantile("0.95", "llm_request_latency_seconds"), "p95 " + MODEL),
-        ],
-        "s",
-    )
+    for title, description, metric in (
+        (
+            "Time to first token",
+            "From the engines' TTFT histograms (vLLM, SGLang, TGI, TensorRT-LLM).",
+            "llm_time_to_first_token_seconds",
+        ),
+        ("Inter-token latency", "Time between two output tokens of one request.", "llm_inter_token_latency_seconds"),
+        ("End-to-end request latency", "Arrival to last token, per finished request.", "llm_request_latency_seconds"),
+    ):
+        d.panel(
+            f"{title} p50 / p95",
+            description,
+            [(quantile(q, metric), f"p{name} " + MODEL) for q, name in (("0.5", "50"), ("0.95", "95"))],
+            "s",
+        )
 
     d.row("Throughput")
     d.panel(
