@@ -1,0 +1,36 @@
+"""`optional: true` targets: llm_target_absent says whether the target was ever there."""
+
+from exporter.collector import target_samples
+from exporter.config import load_config_text
+from exporter.observation import Observation, PollError, Readiness, Reason
+from exporter.state import TargetState
+
+
+def target(optional: bool):
+    flag = "true" if optional else "false"
+    text = f"targets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:1', optional: {flag}}}\n"
+    return load_config_text(text, "t", {"vllm": True}).targets[0]
+
+
+def absent(state: TargetState):
+    found = [value for key, _, _, value in target_samples(state, {}) if key == "target_absent"]
+    return found[0] if found else None
+
+
+def test_absent_until_it_answers_then_down_alerts_as_usual():
+    state = TargetState(target(optional=True))
+    state.record_failure(PollError(Reason.CONNECT, "connection refused"), 1.0, 0.01)
+    assert absent(state) == 1.0  # nothing was ever there: no LLMTargetDown
+    state.record_success(Observation(Readiness.READY), 2.0, 0.01)
+    assert absent(state) == 0.0
+    state.record_failure(PollError(Reason.CONNECT, "connection refused"), 3.0, 0.01)
+    assert absent(state) == 0.0  # it was there: losing it is an outage
+
+
+def test_an_engine_that_answers_badly_is_not_absent_and_required_targets_say_nothing():
+    state = TargetState(target(optional=True))
+    state.record_failure(PollError(Reason.HTTP_STATUS, "/metrics: HTTP 500"), 1.0, 0.01)
+    assert absent(state) == 0.0  # something listens there: a broken engine pages
+    required = TargetState(target(optional=False))
+    required.record_failure(PollError(Reason.CONNECT, "connection refused"), 1.0, 0.01)
+    assert absent(required) is None
