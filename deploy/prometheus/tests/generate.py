@@ -824,6 +824,43 @@ case(
     ],
 )
 
+# A router pod serving two models and a host without pod labels, in the same Prometheus: left out of the
+# pod -> model joins, which still hold for the single-model pod (no many-to-many error for everyone)
+ROUTER = 'job="llm",namespace="serving",pod="router-0",instance="10.0.0.9:9787",target="llama",engine="llamacpp"'
+HOST = 'job="llm",instance="gpu-box:9787",target="llama",engine="llamacpp"'
+case(
+    "pod -> model joins keep single-model pods only: a router pod and a pod-less host leave them intact",
+    [
+        (f"llm_model_state{{{ident(0, model='m', state='loaded')}}}", "1x10"),
+        (f'llm_model_state{{{ROUTER},model="a",state="loaded"}}', "1x10"),
+        (f'llm_model_state{{{ROUTER},model="b",state="loaded"}}', "1x10"),
+        (f'llm_model_state{{{HOST},model="a",state="loaded"}}', "1x10"),
+        (f'llm_model_state{{{HOST},model="b",state="loaded"}}', "1x10"),
+        (f"DCGM_FI_DEV_GPU_UTIL{{{DCGM.format(gpu=0, pod='vllm-0')}}}", "50x10"),
+        (
+            'DCGM_FI_DEV_GPU_UTIL{gpu="1",UUID="GPU-1",container="llama",namespace="serving",pod="router-0",Hostname="node-1"}',
+            "70x10",
+        ),
+    ],
+    exprs=[
+        (
+            "namespace_pod:llm_model_loaded:single",
+            "5m",
+            [('namespace_pod:llm_model_loaded:single{namespace="serving",pod="vllm-0",target="vllm",model="m"}', 1)],
+        ),
+        (
+            "namespace_pod_gpu:dcgm_gpu_utilization:ratio",
+            "5m",
+            [
+                (
+                    'namespace_pod_gpu:dcgm_gpu_utilization:ratio{namespace="serving",pod="vllm-0",UUID="GPU-0",gpu="0",Hostname="node-1",target="vllm",model="m"}',
+                    0.5,
+                )
+            ],
+        ),
+    ],
+)
+
 # ---------------------------------------------------------------- remaining recorded series, each checked
 series = buckets(0, 60, [("0.5", 60), ("5", 60), ("10", 60), ("+Inf", 60)], 30)
 series += buckets(1, 60, [("0.5", 0), ("5", 0), ("10", 60), ("+Inf", 60)], 450)
