@@ -340,6 +340,36 @@ def build() -> dict[str, Any]:
         width=12,
     )
 
+    d.row("GPUs per pod (dcgm-exporter)")
+    dcgm = 'namespace=~"$namespace",target=~"$target",model=~"$model"'
+    dcgm_note = (
+        " Joins NVIDIA dcgm-exporter's per-GPU series (its Kubernetes pod labels) to the sidecars' models by"
+        " namespace and pod; empty where dcgm-exporter does not run. " + RULES_NEEDED
+    )
+    d.panel(
+        "GPU utilisation per pod",
+        "dcgm-exporter's GPU utilisation of each GPU a model's pod holds." + dcgm_note,
+        [
+            (
+                f'namespace_pod_gpu:dcgm_gpu_utilization:ratio{{{dcgm},pod=~"$pod"}}',
+                "{{namespace}}/{{pod}} GPU {{gpu}} · {{target}} · {{model}}",
+            )
+        ],
+        "percentunit",
+    )
+    d.panel(
+        "GPU utilisation per model",
+        "Mean over the GPUs of every pod serving the model (Σ utilisation / GPUs)." + dcgm_note,
+        [(f"namespace_target_model:dcgm_gpu_utilization:ratio{{{dcgm}}}", "{{namespace}} · {{target}} · {{model}}")],
+        "percentunit",
+    )
+    d.panel(
+        "GPU memory per model",
+        "Framebuffer used on the GPUs of every pod serving the model, summed." + dcgm_note,
+        [(f"namespace_target_model:dcgm_fb_used_bytes:sum{{{dcgm}}}", "{{namespace}} · {{target}} · {{model}}")],
+        "bytes",
+    )
+
     d.row("Exporter health")
     d.panel("Targets up", "1 when the exporter's last poll of the target succeeded.", [(f"llm_up{{{T}}}", REPLICA)])
     d.panel("Poll duration", "How long each poll took.", [(f"llm_exporter_poll_duration_seconds{{{T}}}", REPLICA)], "s")
@@ -359,7 +389,7 @@ def build() -> dict[str, Any]:
         "title": "LLM inference (llm-exporter)",
         "uid": "llm-exporter",
         "schemaVersion": 39,
-        "version": 2,
+        "version": 3,
         "editable": True,
         "tags": ["llm", "vllm", "llama.cpp", "gpu"],
         "time": {"from": "now-1h", "to": "now"},

@@ -69,6 +69,8 @@ def test_prometheus_scrapes_rules_and_dashboard(llama_server_bin, tiny_gguf, pro
                 # and llm_gpu_target_info (tests/fixtures/nvml-gpm)
                 "/gpu-gpm/metrics": {"file": str(FIXTURES / "nvml-gpm" / "matmul.prom")},
                 "/gpu-llama/metrics": {"file": str(FIXTURES / "nvml-gpm" / "llama-join.prom")},
+                # dcgm-exporter on a node whose GPU 0 is held by the llama pod (tests/fixtures/dcgm-exporter)
+                "/dcgm/metrics": {"file": str(FIXTURES / "dcgm-exporter" / "kubernetes-pod.prom")},
                 "/lora/health": {"status": 200},
                 "/lora/metrics": {"file": str(VLLM / "v0.32.0-metrics-lora-busy.prom")},
             }
@@ -106,6 +108,14 @@ rule_files: ["{rules}"]
 scrape_configs:
   - job_name: llm-exporter
     static_configs: [{{targets: ["127.0.0.1:{exporter_port}"]}}]
+    # as a PodMonitor would label the llama sidecar's series (one model per pod for the dcgm join)
+    metric_relabel_configs:
+      - {{source_labels: [target], regex: llama, target_label: namespace, replacement: serving}}
+      - {{source_labels: [target], regex: llama, target_label: pod, replacement: llama-0}}
+  - job_name: dcgm-exporter
+    metrics_path: /dcgm/metrics
+    honor_labels: true
+    static_configs: [{{targets: ["127.0.0.1:{replay_port}"]}}]
   - job_name: llm-exporter-gpu-recorded
     metrics_path: /gpu/metrics
     static_configs: [{{targets: ["127.0.0.1:{replay_port}"]}}]
@@ -149,6 +159,7 @@ scrape_configs:
             "llm-exporter-gpu-join-recorded": "up",
             "llm-exporter-gpm-recorded": "up",
             "llm-exporter-gpu-llama-recorded": "up",
+            "dcgm-exporter": "up",
         }
 
         # ---- headline series with the expected labels
@@ -191,6 +202,20 @@ scrape_configs:
                 assert rule["health"] == "ok" and not rule.get("lastError"), rule
         assert prom_query(prom_port, "replica:llm_kv_cache_hit_ratio:ratio_5m")
         assert prom_query(prom_port, "model:llm_kv_cache_hit_ratio:ratio_5m")
+        # dcgm-exporter's GPU 0 (87 %, 61184 MiB, held by pod serving/llama-0) joins the llama sidecar's model;
+        # its idle GPU 1 (no pod) joins nothing
+        (util,) = prom_query(prom_port, "namespace_pod_gpu:dcgm_gpu_utilization:ratio")
+        assert util["metric"]["pod"] == "llama-0" and util["metric"]["gpu"] == "0", util
+        assert util["metric"]["target"] == "llama" and util["metric"]["model"] == "tiny-llama.gguf", util
+        assert float(util["value"][1]) == pytest.approx(0.87)
+        (memory,) = prom_query(prom_port, "namespace_target_model:dcgm_fb_used_bytes:sum")
+        assert memory["metric"] == {
+            "__name__": "namespace_target_model:dcgm_fb_used_bytes:sum",
+            "namespace": "serving",
+            "target": "llama",
+            "model": "tiny-llama.gguf",
+        }, memory
+        assert float(memory["value"][1]) == 61184 * 1048576
 
         # ---- every dashboard query returns data
         dashboard = json.loads((ROOT / "deploy" / "grafana" / "llm-exporter-dashboard.json").read_text())
