@@ -20,7 +20,7 @@ from .collector import ExporterCollector, ExporterStatus, TextRenderer
 from .config import Config, ConfigError, TargetConfig, load_config, read_off_loop
 from .hostinfo import read_host_cpu
 from .poller import Poller
-from .sources import source_for
+from .sources import engine_specs, source_for
 from .sources.base import SharedContext
 from .state import TargetState
 
@@ -178,7 +178,9 @@ class Exporter:
     async def _reload_once(self) -> bool:
         path = self.config_path
         try:
-            new = await read_off_loop(lambda: load_config(path), RELOAD_TIMEOUT, path or "the default config")
+            new = await read_off_loop(
+                lambda: load_config(path, engines=engine_specs()), RELOAD_TIMEOUT, path or "the default config"
+            )
         except ConfigError as exc:
             self.status.config_reload_ok = False
             log.error("config reload rejected, keeping the running config: %s", exc)

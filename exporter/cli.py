@@ -18,6 +18,7 @@ from .app import Exporter
 from .config import Config, ConfigError, load_config, parse_listen, read_small_file
 from .logsetup import setup_logging
 from .server import build_app, render_metrics, start_runner
+from .sources import engine_specs
 from .webconfig import WebConfig, WebConfigHolder, load_web_config
 
 log = logging.getLogger("llm_exporter")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%s (from LLM_EXPORTER_CONFIG) does not exist: using the embedded default config", candidate)
     args.config = config_path
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, engines=engine_specs())
         if args.listen:
             parse_listen(args.listen)
             config = dataclasses.replace(config, listen=args.listen)

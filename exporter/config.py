@@ -183,18 +183,13 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-ENGINE_ENDPOINTS = (
-    "/metrics",
-    "/health",
-    "/healthz",
-    "/props",
-    "/slots",
-    "/models",
-    "/v1",
-    "/info",
-    "/version",
-    "/get_server_info",
-)
+@dataclass(frozen=True)
+class EngineSpec:
+    """What validation needs to know of one engine. The code that wires the exporter hands these in
+    (`sources.engine_specs()`): config imports nothing from the rest of the package."""
+
+    needs_url: bool = True  # False: it polls no HTTP endpoint (nvml)
+    endpoints: tuple[str, ...] = ()  # the paths it requests: a target URL ending in one of them is refused
 
 
 def validate_url(value: str) -> str:
@@ -212,15 +207,20 @@ def validate_url(value: str) -> str:
             f"the URL must not carry a query or fragment ({redact_url(value)!r}): give the server's "
             "base URL, the exporter adds each endpoint's path"
         )
-    path = parts.path.rstrip("/")
-    endpoint = next((e for e in ENGINE_ENDPOINTS if path == e or path.endswith(e)), None)
+    return value.rstrip("/")
+
+
+def check_base_url(value: str, endpoints: Sequence[str]) -> None:
+    """A target's URL is the server's base: refuse one that ends in a path an engine requests (a common
+    slip: `http://h:8000/metrics`, `/v1`), which would make every poll ask for `/metrics/metrics`."""
+    path = urlsplit(value).path.rstrip("/")
+    endpoint = next((e for e in sorted(endpoints, key=len, reverse=True) if path == e or path.endswith(e)), None)
     if endpoint is not None:
         base = value[: value.rstrip("/").rfind(endpoint)]
         raise ValueError(
             f"the URL ends in the endpoint {endpoint} ({value!r}): give the server's base URL "
             f"({base or value!r}), the exporter adds each endpoint's path"
         )
-    return value.rstrip("/")
 
 
 def expand_env(text: str, environ: dict[str, str] | os._Environ[str]) -> str:
@@ -422,15 +422,7 @@ def _int(value: Any) -> int:
     return number
 
 
-def registered_engines() -> dict[str, bool]:
-    """engine name → whether it needs a `url`, from the sources' registry. Imported here, not at module
-    level, because every source imports this module (for TargetConfig)."""
-    from .sources import url_required
-
-    return url_required()
-
-
-def _engine(value: Any, engines: Mapping[str, bool]) -> str:
+def _engine(value: Any, engines: Mapping[str, EngineSpec]) -> str:
     engine = _string(value)
     if engine not in engines:
         names = sorted(engines)
@@ -611,13 +603,10 @@ def config_keys(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls) if "parse" in f.metadata)
 
 
-def build_config(
-    data: Any, doc: Document, engines: Mapping[str, bool] | None = None, check_files: bool = True
-) -> Config:
-    """`engines`: engine name → whether it needs a url (default: the registered sources); `check_files`:
-    whether the files a target names (TLS, bearer token) must be readable here (False only to check a
-    config meant for another host, like the shipped examples)."""
-    engines = registered_engines() if engines is None else engines
+def build_config(data: Any, doc: Document, engines: Mapping[str, EngineSpec], check_files: bool = True) -> Config:
+    """`engines`: the engines a target may name (`sources.engine_specs()`); `check_files`: whether the
+    files a target names (TLS, bearer token) must be readable here (False only to check a config meant
+    for another host, like the shipped examples)."""
     v = Validator(doc)
     top = v.mapping(data, (), config_keys(Config))
     values = v.values(Config, top, ())
@@ -653,7 +642,7 @@ def _target(
     raw: Any,
     path: tuple[Any, ...],
     defaults: Defaults,
-    engines: Mapping[str, bool],
+    engines: Mapping[str, EngineSpec],
     seen: dict[str, int],
     check_files: bool,
 ) -> TargetConfig:
@@ -668,10 +657,15 @@ def _target(
         raise doc.error(f"duplicate target name {name!r} (first at targets[{seen[name]}])", path + ("name",))
     seen[name] = int(path[-1])
     engine = values["engine"] = v.field(t, "engine", path, lambda x: _engine(x, engines), required=True)
-    if not engines[engine] and t.get("url") is not None:
+    if not engines[engine].needs_url and t.get("url") is not None:
         raise doc.error(f"url is not used by engine {engine} (it polls no HTTP endpoint): remove it", path + ("url",))
-    if engines[engine] and not values["url"]:
+    if engines[engine].needs_url and not values["url"]:
         raise doc.error("missing required key 'url'", path)
+    if values["url"]:
+        try:
+            check_base_url(values["url"], [e for spec in engines.values() for e in spec.endpoints])
+        except ValueError as exc:
+            raise doc.error(str(exc), path + ("url",)) from None
     interval = values["interval"]
     if t.get("timeout") is None:
         values["timeout"] = min(defaults.timeout, interval)  # the default timeout never exceeds the interval
@@ -726,21 +720,27 @@ def load_config_text(
     text: str,
     source: str = "<config>",
     environ: dict[str, str] | os._Environ[str] | None = None,
+    *,
+    engines: Mapping[str, EngineSpec],
     check_files: bool = True,
 ) -> Config:
     doc = Document(text, source, os.environ if environ is None else environ)
-    return build_config(doc.data, doc, check_files=check_files)
+    return build_config(doc.data, doc, engines, check_files=check_files)
 
 
 def load_config(
-    path: str | None, environ: dict[str, str] | os._Environ[str] | None = None, check_files: bool = True
+    path: str | None,
+    environ: dict[str, str] | os._Environ[str] | None = None,
+    *,
+    engines: Mapping[str, EngineSpec],
+    check_files: bool = True,
 ) -> Config:
     """Load FILE, or the embedded default config when path is None."""
     if path is None:
         from importlib import resources  # only for the embedded default
 
         text = resources.files("exporter").joinpath("default_config.yaml").read_text(encoding="utf-8")
-        return load_config_text(text, "<embedded default config>", environ)
+        return load_config_text(text, "<embedded default config>", environ, engines=engines)
     try:
         text = read_small_file(path).decode("utf-8")
     except OSError as exc:
@@ -749,7 +749,7 @@ def load_config(
         raise ConfigError("config is not valid UTF-8", source=path) from None
     if len(text) > 1024 * 1024:
         raise ConfigError("config is larger than 1 MiB", source=path)
-    return load_config_text(text, path, environ, check_files)
+    return load_config_text(text, path, environ, engines=engines, check_files=check_files)
 
 
 def is_loopback_url(url: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import os
 
+from ..config import EngineSpec
 from .base import REGISTRY, Source
 
 for _file in sorted(os.listdir(os.path.dirname(__file__))):
@@ -18,6 +19,7 @@ def source_for(engine: str) -> type[Source]:
     return REGISTRY[engine]
 
 
-def url_required() -> dict[str, bool]:
-    """engine → whether its targets need a `url` (config validation)."""
-    return {engine: source.needs_url for engine, source in REGISTRY.items()}
+def engine_specs() -> dict[str, EngineSpec]:
+    """What config validation needs of every registered engine: whether it needs a `url`, and every path
+    it requests (its metrics path, its detection probe, the `endpoints` it declares)."""
+    return {engine: source.spec() for engine, source in REGISTRY.items()}

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..catalogue import BY_KEY
-from ..config import TargetConfig, is_loopback_url, read_small_file
+from ..config import EngineSpec, TargetConfig, is_loopback_url, read_small_file
 from ..observation import ModelState, ModelStatus, Observation, PollError, Readiness, Reason
 from ..procinfo import ProcessFinder, ProcessInfo, find_by_port, still_running
 from ..promparse import LabelCache, Payload, PromParseError, parse
@@ -229,6 +229,18 @@ class Source(abc.ABC):
     detect_probe: ClassVar[tuple[str, str] | None] = None  # `engine: auto`: (path, JSON key) it answers with
     metrics_path: ClassVar[str] = "/metrics"  # where its Prometheus text is (TensorRT-LLM: /prometheus/metrics)
     docs: ClassVar[str] = ""  # markdown shown after its mapping table in docs/metrics.md
+    endpoints: ClassVar[tuple[str, ...]] = ()  # paths it requests beyond metrics_path and detect_probe
+
+    @classmethod
+    def spec(cls) -> EngineSpec:
+        """What config validation needs of this engine (handed to config by the code that wires it)."""
+        if not cls.needs_url:
+            return EngineSpec(needs_url=False)
+        paths = {path for klass in cls.__mro__ for path in vars(klass).get("endpoints", ())}
+        paths.add(cls.metrics_path)
+        if cls.detect_probe is not None:
+            paths.add(cls.detect_probe[0])
+        return EngineSpec(needs_url=True, endpoints=tuple(sorted(paths)))
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -273,6 +285,8 @@ class HttpSource(Source):
     # with them, the engine process beside the exporter is found by the port in its command line.
     process_programs: ClassVar[tuple[str, ...]] = ()
     default_port: ClassVar[int | None] = None
+    # every HTTP engine: health checks, and the OpenAI API prefix (a URL ending in /v1 is a common slip)
+    endpoints: ClassVar[tuple[str, ...]] = ("/metrics", "/health", "/healthz", "/v1")
 
     def is_engine_process(self, argv: tuple[str, ...]) -> bool:
         return bool(argv) and os.path.basename(argv[0]) in self.process_programs

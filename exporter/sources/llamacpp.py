@@ -329,6 +329,7 @@ class LlamaCppSource(HttpSource):
     mapping = MAPPING
     metrics_prefix = "llamacpp:"
     detect_probe = ("/props", "default_generation_settings")
+    endpoints = ("/props", "/slots", "/models")
     docs = DOCS
     process_programs = ("llama-server",)
     default_port = 8080

@@ -74,6 +74,7 @@ class OllamaSource(HttpSource):
     title = "Ollama"
     metrics_prefix = ""  # no /metrics
     detect_probe = ("/api/version", "version")
+    endpoints = ("/api", "/api/ps", "/api/tags")
     docs = DOCS
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):

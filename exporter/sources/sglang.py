@@ -86,6 +86,7 @@ class SglangSource(HttpSource):
     model_label = MODEL_LABEL
     metrics_prefix = "sglang:"
     detect_probe = ("/get_server_info", "tp_size")
+    endpoints = READY_PATHS
     docs = DOCS
     model = ""  # the served model, once seen
 

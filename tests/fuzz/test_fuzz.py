@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from exporter.config import ConfigError, load_config_text
 from exporter.promparse import PromParseError, parse
+from exporter.sources import engine_specs
 from exporter.sources.vllm import METRICS_PREFIXES
 from tests.conftest import FIXTURES
 
@@ -59,7 +60,7 @@ targets:
 
 def load_only_typed_error(text: str) -> None:
     with contextlib.suppress(ConfigError):
-        load_config_text(text, "fuzz.yaml", {"HOME": "/x"})
+        load_config_text(text, "fuzz.yaml", {"HOME": "/x"}, engines=engine_specs())
 
 
 @given(st.integers(0, len(VALID)), st.integers(0, 30), st.text(alphabet=ALPHABET + ":-[]&*!|>'%@`", max_size=30))
@@ -88,8 +89,8 @@ def test_config_alias_bomb_and_recursion_are_config_errors():
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
     )
     with pytest.raises(ConfigError, match="too large"):
-        load_config_text(bomb, "bomb.yaml", {})
+        load_config_text(bomb, "bomb.yaml", {}, engines=engine_specs())
     with pytest.raises(ConfigError):
-        load_config_text("a: &a [*a]\n", "loop.yaml", {})
+        load_config_text("a: &a [*a]\n", "loop.yaml", {}, engines=engine_specs())
     with pytest.raises(ConfigError):
-        load_config_text("[" * 10000 + "]" * 10000, "deep.yaml", {})
+        load_config_text("[" * 10000 + "]" * 10000, "deep.yaml", {}, engines=engine_specs())

@@ -7,6 +7,7 @@ from prometheus_client import generate_latest
 
 from exporter.catalogue import ALL_METRICS, exposed_names
 from exporter.observation import ModelSample, Observation, Readiness
+from exporter.sources import engine_specs
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline
 from tests.support.replay import ReplayServer, Reply
@@ -52,7 +53,9 @@ def test_vanished_models_vanish_from_exposition():
     from exporter.config import load_config_text
     from exporter.state import TargetState
 
-    target = load_config_text("targets:\n  - {name: t, engine: vllm, url: 'http://h:1'}\n", "t", {}).targets[0]
+    target = load_config_text(
+        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()
+    ).targets[0]
     state = TargetState(target)
     a, b = ModelSample(), ModelSample()
     a.set("requests_running", 1)
@@ -75,7 +78,7 @@ def test_series_cap_drops_and_counts():
     from exporter.state import TargetState
 
     target = load_config_text(
-        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 30}\n", "t", {}
+        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 30}\n", "t", {}, engines=engine_specs()
     ).targets[0]
     state = TargetState(target)
     models = {}

@@ -7,11 +7,13 @@ import pytest
 
 from exporter.config import (
     ConfigError,
+    EngineSpec,
     load_config,
     load_config_text,
     parse_duration,
     parse_size,
 )
+from exporter.sources import engine_specs
 
 GOOD = """
 listen: 127.0.0.1:9999
@@ -37,7 +39,7 @@ targets:
 
 
 def load(text: str, env: dict | None = None):
-    return load_config_text(textwrap.dedent(text), "test.yaml", env or {})
+    return load_config_text(textwrap.dedent(text), "test.yaml", env or {}, engines=engine_specs())
 
 
 def error_of(text: str, env: dict | None = None) -> ConfigError:
@@ -136,6 +138,9 @@ def test_unknown_top_level_key():
         ("process: {}", "needs one of"),
         ("url: 'http://h:8000/metrics'", "ends in the endpoint /metrics"),
         ("url: 'http://h:8000/v1'", "ends in the endpoint /v1"),
+        # each engine's own paths, declared on its source and handed to config (Ollama, TensorRT-LLM)
+        ("url: 'http://h:11434/api/ps'", "ends in the endpoint /api/ps"),
+        ("url: 'http://h:8000/prometheus/metrics'", "ends in the endpoint /prometheus/metrics"),
         ("url: 'http://h:8000?x=1'", "must not carry a query"),
         ("bearer_token_file: /nonexistent/token", "cannot read /nonexistent/token"),
         ("tls: {ca_file: /nonexistent/ca.crt}", "cannot read /nonexistent/ca.crt"),
@@ -195,7 +200,7 @@ def test_durations_and_sizes():
 
 
 def test_embedded_default_config_polls_llamacpp_and_vllm():
-    config = load_config(None)
+    config = load_config(None, engines=engine_specs())
     engines = {t.engine: t.url for t in config.targets}
     assert engines["llamacpp"] == "http://127.0.0.1:8080"
     assert engines["vllm"] == "http://127.0.0.1:8000"
@@ -207,7 +212,7 @@ def test_shipped_configs_are_valid():
     assert files
     for path in files:
         # the files it names (TLS, tokens) exist on the host it is meant for, not here
-        load_config(str(path), {"VLLM_API_KEY": "x", "LLAMA_API_KEY": "x"}, check_files=False)
+        load_config(str(path), {"VLLM_API_KEY": "x", "LLAMA_API_KEY": "x"}, check_files=False, engines=engine_specs())
 
 
 def test_check_config_cli_exit_codes(tmp_path):
@@ -327,3 +332,14 @@ async def test_blocking_file_work_is_abandoned_after_its_limit():
     assert all(t.daemon for t in threading.enumerate() if t.name.startswith("read:"))
     release.set()
     assert await read_off_loop(lambda: 42, 1, "x") == 42
+
+
+def test_config_knows_only_the_engines_it_is_handed():
+    """config imports nothing from the package: the engine list and their endpoints come from its caller."""
+    toy = {"toy": EngineSpec(needs_url=True, endpoints=("/stats",))}
+    text = "targets:\n  - {name: a, engine: toy, url: 'http://h:1'}\n"
+    assert load_config_text(text, "t", {}, engines=toy).targets[0].engine == "toy"
+    with pytest.raises(ConfigError, match="known engines: toy"):
+        load_config_text(text.replace("toy", "vllm"), "t", {}, engines=toy)
+    with pytest.raises(ConfigError, match="ends in the endpoint /stats"):
+        load_config_text(text.replace("h:1", "h:1/stats"), "t", {}, engines=toy)

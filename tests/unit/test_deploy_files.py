@@ -12,6 +12,7 @@ import yaml
 from dockerfile_parse import DockerfileParser
 
 from exporter.config import DEFAULT_PORT, load_config_text
+from exporter.sources import engine_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -127,7 +128,7 @@ def test_systemd_unit_is_hardened_and_reloads_with_sighup():
 
 
 def test_systemd_example_config_is_valid():
-    load_config_text((ROOT / "systemd" / "config.yaml").read_text(), "systemd/config.yaml", {})
+    load_config_text((ROOT / "systemd" / "config.yaml").read_text(), "systemd/config.yaml", {}, engines=engine_specs())
 
 
 # ---------------------------------------------------------------- Kubernetes
@@ -181,7 +182,7 @@ def test_configmaps_hold_valid_exporter_configs():
     maps = [doc for _, doc in documents() if doc["kind"] == "ConfigMap"]
     assert len(maps) == 3  # two sidecars and the node-level nvml DaemonSet
     for config_map in maps:
-        load_config_text(config_map["data"]["config.yaml"], config_map["metadata"]["name"], {})
+        load_config_text(config_map["data"]["config.yaml"], config_map["metadata"]["name"], {}, engines=engine_specs())
 
 
 def test_prometheus_operator_monitors_select_the_named_port():

@@ -15,6 +15,7 @@ from exporter.config import load_config_text
 from exporter.join import process_owners
 from exporter.observation import ModelState, ModelStatus, Observation, Readiness, Reason
 from exporter.poller import Poller
+from exporter.sources import engine_specs
 from exporter.sources.base import SharedContext
 from exporter.sources.nvml import NvmlSource
 from exporter.state import TargetState
@@ -103,7 +104,10 @@ class FakeGpus:
 
 def make(shared=None, timeout="1s"):
     target = load_config_text(
-        f"targets:\n  - {{name: gpus, engine: nvml, interval: 2s, timeout: {timeout}}}\n", "t", {}
+        f"targets:\n  - {{name: gpus, engine: nvml, interval: 2s, timeout: {timeout}}}\n",
+        "t",
+        {},
+        engines=engine_specs(),
     ).targets[0]
     shared = shared or SharedContext()
     source = NvmlSource(target, shared)
@@ -310,6 +314,7 @@ async def test_exporter_initialises_nvml_once_and_shuts_down_on_stop(monkeypatch
         "  - {name: b, engine: nvml, interval: 1s}\n",
         "t",
         {},
+        engines=engine_specs(),
     )
     exporter = Exporter(config, None)
     await exporter.start()

@@ -11,6 +11,7 @@ import pytest
 
 from exporter.join import target_links
 from exporter.observation import SeriesSample
+from exporter.sources import engine_specs
 from tests.unit.test_nvml import FakeGpus, close, err, make, one, values
 
 
@@ -161,7 +162,10 @@ async def test_gpu_profiling_false_takes_no_gpm_sample(gpus):
     from exporter.state import TargetState
 
     target = load_config_text(
-        "targets:\n  - {name: gpus, engine: nvml, interval: 2s, gpu_profiling: false}\n", "t", {}
+        "targets:\n  - {name: gpus, engine: nvml, interval: 2s, gpu_profiling: false}\n",
+        "t",
+        {},
+        engines=engine_specs(),
     ).targets[0]
     shared = SharedContext()
     state = TargetState(target)

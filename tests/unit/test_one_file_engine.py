@@ -4,6 +4,7 @@
 from exporter import docgen
 from exporter.config import load_config_text
 from exporter.observation import Observation, Readiness
+from exporter.sources import engine_specs
 from exporter.sources.auto import detect_from_metrics
 from exporter.sources.base import REGISTRY, HttpSource
 from exporter.sources.mapping import Feed, Upstream, apply
@@ -32,7 +33,10 @@ async def test_a_source_defined_in_one_place_is_an_engine_everywhere():
     try:
         # config validation knows it (and that it needs a url)
         config = load_config_text(
-            f"targets:\n  - {{name: t, engine: toy, url: 'http://127.0.0.1:{srv.port}'}}\n", "t", {}
+            f"targets:\n  - {{name: t, engine: toy, url: 'http://127.0.0.1:{srv.port}'}}\n",
+            "t",
+            {},
+            engines=engine_specs(),
         )
         assert config.targets[0].engine == "toy"
         # auto-detection recognises it by its prefix

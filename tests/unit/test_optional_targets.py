@@ -3,13 +3,14 @@
 from exporter.collector import target_samples
 from exporter.config import load_config_text
 from exporter.observation import Observation, PollError, Readiness, Reason
+from exporter.sources import engine_specs
 from exporter.state import TargetState
 
 
 def target(optional: bool):
     flag = "true" if optional else "false"
     text = f"targets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:1', optional: {flag}}}\n"
-    return load_config_text(text, "t", {"vllm": True}).targets[0]
+    return load_config_text(text, "t", {"vllm": True}, engines=engine_specs()).targets[0]
 
 
 def absent(state: TargetState):

@@ -5,6 +5,7 @@ import time
 import pytest
 
 from exporter.observation import Readiness, Reason
+from exporter.sources import engine_specs
 from tests.conftest import FIXTURES
 from tests.support.net import free_port
 from tests.support.pipeline import Pipeline
@@ -196,7 +197,10 @@ async def test_debug_view_of_ten_thousand_models_is_bounded():
     from exporter.state import TargetState
 
     target = load_config_text(
-        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 1000000}\n", "t", {}
+        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 1000000}\n",
+        "t",
+        {},
+        engines=engine_specs(),
     ).targets[0]
     state = TargetState(target)
     models = {}

@@ -5,6 +5,7 @@ import logging
 from exporter.app import Exporter
 from exporter.config import load_config_text
 from exporter.logsetup import _OneLine
+from exporter.sources import engine_specs
 
 
 async def test_a_label_change_shows_in_both_formats_at_once_and_unchanged_pollers_keep_running(tmp_path):
@@ -13,7 +14,7 @@ async def test_a_label_change_shows_in_both_formats_at_once_and_unchanged_poller
         "targets:\n  - {name: a, engine: vllm, url: 'http://127.0.0.1:9', labels: {team: x}}\n"
         "  - {name: b, engine: vllm, url: 'http://127.0.0.1:9'}\n"
     )
-    exporter = Exporter(load_config_text(path.read_text(), str(path), {}), str(path))
+    exporter = Exporter(load_config_text(path.read_text(), str(path), {}, engines=engine_specs()), str(path))
     await exporter.start()
     try:
         await exporter.poll_all_once()

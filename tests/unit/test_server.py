@@ -13,13 +13,14 @@ from exporter import server
 from exporter.app import Exporter
 from exporter.config import load_config_text
 from exporter.logsetup import quiet_client_noise
+from exporter.sources import engine_specs
 from exporter.state import TargetState
 
 BIG = b"x" * (16 * 1024 * 1024)  # larger than the socket buffers: writes block on a client that does not read
 
 
 def exporter_for(text: str = "targets:\n  - {name: v, engine: vllm, url: 'http://127.0.0.1:9'}\n") -> Exporter:
-    exporter = Exporter(load_config_text(text, "t", {}), None)
+    exporter = Exporter(load_config_text(text, "t", {}, engines=engine_specs()), None)
     exporter.states = {t.name: TargetState(t) for t in exporter.config.targets}  # targets, never polled
     return exporter
 

@@ -3,6 +3,7 @@
 from exporter.collector import target_samples
 from exporter.config import load_config_text
 from exporter.observation import ModelState, ModelStatus, Observation, PollError, Readiness, Reason
+from exporter.sources import engine_specs
 from exporter.state import TargetState
 
 
@@ -15,7 +16,9 @@ def loads(state: TargetState) -> dict[str, float]:
 
 
 def test_alpha_beta_alpha_keep_their_own_counts():
-    target = load_config_text("targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}).targets[0]
+    target = load_config_text(
+        "targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()
+    ).targets[0]
     state = TargetState(target)
     t = 100.0
     for model in ("alpha", "beta", "beta", "alpha"):
@@ -45,7 +48,9 @@ def test_alpha_beta_alpha_keep_their_own_counts():
 
 
 def test_a_load_that_fails_is_charged_to_the_model_being_loaded():
-    target = load_config_text("targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}).targets[0]
+    target = load_config_text(
+        "targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()
+    ).targets[0]
     state = TargetState(target)
     state.record_success(
         Observation(Readiness.READY, lifecycle={"": ModelStatus(ModelState.LOADED, model="alpha")}), 1.0, 0.01
@@ -79,7 +84,9 @@ def test_a_failed_load_is_logged_once_and_in_the_debug_events(caplog):
                 raise step
             return step
 
-    target = load_config_text("targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}).targets[0]
+    target = load_config_text(
+        "targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()
+    ).targets[0]
     state = TargetState(target)
     poller = Poller(Script(target), state)
     for _ in range(3):

@@ -14,6 +14,7 @@ from aiohttp import web
 from exporter import server
 from exporter.app import Exporter
 from exporter.config import ConfigError, load_config_text
+from exporter.sources import engine_specs
 from exporter.state import TargetState
 from exporter.webconfig import WebConfigHolder, load_web_config
 from tests.support.certs import make_pki
@@ -28,7 +29,10 @@ def holder_for(tmp_path, text: str) -> WebConfigHolder:
 
 
 async def serve(holder: WebConfigHolder) -> tuple[web.AppRunner, int]:
-    exporter = Exporter(load_config_text("targets:\n  - {name: v, engine: vllm, url: 'http://h:1'}\n", "t", {}), None)
+    exporter = Exporter(
+        load_config_text("targets:\n  - {name: v, engine: vllm, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()),
+        None,
+    )
     exporter.states = {t.name: TargetState(t) for t in exporter.config.targets}
     runner = await server.start_runner(server.build_app(exporter, web_config=holder))
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=holder.ssl_context)
