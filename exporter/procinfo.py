@@ -2,7 +2,9 @@
 
 Works when the exporter sees the engine's process: same host (systemd), or a
 Kubernetes pod with `shareProcessNamespace: true`. All reads are small and
-bounded; a vanished or unreadable process is simply "not found".
+bounded; a vanished or unreadable process is simply "not found". Every function
+takes plain values and a `proc_root` (default /proc), so it runs on a fixture
+tree (tests/fixtures/proc) as client_python's and node_exporter's do.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .clock import now as steady_now
-from .config import ProcessMatch
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 _PAGESIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -41,8 +42,8 @@ def boot_relative_to_unix(seconds_since_boot: float, clock: int = time.CLOCK_BOO
     return steady_now() - (time.clock_gettime(clock) - seconds_since_boot)
 
 
-def process_start(pid: int) -> ProcessInfo | None:
-    fields = _stat_fields(pid)
+def process_start(pid: int, proc_root: str = "/proc") -> ProcessInfo | None:
+    fields = _stat_fields(pid, proc_root)
     try:
         ticks = int(fields[19]) if fields else None  # field 22 of stat: starttime
     except (ValueError, IndexError):
@@ -53,9 +54,9 @@ def process_start(pid: int) -> ProcessInfo | None:
     return ProcessInfo(pid, boot_relative_to_unix(since_boot), since_boot)
 
 
-def _stat_fields(pid: int) -> list[bytes] | None:
+def _stat_fields(pid: int | str, proc_root: str = "/proc") -> list[bytes] | None:
     """/proc/PID/stat's fields after the command name (which may hold spaces and parentheses)."""
-    stat = _read(f"/proc/{pid}/stat", 4096)
+    stat = _read(f"{proc_root}/{pid}/stat", 4096)
     if not stat:
         return None
     try:
@@ -64,38 +65,46 @@ def _stat_fields(pid: int) -> list[bytes] | None:
         return None
 
 
-def parent_pid(pid: int) -> int | None:
-    fields = _stat_fields(pid)
+def parent_pid(pid: int, proc_root: str = "/proc") -> int | None:
+    fields = _stat_fields(pid, proc_root)
     try:
         return int(fields[1]) if fields else None
     except (ValueError, IndexError):
         return None
 
 
-def _matches(pid: int, match: ProcessMatch, pattern: re.Pattern[str] | None) -> bool:
-    if match.name is not None:
-        comm = _read(f"/proc/{pid}/comm", 256)
-        if comm is None or comm.decode("utf-8", "replace").strip() != match.name:
+def _matches(pid: int, name: str | None, pattern: re.Pattern[str] | None, proc_root: str) -> bool:
+    if name is not None:
+        comm = _read(f"{proc_root}/{pid}/comm", 256)
+        if comm is None or comm.decode("utf-8", "replace").strip() != name:
             return False
     if pattern is not None:
-        cmdline = _read(f"/proc/{pid}/cmdline")
+        cmdline = _read(f"{proc_root}/{pid}/cmdline")
         if cmdline is None or not pattern.search(cmdline.replace(b"\0", b" ").decode("utf-8", "replace")):
             return False
     return True
 
 
 class ProcessFinder:
-    """Resolves a target's ProcessMatch to a PID, re-resolving when the process goes away."""
+    """Resolves a process named by a PID file, a program name (comm) and/or a command-line regex to a PID,
+    re-resolving when the process goes away (a target's `process:`)."""
 
-    def __init__(self, match: ProcessMatch, proc_root: str = "/proc"):
-        self.match = match
+    def __init__(
+        self,
+        pid_file: str | None = None,
+        name: str | None = None,
+        cmdline: str | None = None,
+        proc_root: str = "/proc",
+    ):
+        self.pid_file = pid_file
+        self.name = name
         self.proc_root = proc_root
-        self.pattern = re.compile(match.cmdline) if match.cmdline else None
+        self.pattern = re.compile(cmdline) if cmdline else None
         self.pid: int | None = None
 
     def find(self) -> ProcessInfo | None:
         if self.pid is not None:
-            info = process_start(self.pid)
+            info = process_start(self.pid, self.proc_root)
             if info is not None and self._still_matches(self.pid):
                 return info
             self.pid = None
@@ -103,15 +112,15 @@ class ProcessFinder:
         if pid is None:
             return None
         self.pid = pid
-        return process_start(pid)
+        return process_start(pid, self.proc_root)
 
     def _still_matches(self, pid: int) -> bool:
-        if self.match.pid_file:
+        if self.pid_file:
             return self._pid_from_file() == pid
-        return _matches(pid, self.match, self.pattern)
+        return _matches(pid, self.name, self.pattern, self.proc_root)
 
     def _pid_from_file(self) -> int | None:
-        raw = _read(self.match.pid_file or "", 64)
+        raw = _read(self.pid_file or "", 64)
         if raw is None:
             return None
         try:
@@ -121,9 +130,9 @@ class ProcessFinder:
         return pid if pid > 0 else None
 
     def _resolve(self) -> int | None:
-        if self.match.pid_file:
+        if self.pid_file:
             pid = self._pid_from_file()
-            return pid if pid is not None and os.path.exists(f"/proc/{pid}") else None
+            return pid if pid is not None and os.path.exists(f"{self.proc_root}/{pid}") else None
         own = os.getpid()
         candidates = []
         try:
@@ -134,8 +143,8 @@ class ProcessFinder:
             if not entry.isdigit() or int(entry) == own:
                 continue
             pid = int(entry)
-            if _matches(pid, self.match, self.pattern):
-                info = process_start(pid)
+            if _matches(pid, self.name, self.pattern, self.proc_root):
+                info = process_start(pid, self.proc_root)
                 if info is not None:
                     candidates.append((info.start_since_boot, pid))
         # Several matches (a launcher and its child): the oldest is the engine's start.
@@ -158,7 +167,7 @@ def find_by_argv(argv: tuple[str, ...], proc_root: str = "/proc") -> ProcessInfo
         cmdline = _read(f"{proc_root}/{entry}/cmdline", len(wanted) + 1)
         if cmdline != wanted:
             continue
-        info = process_start(int(entry))
+        info = process_start(int(entry), proc_root)
         if info is not None and (found is None or info.start_since_boot > found.start_since_boot):
             found = info
     return found
@@ -181,15 +190,15 @@ def processes_where(accept: Callable[[tuple[str, ...]], bool], proc_root: str = 
             continue
         argv = tuple(part.decode("utf-8", "replace") for part in raw.rstrip(b"\0").split(b"\0"))
         if accept(argv):
-            info = process_start(int(entry))
+            info = process_start(int(entry), proc_root)
             if info is not None:
                 found.append(info)
     return sorted(found, key=lambda p: p.start_since_boot)
 
 
-def still_running(info: ProcessInfo) -> bool:
+def still_running(info: ProcessInfo, proc_root: str = "/proc") -> bool:
     """The process `info` describes is alive and is the same one (a recycled PID has another start time)."""
-    current = process_start(info.pid)
+    current = process_start(info.pid, proc_root)
     return current is not None and abs(current.start_since_boot - info.start_since_boot) < 0.02
 
 
@@ -235,18 +244,20 @@ def find_by_port(
     return found[0] if found else None
 
 
-def own_process() -> tuple[float, float, float, float, float, float] | None:
-    """This process: virtual and resident memory (bytes), start time (Unix seconds), CPU seconds, open
-    and maximum file descriptors, read as prometheus_client's ProcessCollector reads them."""
+def own_process(
+    pid: int | str = "self", proc_root: str = "/proc"
+) -> tuple[float, float, float, float, float, float] | None:
+    """This process (or `pid`): virtual and resident memory (bytes), start time (Unix seconds), CPU
+    seconds, open and maximum file descriptors, read as prometheus_client's ProcessCollector reads them."""
     import resource
 
-    fields = _stat_fields(os.getpid())
-    stat = _read("/proc/stat", 65536)
+    fields = _stat_fields(pid, proc_root)
+    stat = _read(f"{proc_root}/stat", 65536)
     if fields is None or stat is None:
         return None
     try:
         btime = next(float(line.split()[1]) for line in stat.splitlines() if line.startswith(b"btime "))
-        fds = float(len(os.listdir("/proc/self/fd")))
+        fds = float(len(os.listdir(f"{proc_root}/{pid}/fd")))
         return (
             float(fields[20]),
             float(fields[21]) * _PAGESIZE,

@@ -256,7 +256,8 @@ class Source(abc.ABC):
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         self.target = target
         self.shared = shared or SharedContext()
-        self.finder = ProcessFinder(target.process) if target.process else None
+        match = target.process
+        self.finder = ProcessFinder(match.pid_file, match.name, match.cmdline) if match else None
         self.fed_by: dict[str, str] = {}  # unified key → the upstream family that fed it last (debug view)
 
     def locate_process(self, observation: Observation) -> None:
