@@ -12,9 +12,9 @@ import json
 import os
 import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -25,9 +25,6 @@ from ..observation import ModelState, ModelStatus, Observation, PollError, Readi
 from ..procinfo import ProcessFinder, ProcessInfo, find_by_port, still_running
 from ..promparse import LabelCache, Payload, PromParseError, parse
 from .mapping import Feed, apply, mapped_keys, prefixes
-
-if TYPE_CHECKING:
-    from .nvml import NvmlLibrary
 
 
 @dataclass(frozen=True)
@@ -187,14 +184,35 @@ OFF_LOOP_BYTES = 256 * 1024  # /metrics bodies larger than this are parsed off t
 PORT_SCAN_SECONDS = 5.0  # how often /proc is scanned for an engine not found by its port
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, eq=False)
+class ResourceKey(Generic[T]):
+    """Names one process-wide resource that targets share (aiohttp's AppKey pattern): the module that
+    owns the resource declares the key and how the resource is closed; the base class knows no engine."""
+
+    name: str
+    close: Callable[[T], None]
+
+
 @dataclass
 class SharedContext:
-    """What the exporter gives every source: the one HTTP client, process-wide resources (typed, created
-    on first use, closed when the exporter stops) and the parsed label blocks each engine's targets share."""
+    """What the exporter gives every source: the one HTTP client, process-wide resources (by typed key,
+    created on first use, closed by their own hook when the exporter stops) and the parsed label blocks
+    each engine's targets share."""
 
     session: aiohttp.ClientSession | None = None
-    nvml: NvmlLibrary | None = None  # the NVML handle, shared by every nvml target (sources/nvml.py)
     label_caches: dict[str, LabelCache] = field(default_factory=dict)
+    resources: dict[ResourceKey[Any], Any] = field(default_factory=dict)
+
+    def get(self, key: ResourceKey[T]) -> T | None:
+        return cast("T | None", self.resources.get(key))
+
+    def get_or_create(self, key: ResourceKey[T], create: Callable[[], T]) -> T:
+        if key not in self.resources:
+            self.resources[key] = create()
+        return cast(T, self.resources[key])
 
     def label_cache(self, engine: str) -> LabelCache:
         cache = self.label_caches.get(engine)
@@ -203,9 +221,10 @@ class SharedContext:
         return cache
 
     def close(self) -> None:
-        if self.nvml is not None:
-            self.nvml.close()  # nvmlShutdown, once per process
-            self.nvml = None
+        """Close every shared resource, newest first, each by its key's hook (NVML: nvmlShutdown)."""
+        while self.resources:
+            key, value = self.resources.popitem()
+            key.close(value)
 
 
 # Every Source subclass that names an `engine` registers itself here when its class is defined (the

@@ -33,7 +33,7 @@ from ..observation import (
     SeriesSample,
 )
 from ..procinfo import container_identity, parent_pid, release_free_memory
-from .base import Source
+from .base import ResourceKey, Source
 
 log = logging.getLogger("llm_exporter.nvml")
 MAX_BACKOFF = 300.0
@@ -719,6 +719,10 @@ def _ancestors(pid: int, limit: int = 16) -> tuple[int, ...]:
     return tuple(chain)
 
 
+# The NVML handle every nvml target shares; closed (nvmlShutdown, once per process) when the exporter stops.
+NVML: ResourceKey[NvmlLibrary] = ResourceKey("nvml", NvmlLibrary.close)
+
+
 class NvmlSource(Source):
     engine = "nvml"
     title = "NVIDIA GPUs (NVML)"
@@ -731,10 +735,8 @@ class NvmlSource(Source):
 
     @property
     def library(self) -> NvmlLibrary:
-        if self.shared.nvml is None:
-            # One per process, shared by every nvml target (the first target's gpu_profiling decides).
-            self.shared.nvml = NvmlLibrary(gpu_profiling=self.target.gpu_profiling)
-        return self.shared.nvml
+        # One per process, shared by every nvml target (the first target's gpu_profiling decides).
+        return self.shared.get_or_create(NVML, lambda: NvmlLibrary(gpu_profiling=self.target.gpu_profiling))
 
     async def collect(self) -> Observation:
         reading = await self.library.read_async(self.target.timeout)

@@ -17,7 +17,7 @@ from exporter.observation import ModelState, ModelStatus, Observation, Readiness
 from exporter.poller import Poller
 from exporter.sources import engine_specs
 from exporter.sources.base import SharedContext
-from exporter.sources.nvml import NvmlSource
+from exporter.sources.nvml import NVML, NvmlSource
 from exporter.state import TargetState
 from tests.support.pipeline import target_config
 
@@ -142,7 +142,7 @@ async def test_no_driver_reports_down_once_and_backs_off(caplog):
     assert not state.health.up and state.health.last_error[0] is Reason.OTHER
     assert "libnvidia-ml" in state.health.last_error[1] or "NVML" in state.health.last_error[1]
     assert len([r for r in caplog.records if "gpus" in r.getMessage()]) == 1
-    library = shared.nvml
+    library = shared.get(NVML)
     assert library.failures == 1  # second and third polls did not retry init within the backoff
     close(library)
 
@@ -174,7 +174,7 @@ async def test_reads_every_field_in_base_units(monkeypatch):
     assert one(state, "gpu_performance_state", gpu="0") == 0
     assert state.report.info[0].labels == (("driver_version", "580.95.05"), ("cuda_version", "13.0"))
     assert fake.calls["init"] == 1
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_unsupported_field_skipped_for_that_gpu_only_and_not_asked_again(monkeypatch):
@@ -187,7 +187,7 @@ async def test_unsupported_field_skipped_for_that_gpu_only_and_not_asked_again(m
     assert {dict(s.labels)["gpu"] for s in state.report.series if s.key == "gpu_power_watts"} == {"0"}
     assert {dict(s.labels)["gpu"] for s in state.report.series if s.key == "gpu_ecc_errors"} == {"0"}
     assert fake.calls["power:1"] == 1
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_lost_gpu_is_reported_and_nvml_reinitialised_with_backoff(monkeypatch, caplog):
@@ -203,7 +203,7 @@ async def test_lost_gpu_is_reported_and_nvml_reinitialised_with_backoff(monkeypa
     assert any("fell off the bus" in r.getMessage() for r in caplog.records)
     await poller.poll()  # within the backoff: no init storm
     assert fake.calls["init"] == 1 and not state.health.up
-    library = shared.nvml
+    library = shared.get(NVML)
     library.next_attempt = 0  # backoff elapsed
     fake.lost = set()
     await poller.poll()
@@ -233,7 +233,7 @@ async def test_hung_driver_times_out_without_blocking_the_loop(monkeypatch):
     fake.hang = 0
     await poller.poll()
     assert state.health.up
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_no_gpu(monkeypatch):
@@ -241,7 +241,7 @@ async def test_no_gpu(monkeypatch):
     _source, state, poller, shared = make()
     await poller.poll()
     assert not state.health.up and "no NVIDIA GPU" in state.health.last_error[1]
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_mig_instances_are_their_own_series(monkeypatch):
@@ -252,7 +252,7 @@ async def test_mig_instances_are_their_own_series(monkeypatch):
     migs = {dict(s.labels).get("mig") for s in state.report.series if s.key == "gpu_memory_used_bytes"}
     assert migs == {None, "0", "1"}
     assert one(state, "gpu_memory_used_bytes", mig="1", uuid="MIG-0-1") == 2**30
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeypatch):
@@ -301,7 +301,7 @@ async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeyp
         assert "model" not in stranger[0]
         # a process whose memory NVML cannot report is skipped, not exported as 0
         assert not [labels for labels, _ in exposed if labels.get("pid") == "4242"]
-        close(shared.nvml)
+        close(shared.get(NVML))
     finally:
         engine.kill()
         engine.wait()
@@ -320,7 +320,7 @@ async def test_exporter_initialises_nvml_once_and_shuts_down_on_stop(monkeypatch
     await exporter.start()
     await exporter.poll_all_once()
     assert all(s.health.up for s in exporter.states.values())
-    library = exporter.shared.nvml
+    library = exporter.shared.get(NVML)
     await exporter.stop()
     library.executor.shutdown(wait=True)  # the shutdown runs on the NVML thread
     assert fake.calls["init"] == 1 and fake.calls["shutdown"] == 1

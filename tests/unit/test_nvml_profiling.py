@@ -12,6 +12,7 @@ import pytest
 from exporter.join import target_links
 from exporter.observation import SeriesSample
 from exporter.sources import engine_specs
+from exporter.sources.nvml import NVML
 from tests.unit.test_nvml import FakeGpus, close, err, make, one, values
 
 
@@ -149,8 +150,8 @@ async def test_gpm_values_cover_the_interval_between_two_polls_in_base_units(gpu
     why = [r.getMessage() for r in caplog.records if "profiling counters" in r.getMessage()]
     assert len(why) == 1 and "GPU-1" in why[0] and "Hopper" in why[0]
     assert profiling.samples_live == 1  # only the one kept for the next interval
-    close(shared.nvml)
-    shared.nvml.executor.shutdown(wait=True)
+    close(shared.get(NVML))
+    shared.get(NVML).executor.shutdown(wait=True)
 
 
 async def test_gpu_profiling_false_takes_no_gpm_sample(gpus):
@@ -174,7 +175,7 @@ async def test_gpu_profiling_false_takes_no_gpm_sample(gpus):
     await poller.poll()
     assert state.health.up and profiling.sample_gets == 0
     assert not values(state, "gpu_sm_active_ratio")
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_failed_gpm_metrics_read_keeps_the_rest_of_the_poll(gpus, monkeypatch):
@@ -190,7 +191,7 @@ async def test_failed_gpm_metrics_read_keeps_the_rest_of_the_poll(gpus, monkeypa
     assert state.health.up and not values(state, "gpu_sm_active_ratio")
     assert one(state, "gpu_temperature_celsius", gpu="0") == 41
     assert profiling.samples_live == 1  # the failed interval's first sample was freed
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_process_utilisation_is_the_mean_since_the_last_poll_and_zero_without_samples(gpus):
@@ -217,7 +218,7 @@ async def test_process_utilisation_is_the_mean_since_the_last_poll_and_zero_with
     await poller.poll()
     assert one(state, "gpu_process_sm_utilization_ratio", pid="100") == 0.0
     assert {dict(labels)["gpu"] for labels in values(state, "gpu_process_sm_utilization_ratio")} == {"0"}
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_xid_events_are_counted_per_gpu_and_code_and_never_block(gpus, caplog):
@@ -240,7 +241,7 @@ async def test_xid_events_are_counted_per_gpu_and_code_and_never_block(gpus, cap
     assert one(state, "gpu_xid_errors", gpu="0", xid="48") == 2
     assert any("XID 79" in r.getMessage() for r in caplog.records)
     assert len([r for r in caplog.records if "XID events not available" in r.getMessage()]) == 1
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 async def test_memory_row_health_and_nvlink_errors(gpus):
@@ -261,7 +262,7 @@ async def test_memory_row_health_and_nvlink_errors(gpus):
     assert one(state, "gpu_nvlink_errors", gpu="0", type="crc_flit") == 3
     assert one(state, "gpu_nvlink_errors", gpu="0", type="recovery") == 0
     assert {dict(labels)["gpu"] for labels in values(state, "gpu_nvlink_errors")} == {"0"}
-    close(shared.nvml)
+    close(shared.get(NVML))
 
 
 def test_target_info_once_per_gpu_and_owner():
