@@ -1,8 +1,10 @@
 """`engine: auto`: identify the engine from what the target answers, then poll it as that engine.
 
-Every registered source declares how it is recognised (`metrics_prefix`, `detect_probe`): the
-/metrics family prefixes decide first; a llama.cpp server without --metrics is recognised by its
-501/503 error envelope; else each source's probe (an endpoint and a JSON key only it answers with).
+Every registered source declares how it is recognised, and auto.py names no engine: the /metrics
+family prefixes (`metrics_prefix`) decide first; then `recognises()` of each source looks at a
+non-200 /metrics answer (llama.cpp's 501/503 error envelope without --metrics or while loading); then
+Prometheus text at each source's own `metrics_path`; then each source's probe (`detect_probe`: an
+endpoint and a JSON key only it answers with), in `detect_priority` order, not file-name order.
 The choice is shown in `llm_engine_detected_info{detected}` and kept until the exporter restarts or
 reloads.
 """
@@ -27,20 +29,22 @@ def detect_from_metrics(text: str) -> str | None:
     return best[1] if best else None
 
 
+def by_priority() -> list[tuple[str, type[Source]]]:
+    """Registered sources in detection order: `detect_priority`, then name (stable, never file order)."""
+    return sorted(REGISTRY.items(), key=lambda item: (item[1].detect_priority, item[0]))
+
+
 async def detect(http: HttpFetcher) -> str:
     response = await http.get("/metrics")
     if response.status == 200:
         engine = detect_from_metrics(response.body[:1_000_000].decode("utf-8", "replace"))
         if engine:
             return engine
-    error = response.json_object(limit=65536).get("error")
-    if (
-        isinstance(error, dict)
-        and error.get("type") in ("not_supported_error", "unavailable_error")
-        and "llamacpp" in REGISTRY
-    ):
-        return "llamacpp"  # llama-server's error envelope (no --metrics, or loading)
-    for engine, source in REGISTRY.items():  # engines whose Prometheus text is elsewhere
+    else:
+        for engine, source in by_priority():
+            if source.recognises(response):
+                return engine
+    for engine, source in by_priority():  # engines whose Prometheus text is elsewhere
         if source.metrics_prefix and source.metrics_path != "/metrics":
             answer = await http.get(source.metrics_path)
             if (
@@ -48,7 +52,7 @@ async def detect(http: HttpFetcher) -> str:
                 and detect_from_metrics(answer.body[:1_000_000].decode("utf-8", "replace")) == engine
             ):
                 return engine
-    for engine, source in REGISTRY.items():
+    for engine, source in by_priority():
         if source.detect_probe is None:
             continue
         path, key = source.detect_probe

@@ -246,9 +246,16 @@ class Source(abc.ABC):
     model_label: ClassVar[str] = ""  # the upstream label naming the model; "" = one model per target
     metrics_prefix: ClassVar[str] = ""  # `engine: auto`: a /metrics family prefix only this engine uses
     detect_probe: ClassVar[tuple[str, str] | None] = None  # `engine: auto`: (path, JSON key) it answers with
+    detect_priority: ClassVar[int] = 100  # `engine: auto`: probes are tried in this order (lower first)
     metrics_path: ClassVar[str] = "/metrics"  # where its Prometheus text is (TensorRT-LLM: /prometheus/metrics)
     docs: ClassVar[str] = ""  # markdown shown after its mapping table in docs/metrics.md
     endpoints: ClassVar[tuple[str, ...]] = ()  # paths it requests beyond metrics_path and detect_probe
+
+    @classmethod
+    def recognises(cls, metrics: Response) -> bool:
+        """`engine: auto`: whether a non-200 answer to GET /metrics is this engine's own (an error envelope
+        only it sends). The default: no."""
+        return False
 
     @classmethod
     def spec(cls) -> EngineSpec:

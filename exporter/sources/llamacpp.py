@@ -329,6 +329,14 @@ class LlamaCppSource(HttpSource):
     mapping = MAPPING
     metrics_prefix = "llamacpp:"
     detect_probe = ("/props", "default_generation_settings")
+
+    @classmethod
+    def recognises(cls, metrics: Response) -> bool:
+        """llama-server's error envelope on /metrics: 501 not_supported_error without --metrics, 503
+        unavailable_error while loading."""
+        error = metrics.json_object(limit=65536).get("error")
+        return isinstance(error, dict) and error.get("type") in ("not_supported_error", "unavailable_error")
+
     endpoints = ("/props", "/slots", "/models")
     docs = DOCS
     process_programs = ("llama-server",)

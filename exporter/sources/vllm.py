@@ -143,6 +143,7 @@ class VllmSource(HttpSource):
     model_label = MODEL_LABEL
     metrics_prefix = "vllm:"
     detect_probe = ("/version", "version")
+    detect_priority = 1000  # a generic /version answer: tried after every more specific probe
     docs = DOCS
     default_port = 8000
     process_programs = ("vllm",)

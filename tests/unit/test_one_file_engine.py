@@ -138,3 +138,41 @@ async def test_a_json_only_engine_is_one_file():
     finally:
         del REGISTRY["jsontoy"]
         await srv.stop()
+
+
+async def test_auto_detection_asks_each_source_and_follows_detect_priority():
+    """auto.py names no engine: a source says whether a /metrics error answer is its own (`recognises`),
+    and probes run in `detect_priority` order, not in the order the files were imported."""
+    from exporter.app import make_session
+    from exporter.sources.auto import by_priority, detect
+    from exporter.sources.base import HttpFetcher, Response
+    from tests.support.pipeline import target_config
+
+    class TeapotSource(HttpSource):
+        engine = "teapot"
+
+        @classmethod
+        def recognises(cls, metrics: Response) -> bool:
+            return metrics.status == 418
+
+    class EagerSource(HttpSource):
+        engine = "eager"
+        detect_probe = ("/version", "version")  # the answer vLLM's probe also takes
+        detect_priority = 50
+
+    try:
+        order = [engine for engine, _ in by_priority()]
+        assert order.index("eager") < order.index("llamacpp") < order.index("vllm")  # vllm's /version: last
+        srv = ReplayServer({"/metrics": Reply(418, b"short and stout"), "/version": Reply.json({"version": "1"})})
+        await srv.start()
+        async with make_session() as session:
+            fetcher = HttpFetcher(session, target_config("auto", f"http://127.0.0.1:{srv.port}"))
+            assert await detect(fetcher) == "teapot"
+            srv.routes["/metrics"] = Reply(404)
+            assert await detect(fetcher) == "eager"  # before vLLM (priority 1000) on the same /version answer
+            del REGISTRY["eager"]
+            assert await detect(fetcher) == "vllm"
+        await srv.stop()
+    finally:
+        REGISTRY.pop("teapot", None)
+        REGISTRY.pop("eager", None)
