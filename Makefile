@@ -9,9 +9,10 @@ help:  ## this list
 venv:  ## .venv with the project and its test extra
 	python3 -m venv .venv && $(PY) -m pip install -q -e '.[test]'
 
-lint:  ## ruff (lint and format check) on the whole tree
+lint:  ## ruff (lint and format check) on the whole tree; the layering test
 	$(PY) -m ruff check exporter tests bench
 	$(PY) -m ruff format --check exporter tests bench
+	$(PY) -m pytest tests/unit/test_layering.py -q
 
 format:  ## format the tree (ruff format) and apply safe lint fixes
 	$(PY) -m ruff format exporter tests bench
