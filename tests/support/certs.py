@@ -12,11 +12,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
-def _key():
+def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _write(path: Path, cert, key) -> tuple[Path, Path]:
+def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
     crt, pem = path.with_suffix(".crt"), path.with_suffix(".key")
     crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     pem.write_bytes(

@@ -171,8 +171,9 @@ def trtllm() -> bytes:
     return generate_latest(r)
 
 
-def build_1_2_5(max_value):
-    out, e = [], 0
+def build_1_2_5(max_value: int) -> list[int]:
+    out: list[int] = []
+    e = 0
     while True:
         for m in (1, 2, 5):
             v = m * 10**e

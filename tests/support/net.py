@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def http_get(
@@ -36,7 +38,9 @@ def http_get(
         return exc.code, exc.read().decode("utf-8", "replace")
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"):
+def wait_until(
+    predicate: Callable[[], object], timeout: float, interval: float = 0.1, what: str = "condition"
+) -> object:
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -54,7 +58,9 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 class ExporterProcess:
     """The real `llm-exporter` console command, started with a config file."""
 
-    def __init__(self, config_path: Path, port: int, extra_args: tuple[str, ...] = (), env: dict | None = None):
+    def __init__(
+        self, config_path: Path, port: int, extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+    ):
         self.port = port
         self.config_path = config_path
         exe = Path(sys.executable).with_name("llm-exporter")
@@ -76,7 +82,7 @@ class ExporterProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"exporter exited early: {self.logs()}")
 
-    def get(self, path: str, **kw) -> tuple[int, str]:
+    def get(self, path: str, **kw: Any) -> tuple[int, str]:
         return http_get(f"http://127.0.0.1:{self.port}{path}", **kw)
 
     def metrics(self) -> str:
@@ -104,7 +110,7 @@ class ExporterProcess:
         return self.proc.returncode
 
 
-def kill_tree(proc: subprocess.Popen) -> None:
+def kill_tree(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         try:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -6,14 +6,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.app import make_session
 from exporter.collector import ExporterCollector, ExporterStatus
-from exporter.config import load_config_text
+from exporter.config import TargetConfig, load_config_text
 from exporter.poller import Poller
 from exporter.sources import engine_specs, source_for
 from exporter.sources.base import SharedContext
 from exporter.state import TargetState
 
 
-def target_config(engine: str, url: str, name: str = "t", **extra: str):
+def target_config(engine: str, url: str, name: str = "t", **extra: str) -> TargetConfig:
     lines = "".join(f"    {k}: {v}\n" for k, v in extra.items())
     text = f"targets:\n  - name: {name}\n    engine: {engine}\n    url: {url}\n{lines}"
     return load_config_text(text, "test", {}, engines=engine_specs()).targets[0]

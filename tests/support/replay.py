@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,7 @@ class ReplayServer:
     def remove(self, path: str) -> None:
         self.routes.pop(path, None)
 
-    async def start(self, port: int = 0, host: str = "127.0.0.1", ssl_context=None) -> int:
+    async def start(self, port: int = 0, host: str = "127.0.0.1", ssl_context: ssl.SSLContext | None = None) -> int:
         self.runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.1)
         await self.runner.setup()
         site = web.TCPSite(self.runner, host, port, ssl_context=ssl_context)
