@@ -331,6 +331,12 @@ class HttpSource(Source):
         """The engine runs beside the exporter (a loopback URL, or a `process:` to find it by)."""
         return is_loopback_url(self.target.url) or self.target.process is not None
 
+    def rescan_by_port(self) -> None:
+        """The engine is a new process (its identity changed): look for it by port at the next call, not
+        after the scan throttle (a restart within PORT_SCAN_SECONDS of the last scan would go unseen)."""
+        self._by_port = None
+        self._port_scanned = -PORT_SCAN_SECONDS
+
     def process_by_port(self) -> ProcessInfo | None:
         """The engine process beside the exporter, found by the port in its command line (no `process:`, no
         privileges: every user can read command lines); looked for again at most every PORT_SCAN_SECONDS while

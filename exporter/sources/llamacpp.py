@@ -746,6 +746,8 @@ class LlamaCppSource(HttpSource):
     def _timing(self, observation: Observation, ready_header: str | None) -> None:
         """Engine life identity, exact ready time and process start time."""
         if ready_header is not None:
+            if ready_header != self.instance:
+                self.rescan_by_port()  # a new engine process: find it now, whatever the scan throttle
             observation.instance_id = ready_header
             self.instance = ready_header
             ready = self._ready_time(ready_header)

@@ -422,15 +422,23 @@ def test_each_model_keeps_its_own_history_across_restarts(llama_server_bin, mode
     exporter = ExporterProcess(exporter_config(tmp_path, exporter_port, port), exporter_port)
     server = None
     try:
+        seen: dict[str, int] = {}
         for model in ("small", "medium", "medium", "small"):
             server = LoggedServer(llama_server_bin, ["-m", str(models_dir / f"{model}.gguf")], port)
             server.start()
+            seen[model] = seen.get(model, 0) + 1
+            # wait for this start itself, not for a "loaded" state the model may still show from its last
+            # run (stopping the server before the exporter has polled it would test nothing)
             wait_until(
                 lambda m=model: (
                     value(exporter.metrics(), "llm_model_state", target="llama", model=f"{m}.gguf", state="loaded") == 1
+                    and value(
+                        exporter.metrics(), "llm_model_loads_total", target="llama", model=f"{m}.gguf", kind="start"
+                    )
+                    == seen[m]
                 ),
-                10,
-                what=f"{model} loaded",
+                15,
+                what=f"{model} start {seen[model]} counted",
             )
             server.stop()
             wait_until(lambda: value(exporter.metrics(), "llm_up", target="llama") == 0, 5, what="down")
