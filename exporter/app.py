@@ -104,9 +104,11 @@ class Exporter:
 
     async def stop(self) -> None:
         self.running = False
-        for task in (self._host_task, self._lag_task):
-            if task is not None:
-                task.cancel()
+        background = [task for task in (self._host_task, self._lag_task) if task is not None]
+        for task in background:
+            task.cancel()
+        # awaited, so that nothing of the exporter still runs (or logs) once stop() returns
+        await asyncio.gather(*background, return_exceptions=True)
         await asyncio.gather(*(p.stop() for p in self.pollers.values()), return_exceptions=True)
         self.pollers.clear()
         self.shared.close()
