@@ -329,6 +329,11 @@ class LlamaCppSource(HttpSource):
     mapping = MAPPING
     metrics_prefix = "llamacpp:"
     detect_probe = ("/props", "default_generation_settings")
+    endpoints = ("/props", "/slots", "/models")
+
+    docs = DOCS
+    process_programs = ("llama-server",)
+    default_port = 8080
 
     @classmethod
     def recognises(cls, metrics: Response) -> bool:
@@ -336,11 +341,6 @@ class LlamaCppSource(HttpSource):
         unavailable_error while loading."""
         error = metrics.json_object(limit=65536).get("error")
         return isinstance(error, dict) and error.get("type") in ("not_supported_error", "unavailable_error")
-
-    endpoints = ("/props", "/slots", "/models")
-    docs = DOCS
-    process_programs = ("llama-server",)
-    default_port = 8080
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
