@@ -42,7 +42,7 @@ STAGES = (
     ("parse", "promparse.py", "parse"),
     ("mapping", "sources/mapping.py", "apply"),
     ("state and derivations", "state.py", "record_success"),
-    ("text rendering", "collector.py", "_target_lines"),
+    ("text rendering", "text.py", "_target_lines"),
 )
 
 
@@ -161,7 +161,7 @@ def stages(prof: Path, polls: float) -> dict[str, float]:
         if re.search(r"exporter/poller\.py$", file) and func == "_poll"
     )
     render_in_poll = sum(
-        entry[3] for (file, _, func), entry in stats.items() if file.endswith("collector.py") and func == "refresh"
+        entry[3] for (file, _, func), entry in stats.items() if file.endswith("text.py") and func == "refresh"
     )
     out["poll, all of it (under cProfile)"] = 1e3 * (poll + render_in_poll) / max(polls, 1)
     return out

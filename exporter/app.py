@@ -16,13 +16,15 @@ from typing import TYPE_CHECKING
 import aiohttp
 
 from . import __version__
-from .collector import ExporterCollector, ExporterStatus, TextRenderer
 from .config import Config, ConfigError, TargetConfig, load_config, read_off_loop
 from .hostinfo import read_host_cpu
+from .openmetrics import ExporterCollector
 from .poller import Poller
 from .sources import engine_specs, source_for
 from .sources.base import SharedContext
 from .state import TargetState
+from .status import ExporterStatus
+from .text import TextRenderer
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

@@ -1,6 +1,6 @@
 """The unified metric namespace: every metric the exporter can expose.
 
-One table, used by the collector to build families and by
+One table, used by samples.py to build families and by
 tests/unit/test_docs.py to check that docs/metrics.md lists every metric.
 Names are given without the namespace prefix (default `llm`).
 """

@@ -22,9 +22,9 @@ from .catalogue import (
     MetricSpec,
     exposed_names,
 )
-from .collector import PROCESS_FAMILIES
 from .sources.base import REGISTRY
 from .sources.mapping import Feed
+from .text import PROCESS_FAMILIES
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
 BLOCK_RE = re.compile(r"(<!-- BEGIN GENERATED: (?P<name>[a-z-]+) -->\n).*?(<!-- END GENERATED -->)", re.S)

@@ -1,6 +1,6 @@
 """What a source returns from one poll: a typed, engine-neutral observation.
 
-Sources translate engine payloads into these; derivations and the collector
+Sources translate engine payloads into these; derivations and the renderers
 never look at engine-specific names.
 """
 

@@ -1,7 +1,7 @@
 """Optional raw pass-through (`passthrough: true` on a target): the engine's own families re-exposed
 under the namespace with colons replaced (`vllm:num_requests_running` → `llm_vllm_num_requests_running`),
 with the target's labels added, for users who want one scrape per pod. Sources keep the payload's text;
-the state turns it into families here; the collector's one sample stream exposes them (text format
+the state turns it into families here; samples.py's one sample stream exposes them (text format
 and OpenMetrics alike).
 
 Upstream labels that collide with the exporter's (`target`, `engine`, configured labels) are kept as

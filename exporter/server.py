@@ -30,8 +30,8 @@ from aiohttp import web
 
 from . import __version__, clock
 from .app import Exporter
-from .collector import process_exposition
 from .debugview import target_debug
+from .text import process_exposition
 from .webconfig import WebConfigHolder
 from .webconfig import install as install_web_config
 

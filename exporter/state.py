@@ -4,7 +4,7 @@
 - `EngineLife`: the engine process and its models' lifecycles (restarts, process start, load timers);
 - `EngineReport`: what the engine reported (per-model values and windows, info, target series).
 
-Pollers write here (one writer per target); the collector only reads. The maths lives in
+Pollers write here (one writer per target); the renderers only read. The maths lives in
 exporter/derive; this module decides *when* to apply it (restarts reseed windows, vanished models
 are dropped, the series cap holds). `record_success`/`record_failure` return what changed
 (`PollEvents`), which the poller logs.

@@ -381,7 +381,7 @@ class HttpSource(Source):
         return payload, text
 
     def add_passthrough(self, observation: Observation, text: str) -> None:
-        """Keep the engine's own payload when the target asked for `passthrough: true` (the collector
+        """Keep the engine's own payload when the target asked for `passthrough: true` (samples.py
         re-exposes it)."""
         if self.target.passthrough:
             observation.passthrough_text = text

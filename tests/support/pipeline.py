@@ -5,12 +5,13 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.app import make_session
-from exporter.collector import ExporterCollector, ExporterStatus
 from exporter.config import TargetConfig, load_config_text
+from exporter.openmetrics import ExporterCollector
 from exporter.poller import Poller
 from exporter.sources import engine_specs, source_for
 from exporter.sources.base import SharedContext
 from exporter.state import TargetState
+from exporter.status import ExporterStatus
 
 
 def target_config(engine: str, url: str, name: str = "t", **extra: str) -> TargetConfig:

@@ -65,7 +65,7 @@ def test_vanished_models_vanish_from_exposition():
     c = ModelSample()
     c.set("requests_running", 3)
     state.record_success(Observation(Readiness.READY, models={"a": c}), 2.0, 0.01)
-    from exporter.collector import target_samples
+    from exporter.samples import target_samples
 
     exposed = {
         labels["model"]: value for key, _, labels, value in target_samples(state, {}) if key == "requests_running"
@@ -104,7 +104,9 @@ async def test_cached_text_renderer_equals_prometheus_client_output(pipe):
     """The fast renderer must produce exactly what prometheus_client's generate_latest produces."""
     from prometheus_client import CollectorRegistry
 
-    from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
+    from exporter.openmetrics import ExporterCollector
+    from exporter.status import ExporterStatus
+    from exporter.text import TextRenderer
 
     p, srv = pipe
     await p.poll()
@@ -136,8 +138,8 @@ def test_own_process_metrics_match_prometheus_client_process_collector():
     and values (the CPU counter may tick between the two reads)."""
     from prometheus_client import CollectorRegistry, ProcessCollector
 
-    from exporter.collector import process_exposition
     from exporter.promparse import parse
+    from exporter.text import process_exposition
 
     registry = CollectorRegistry(auto_describe=False)
     ProcessCollector(registry=registry)
@@ -155,7 +157,7 @@ def test_own_process_metrics_match_prometheus_client_process_collector():
 def test_go_float_matches_prometheus_client():
     from prometheus_client.utils import floatToGoString
 
-    from exporter.collector import _go_float
+    from exporter.samples import go_float
 
     for value in (
         0.0,
@@ -174,7 +176,7 @@ def test_go_float_matches_prometheus_client():
         1234567.125,
         0.1 + 0.2,
     ):
-        assert _go_float(value) == floatToGoString(value), value
+        assert go_float(value) == floatToGoString(value), value
 
 
 async def test_openmetrics_comes_from_the_cached_lines_and_equals_prometheus_client():
@@ -185,7 +187,9 @@ async def test_openmetrics_comes_from_the_cached_lines_and_equals_prometheus_cli
     from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-    from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
+    from exporter.openmetrics import ExporterCollector
+    from exporter.status import ExporterStatus
+    from exporter.text import TextRenderer
 
     srv = ReplayServer(
         {

@@ -51,8 +51,9 @@ def _documented() -> dict[str, tuple[str, set[str]]]:
 async def test_docs_match_a_real_exposition():
     """Every family a real exposition carries (engines replayed from their captures, the exporter's own
     metrics, process_*) is documented with the type and the labels it really has."""
-    from exporter.collector import ExporterStatus, TextRenderer, process_exposition
     from exporter.promparse import parse
+    from exporter.status import ExporterStatus
+    from exporter.text import TextRenderer, process_exposition
     from tests.conftest import FIXTURES
     from tests.support.pipeline import Pipeline
     from tests.support.replay import ReplayServer, Reply

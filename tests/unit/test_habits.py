@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from exporter import __version__
-from exporter.collector import ExporterStatus, exporter_samples
+from exporter.samples import exporter_samples
+from exporter.status import ExporterStatus
 
 ROOT = Path(__file__).parents[2]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

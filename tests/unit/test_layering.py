@@ -29,8 +29,8 @@ LAYERS = {
     ),
     "config": ("config", "webconfig"),
     "sources": ("sources",),  # fetch + parse into an Observation
-    "pipeline": ("poller", "state", "join"),  # polling, derived state, joins between targets
-    "exposition": ("collector", "debugview"),  # sample stream and renderers
+    "pipeline": ("poller", "state", "status", "join"),  # polling, derived state, joins between targets
+    "exposition": ("samples", "text", "openmetrics", "debugview"),  # sample stream and renderers
     "service": ("app", "server", "cli", "__main__", "docgen"),  # wiring, HTTP, the command line, tools
 }
 ORDER = list(LAYERS)

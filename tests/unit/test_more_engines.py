@@ -247,7 +247,8 @@ async def test_auto_source_cannot_identify_garbage():
 async def test_passthrough_reexposes_engine_families_under_the_namespace(promtool):
     import subprocess
 
-    from exporter.collector import ExporterStatus, TextRenderer
+    from exporter.status import ExporterStatus
+    from exporter.text import TextRenderer
 
     text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
     srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})
@@ -329,7 +330,9 @@ async def test_passthrough_in_both_renderers_from_one_sample_stream():
     from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
     from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-    from exporter.collector import ExporterCollector, ExporterStatus, TextRenderer
+    from exporter.openmetrics import ExporterCollector
+    from exporter.status import ExporterStatus
+    from exporter.text import TextRenderer
 
     text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
     srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})

@@ -10,11 +10,11 @@ import pynvml
 import pytest
 
 from exporter.app import Exporter
-from exporter.collector import target_samples
 from exporter.config import load_config_text
 from exporter.join import process_owners
 from exporter.observation import ModelState, ModelStatus, Observation, Readiness, Reason
 from exporter.poller import Poller
+from exporter.samples import target_samples
 from exporter.sources import engine_specs
 from exporter.sources.base import SharedContext
 from exporter.sources.nvml import NVML, NvmlSource

@@ -1,8 +1,8 @@
 """`optional: true` targets: llm_target_absent says whether the target was ever there."""
 
-from exporter.collector import target_samples
 from exporter.config import load_config_text
 from exporter.observation import Observation, PollError, Readiness, Reason
+from exporter.samples import target_samples
 from exporter.sources import engine_specs
 from exporter.state import TargetState
 

@@ -1,8 +1,8 @@
 """Each model keeps its own lifecycle history when a single-model engine is restarted with another model."""
 
-from exporter.collector import target_samples
 from exporter.config import load_config_text
 from exporter.observation import ModelState, ModelStatus, Observation, PollError, Readiness, Reason
+from exporter.samples import target_samples
 from exporter.sources import engine_specs
 from exporter.state import TargetState
 
