@@ -45,7 +45,7 @@ def _table(specs: tuple[MetricSpec, ...], base_labels: str) -> str:
 def _mapping_table(table: tuple[Feed, ...], model_label: str) -> str:
     rows = [
         f"| unified | upstream, most preferred first (chosen by presence) | versions | unit | combined per "
-        f"`{model_label}` by | required |",
+        f"{f'`{model_label}`' if model_label else 'model (one per target)'} by | required |",
         "|---|---|---|---|---|---|",
     ]
     for feed in table:
@@ -103,12 +103,7 @@ def _engine_sections() -> str:
             continue
         parts += [f"### {source.title or engine} (`engine: {engine}`)", ""]
         if source.mapping:
-            label = (
-                f"`{source.model_label}`"
-                if source.model_label and not source.model_label.startswith("(")
-                else source.model_label or "(none: one model)"
-            )
-            parts += [_mapping_table(source.mapping, label.strip("`")), ""]
+            parts += [_mapping_table(source.mapping, source.model_label), ""]
         if source.docs:
             parts += [source.docs, ""]
     return "\n".join(parts).rstrip("\n")

@@ -21,7 +21,7 @@ import aiohttp
 
 from ..catalogue import BY_KEY
 from ..config import EngineSpec, TargetConfig, is_loopback_url, read_small_file
-from ..observation import ModelState, ModelStatus, Observation, PollError, Readiness, Reason
+from ..observation import ModelSample, ModelState, ModelStatus, Observation, PollError, Readiness, Reason
 from ..procinfo import ProcessFinder, ProcessInfo, find_by_port, still_running
 from ..promparse import LabelCache, Payload, PromParseError, parse
 from .mapping import Feed, apply, mapped_keys, prefixes
@@ -314,6 +314,8 @@ class HttpSource(Source):
     default_port: ClassVar[int | None] = None
     # every HTTP engine: health checks, and the OpenAI API prefix (a URL ending in /v1 is a common slip)
     endpoints: ClassVar[tuple[str, ...]] = ("/metrics", "/health", "/healthz", "/v1")
+    hint: ClassVar[str] = "not this engine?"  # what to check when /metrics has none of its families
+    extra_families: ClassVar[tuple[str, ...]] = ()  # families read beyond the mapping's
 
     def is_engine_process(self, argv: tuple[str, ...]) -> bool:
         return bool(argv) and os.path.basename(argv[0]) in self.process_programs
@@ -323,6 +325,7 @@ class HttpSource(Source):
         if self.shared.session is None:
             raise ValueError("an HTTP source needs the exporter's HTTP client (SharedContext.session)")
         self.http = HttpFetcher(self.shared.session, target)
+        self._families: tuple[str, ...] | None = None
         self._by_port: ProcessInfo | None = None
         self._port_scanned = -PORT_SCAN_SECONDS
 
@@ -354,6 +357,12 @@ class HttpSource(Source):
         self._by_port = find_by_port(port, self.is_engine_process, self.default_port)
         return self._by_port
 
+    def families(self) -> tuple[str, ...]:
+        """Family-name prefixes the parser keeps (it skips every other family's block unread)."""
+        if self._families is None:
+            self._families = prefixes(self.mapping, *self.extra_families)
+        return self._families
+
     async def still_loading(self) -> bool:
         """GET /health: True on 503 (the engine is up but still loading), fine on 200, a failure else."""
         health = await self.http.get("/health")
@@ -362,9 +371,15 @@ class HttpSource(Source):
         expect_status(health, "/health")
         return False
 
-    async def read_metrics(self, prefixes: tuple[str, ...], marker: str, hint: str) -> tuple[Payload, str]:
-        """GET /metrics and parse the families in `prefixes`; a payload without any `marker` series
-        is not this engine's (a PARSE failure saying `hint`)."""
+    async def read_metrics(
+        self, families: tuple[str, ...] | None = None, marker: str | None = None, hint: str | None = None
+    ) -> tuple[Payload, str]:
+        """GET `metrics_path` and parse the families in `families` (by default the mapping's and
+        `extra_families`); a payload without any `marker` series (by default `metrics_prefix`) is not this
+        engine's (a PARSE failure saying `hint`)."""
+        families = families if families is not None else self.families()
+        marker = marker if marker is not None else self.metrics_prefix
+        hint = hint if hint is not None else self.hint
         response = await self.http.get(self.metrics_path)
         expect_status(response, self.metrics_path)
         text = response.text()
@@ -373,9 +388,9 @@ class HttpSource(Source):
             # A large payload is parsed in a worker thread: the parser is Python, so the interpreter switches
             # to the event loop every few milliseconds and other targets and scrapes stay on time (and the
             # poll's deadline can end the wait).
-            payload = await asyncio.to_thread(parse_metrics, text, prefixes, cache, self.target.max_series)
+            payload = await asyncio.to_thread(parse_metrics, text, families, cache, self.target.max_series)
         else:
-            payload = parse_metrics(text, prefixes, cache, self.target.max_series)
+            payload = parse_metrics(text, families, cache, self.target.max_series)
         if not any(name.startswith(marker) for name in payload.samples):
             raise PollError(Reason.PARSE, f"/metrics has no {marker} series ({hint})")
         return payload, text
@@ -399,21 +414,24 @@ def parse_metrics(
 
 
 class PrometheusTextSource(HttpSource):
-    """The template of an engine that serves Prometheus text: still loading (GET /health 503), read
-    `metrics_path`, map with `mapping`, ready, pass-through. An engine with nothing more to it declares its
-    table and identity and writes no `collect()` (TensorRT-LLM, LMDeploy); `hint` names what to check when
+    """The template of an engine that serves Prometheus text, one poll in one place: not ready yet
+    (`not_ready`), read `metrics_path`, map with `mapping`, `extend` with what only this engine has,
+    pass-through, the served model's status (`model_status`). An engine with nothing more to it declares its
+    table and identity and writes no method at all (TensorRT-LLM, LMDeploy); `hint` names what to check when
     the payload has none of the engine's families."""
 
-    hint: ClassVar[str] = "not this engine?"
     model_states: ClassVar[tuple[ModelState, ...]] = (ModelState.LOADED, ModelState.LOADING)
 
+    def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
+        super().__init__(target, shared)
+        self.served_model = ""  # the model it served last (named while it loads again)
+
     async def collect(self) -> Observation:
-        if await self.still_loading():
-            observation = Observation(Readiness.LOADING, model_states=self.model_states)
-            observation.lifecycle[""] = ModelStatus(ModelState.LOADING)
-            return observation
-        payload, text = await self.read_metrics(prefixes(self.mapping), self.metrics_prefix, self.hint)
-        models, misses = apply(payload, self.mapping, self.model_label, chosen_by_key=self.fed_by)
+        early = await self.not_ready()
+        if early is not None:
+            return early
+        payload, text = await self.read_metrics()
+        models, misses = self.map(payload)
         observation = Observation(
             Readiness.READY,
             models=models,
@@ -422,5 +440,34 @@ class PrometheusTextSource(HttpSource):
             model_states=self.model_states,
         )
         self.add_passthrough(observation, text)
-        observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=min(models, default=""))
+        self.extend(observation, payload)
+        self.served_model = self.model_name(models) or self.served_model
+        observation.lifecycle[""] = self.model_status(observation, payload)
         return observation
+
+    # --- hooks: the defaults fit an engine whose /health answers 503 while loading
+
+    async def not_ready(self) -> Observation | None:
+        """What to report instead of reading metrics (still loading, dead), or None to read them."""
+        return self.loading() if await self.still_loading() else None
+
+    def loading(self) -> Observation:
+        """The engine answers but is still loading its model."""
+        observation = Observation(Readiness.LOADING, model_states=self.model_states)
+        observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.served_model)
+        return observation
+
+    def map(self, payload: Payload) -> tuple[dict[str, ModelSample], list[str]]:
+        """Unified samples per model, and the required families the payload lacked."""
+        return apply(payload, self.mapping, self.model_label, chosen_by_key=self.fed_by)
+
+    def extend(self, observation: Observation, payload: Payload) -> None:
+        """Add what only this engine reports (info, timings, extra series)."""
+
+    def model_name(self, models: dict[str, ModelSample]) -> str:
+        """The model this target serves (one per target); "" when the payload names none."""
+        return min(models, default="")
+
+    def model_status(self, observation: Observation, payload: Payload) -> ModelStatus:
+        """The served model's lifecycle status once metrics were read."""
+        return ModelStatus(ModelState.LOADED, model=self.served_model)

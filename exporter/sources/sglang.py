@@ -14,9 +14,10 @@ series with `tp_rank`/`dp_rank`/`engine_type`: they are combined per model.
 
 from __future__ import annotations
 
-from ..observation import ModelSample, ModelState, ModelStatus, Observation, PollError, Readiness, Reason
-from .base import HttpSource, expect_status
-from .mapping import Feed, Upstream, apply, prefixes
+from ..observation import ModelSample, ModelState, ModelStatus, Observation, PollError, Reason
+from ..promparse import Payload
+from .base import PrometheusTextSource, expect_status
+from .mapping import Feed, Upstream
 
 U = Upstream
 MODEL_LABEL = "model_name"
@@ -61,12 +62,10 @@ MAPPING: tuple[Feed, ...] = (
     Feed("request_prompt_length", "histogram", (U("sglang:prompt_tokens_histogram", "0.5.x"),), required=False),
     Feed("request_generation_length", "histogram", (U("sglang:generation_tokens_histogram", "0.5.x"),), required=False),
 )
-METRICS_PREFIXES = prefixes(MAPPING)
 # The startup phase that spans launch to ready: SGLang's TokenizerManager measures tokenizer_e2e from
 # the engine launch until every scheduler reported ready (it covers load_weight, kv_cache_allocation
 # and scheduler_e2e); the HTTP server's start and the warm-up request (~1 s) follow it.
 START_TO_READY_PHASE = "tokenizer_e2e"
-MODEL_STATES = (ModelState.LOADED, ModelState.LOADING)
 READY_PATHS = ("/ready", "/model_info", "/get_model_info")  # asked in this order; the first that exists is kept
 DOCS = """\
 Readiness from `GET /ready` (200 ready, 503 starting or paused); servers without it are asked
@@ -79,7 +78,7 @@ The start load time is `sglang:startup_time_seconds{phase="tokenizer_e2e"}` (bas
 `engine_reported`)."""
 
 
-class SglangSource(HttpSource):
+class SglangSource(PrometheusTextSource):
     engine = "sglang"
     title = "SGLang"
     mapping = MAPPING
@@ -88,39 +87,24 @@ class SglangSource(HttpSource):
     detect_probe = ("/get_server_info", "tp_size")
     endpoints = READY_PATHS
     docs = DOCS
-    model = ""  # the served model, once seen
+    hint = "started without --enable-metrics?"
 
     ready_path = READY_PATHS[0]
 
-    async def not_ready(self) -> bool:
-        """True while the server is starting (or paused); a failure when it answers neither way."""
+    async def not_ready(self) -> Observation | None:
+        """Loading while the server is starting (or paused); a failure when it answers neither way."""
         for path in READY_PATHS[READY_PATHS.index(self.ready_path) :]:
             response = await self.http.get(path)
             if response.status == 404:
                 continue  # an older server: try the next endpoint, and keep that one
             self.ready_path = path
             if response.status == 503:
-                return True
+                return self.loading()
             expect_status(response, path)
-            return False
+            return None
         raise PollError(Reason.HTTP_STATUS, f"none of {', '.join(READY_PATHS)} answered (404): not SGLang?")
 
-    async def collect(self) -> Observation:
-        if await self.not_ready():
-            observation = Observation(Readiness.LOADING, model_states=MODEL_STATES)
-            observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.model)
-            return observation
-        payload, text = await self.read_metrics(METRICS_PREFIXES, "sglang:", "started without --enable-metrics?")
-        models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
-        observation = Observation(
-            Readiness.READY,
-            models=models,
-            mapping_misses=tuple(misses),
-            dropped_series=payload.dropped,
-            model_states=MODEL_STATES,
-        )
-        self.add_passthrough(observation, text)
-        self.model = min(models) if models else self.model
-        startup = models.get(self.model, ModelSample()).get("startup_phase_seconds", phase=START_TO_READY_PHASE)
-        observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=self.model, engine_load_seconds=startup)
-        return observation
+    def model_status(self, observation: Observation, payload: Payload) -> ModelStatus:
+        model = observation.models.get(self.served_model, ModelSample())
+        startup = model.get("startup_phase_seconds", phase=START_TO_READY_PHASE)
+        return ModelStatus(ModelState.LOADED, model=self.served_model, engine_load_seconds=startup)

@@ -8,19 +8,12 @@ answers 200 when a shard can serve. Series carry no model label: the model comes
 from __future__ import annotations
 
 from ..config import TargetConfig
-from ..observation import (
-    InfoSample,
-    ModelState,
-    ModelStatus,
-    Observation,
-    PollError,
-    Readiness,
-)
-from .base import HttpSource, SharedContext
-from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, prefixes
+from ..observation import InfoSample, ModelSample, Observation, PollError
+from ..promparse import Payload
+from .base import PrometheusTextSource, SharedContext
+from .mapping import MAX_LABEL_VALUE, Feed, Upstream
 
 U = Upstream
-MODEL_LABEL = "model"  # TGI sets none; every series maps to the model from /info
 MAPPING: tuple[Feed, ...] = (
     Feed("requests_running", "gauge", (U("tgi_batch_current_size", "1.0-3.x"),)),
     Feed("requests_waiting", "gauge", (U("tgi_queue_size", "1.0-3.x"),)),
@@ -43,56 +36,52 @@ MAPPING: tuple[Feed, ...] = (
         label_as="reason",
     ),
 )
-METRICS_PREFIXES = prefixes(MAPPING)
-MODEL_STATES = (ModelState.LOADED, ModelState.LOADING)
 DOCS = """\
 TGI series carry no model label: the model is `model_id` from `/info`. TGI has no KV-cache
 metrics: `llm_kv_cache_*` are absent for TGI targets (never zeros), so a router reading the three
 router gauges gets running and waiting but no KV utilisation from TGI."""
 
 
-class TgiSource(HttpSource):
+class TgiSource(PrometheusTextSource):
     engine = "tgi"
     title = "TGI"
     mapping = MAPPING
-    model_label = "(none: model from /info)"
     metrics_prefix = "tgi_"
     detect_probe = ("/info", "model_id")
     docs = DOCS
+    hint = "not a TGI server?"
 
     def __init__(self, target: TargetConfig, shared: SharedContext | None = None):
         super().__init__(target, shared)
-        self.model: str | None = None
+        self.model: str | None = None  # model_id from /info, asked until it answers
 
-    async def collect(self) -> Observation:
+    async def not_ready(self) -> Observation | None:
         if await self.still_loading():
-            observation = Observation(Readiness.LOADING, model_states=MODEL_STATES)
-            observation.lifecycle[""] = ModelStatus(ModelState.LOADING, model=self.model or "")
-            return observation
+            return self.loading()
         if self.model is None:
             self.model = await self._model()
-        payload, text = await self.read_metrics(METRICS_PREFIXES, "tgi_", "not a TGI server?")
-        models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
-        sample = models.pop("", None)
+        return None
+
+    def map(self, payload: Payload) -> tuple[dict[str, ModelSample], list[str]]:
+        models, misses = super().map(payload)
+        sample = models.pop("", None)  # TGI labels no series with its model: name them by /info's
         if sample is not None:
             models[self.model or ""] = sample
-        info = [InfoSample("engine_info", (("model", self.model or ""), ("build", ""), ("model_path", "")))]
-        observation = Observation(
-            Readiness.READY,
-            models=models,
-            mapping_misses=tuple(misses),
-            dropped_series=payload.dropped,
-            info=info,
-            model_states=MODEL_STATES,
-        )
-        self.add_passthrough(observation, text)
-        observation.lifecycle[""] = ModelStatus(ModelState.LOADED, model=self.model or "")
-        return observation
+        return models, misses
 
-    async def _model(self) -> str:
+    def extend(self, observation: Observation, payload: Payload) -> None:
+        observation.info = [InfoSample("engine_info", (("model", self.model or ""), ("build", ""), ("model_path", "")))]
+
+    def model_name(self, models: dict[str, ModelSample]) -> str:
+        return self.model or ""
+
+    async def _model(self) -> str | None:
+        """model_id from /info; None when /info did not answer (asked again at the next poll)."""
         try:
             response = await self.http.get("/info")
         except PollError:
-            return ""
-        model = response.json_object(limit=65536).get("model_id") if response.status == 200 else None
+            return None
+        if response.status != 200:
+            return None
+        model = response.json_object(limit=65536).get("model_id")
         return str(model)[:MAX_LABEL_VALUE] if model else ""

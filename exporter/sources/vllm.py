@@ -28,8 +28,8 @@ from ..observation import (
     SeriesSample,
 )
 from ..promparse import Payload
-from .base import HttpSource, expect_status
-from .mapping import MAX_LABEL_VALUE, Feed, Upstream, apply, model_of, prefixes
+from .base import PrometheusTextSource, expect_status
+from .mapping import MAX_LABEL_VALUE, Feed, Upstream, model_of, prefixes
 
 U = Upstream
 MODEL_LABEL = "model_name"
@@ -131,12 +131,13 @@ present. Bucket bounds are read from the payload (0.32+ lets operators change th
 comes from `vllm:engine_sleep_state`; LoRA adapters from the newest `vllm:lora_requests_info`
 series (adapter names only: vLLM exposes no per-adapter request counts)."""
 CACHE_CONFIG_KEYS = BY_KEY["kv_cache_config_info"].labels  # the cache_config_info labels kept, as catalogued
-# Only these families are parsed: the parser skips every other family's block unread.
 ENGINE_HEALTHY = "vllm:engine_healthy"  # {engine="<rank>"} 1/0 with --enable-fault-tolerance (0.33)
-METRICS_PREFIXES = prefixes(MAPPING, CACHE_INFO, SLEEP_STATE, LORA_INFO, ENGINE_HEALTHY, "process_start_time_seconds")
+# Only these families are parsed: the parser skips every other family's block unread.
+EXTRA_FAMILIES = (CACHE_INFO, SLEEP_STATE, LORA_INFO, ENGINE_HEALTHY, "process_start_time_seconds")
+METRICS_PREFIXES = prefixes(MAPPING, *EXTRA_FAMILIES)
 
 
-class VllmSource(HttpSource):
+class VllmSource(PrometheusTextSource):
     engine = "vllm"
     title = "vLLM"
     mapping = MAPPING
@@ -147,12 +148,15 @@ class VllmSource(HttpSource):
     docs = DOCS
     default_port = 8000
     process_programs = ("vllm",)
-    served_model = ""  # the model it served last (named while it loads again)
+    hint = "not a vLLM server?"
+    extra_families = EXTRA_FAMILIES
+    model_states = MODEL_STATES
 
     def is_engine_process(self, argv: tuple[str, ...]) -> bool:
         return is_vllm(argv)
 
-    async def collect(self) -> Observation:
+    async def not_ready(self) -> Observation | None:
+        """Loading while its process runs but its port refuses; down while /health says the engine died."""
         try:
             health = await self.http.get("/health")
         except PollError as error:
@@ -178,28 +182,23 @@ class VllmSource(HttpSource):
         if health.status in (500, 503):
             return Observation(Readiness.DOWN, notices=(f"/health answered {health.status}: engine is dead",))
         expect_status(health, "/health")
-        payload, text = await self.read_metrics(METRICS_PREFIXES, "vllm:", "not a vLLM server?")
-        models, misses = apply(payload, MAPPING, MODEL_LABEL, chosen_by_key=self.fed_by)
-        observation = Observation(
-            Readiness.READY, models=models, mapping_misses=tuple(misses), dropped_series=payload.dropped
-        )
+        return None
+
+    def extend(self, observation: Observation, payload: Payload) -> None:
         observation.info = self.cache_config_info(payload)
-        self.add_passthrough(observation, text)
         self._timing(payload, observation)
-        lora_adapters(payload, models)
+        lora_adapters(payload, observation.models)
         observation.series.extend(engine_health(payload))
-        sleeping = sleeping_models(payload)
-        model = min(models) if models else ""
-        self.served_model = model or self.served_model
-        observation.model_states = MODEL_STATES
-        observation.lifecycle[""] = ModelStatus(
-            ModelState.SLEEPING if model in sleeping else ModelState.LOADED,
+
+    def model_status(self, observation: Observation, payload: Payload) -> ModelStatus:
+        model = self.model_name(observation.models)
+        return ModelStatus(
+            ModelState.SLEEPING if model in sleeping_models(payload) else ModelState.LOADED,
             model=model,
             process_start=observation.process_start_time,
             ready_time=observation.engine_ready_time,
             pid=observation.process_pid,
         )
-        return observation
 
     @staticmethod
     def cache_config_info(payload: Payload) -> list[InfoSample]:

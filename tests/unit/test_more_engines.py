@@ -6,7 +6,7 @@ import pytest
 
 from exporter.promparse import parse
 from exporter.sources import auto, sglang, tgi
-from exporter.sources.mapping import apply
+from exporter.sources.mapping import apply, prefixes
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline
 from tests.support.replay import ReplayServer, Reply
@@ -18,7 +18,9 @@ TGI = (FIXTURES / "tgi" / "datadog-tgi-payload-partial.prom").read_text()
 
 
 def mapped(module, text):
-    return apply(parse(text, module.METRICS_PREFIXES), module.MAPPING, module.MODEL_LABEL)
+    """What the engine's source maps from a payload (its parse prefixes, table and model label)."""
+    source = {sglang: sglang.SglangSource, tgi: tgi.TgiSource}[module]
+    return apply(parse(text, prefixes(source.mapping)), source.mapping, source.model_label)
 
 
 def test_sglang_0523_real_every_unified_metric():
@@ -101,6 +103,23 @@ async def test_tgi_source_names_the_model_from_info():
         assert dict(labels) == {"target": "t", "engine": "tgi", "model": "bigscience/bloom-560m"}
         assert pipe.value("llm_kv_cache_usage_ratio") is None
         assert pipe.value("llm_exporter_mapping_misses_total", metric="generation_tokens") == 1
+    finally:
+        await pipe.close()
+        await srv.stop()
+
+
+async def test_tgi_asks_info_again_until_it_answers():
+    """A failed /info leaves the model unnamed for that poll only: the next poll asks again."""
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(TGI), "/info": Reply(500)})
+    await srv.start()
+    pipe = Pipeline("tgi", f"http://127.0.0.1:{srv.port}")
+    try:
+        await pipe.poll()
+        assert pipe.value("llm_requests_waiting", model="", engine="tgi") == 0
+        srv.set("/info", Reply.json({"model_id": "bigscience/bloom-560m"}))
+        await pipe.poll()
+        assert pipe.value("llm_requests_waiting", model="bigscience/bloom-560m", engine="tgi") == 0
+        assert pipe.value("llm_requests_waiting", model="") is None
     finally:
         await pipe.close()
         await srv.stop()
