@@ -15,26 +15,18 @@ Never wake, never keep awake (tools/server/README.md, "Sleeping on Idle"): GET /
 server is busy anyway. Idle, the source reads /props instead (its `is_sleeping` is the sleep
 state). Without /metrics (--metrics off) it never reads /slots.
 
-Router mode (`llama-server --models-dir ...`, no model): /metrics without ?model= answers 400
-"model name is missing". The source then lists models with GET /models (status per model:
-loaded, loading, sleeping, unloaded, failed, downloading) and reads each loaded model's
-`/metrics?model=<id>&autoload=false` (autoload=false: a request for a model that is not running
-is refused, never loads it). Each loaded model is its own child process, whose argv the router
-lists in /models: the source finds it in /proc (same host) for its start time and PID.
+Router mode (`llama-server --models-dir ...`, no model): /metrics without ?model= answers 400 "model name is
+missing"; while the server answers so, `LlamaCppRouter` (llamacpp_router.py) polls it, with the metrics,
+/slots and /props helpers below; when it stops answering as a router, this class polls it as one model.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
-import json
 import math
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from .. import clock
 from ..config import TargetConfig
@@ -49,8 +41,16 @@ from ..observation import (
     Readiness,
     Reason,
 )
-from ..procinfo import ProcessInfo, command_line, environment, find_by_argv, still_running
+from ..procinfo import command_line, environment
 from .base import HttpFetcher, HttpSource, Response, SharedContext, expect_status, parse_json, parse_metrics
+from .llamacpp_router import (
+    MAX_ROUTER_MODELS,
+    PROPS_REFRESH_POLLS,
+    LlamaCppRouter,
+    NotARouter,
+    is_loading,
+    is_router,
+)
 from .mapping import Feed, Upstream, apply
 
 U = Upstream
@@ -66,11 +66,7 @@ MAPPING: tuple[Feed, ...] = (
 )
 METRICS_PREFIXES = ("llamacpp:",)
 COMPUTED_PROMPT_TOKENS = "llamacpp:prompt_tokens_total"  # computed only: prompt_tokens = this + cached
-PROPS_REFRESH_POLLS = 600  # re-read the router's /props now and then (build info)
 SINGLE_STATES = (ModelState.LOADED, ModelState.LOADING, ModelState.SLEEPING)
-ROUTER_STATES = tuple(ModelState)
-MAX_ROUTER_MODELS = 1000
-EVENTS_KEPT = 16  # status changes remembered per router model (the stream's exact transition times)
 MAX_SLOTS = 4096  # llama-server's -np; a /slots longer than this is refused (parse error) before any mapping
 DOCS = """\
 Beyond the table: `llm_prompt_tokens_total` and `llm_kv_cache_query_tokens_total` are both
@@ -93,28 +89,6 @@ each see a different, shorter window: nothing is derived from them, and rates co
 beside the exporter; set `passthrough: true` on the target and read them through the exporter
 (`llm_llamacpp_predicted_tokens_seconds`, one reader, the exporter's poll interval as its window). In router mode
 (`--models-dir`) every series carries the router's model id as `model`."""
-ROUTER_STATUS = {
-    "loaded": ModelState.LOADED,
-    "loading": ModelState.LOADING,
-    "sleeping": ModelState.SLEEPING,
-    "unloaded": ModelState.UNLOADED,
-    "downloading": ModelState.DOWNLOADING,
-    "downloaded": ModelState.UNLOADED,
-}
-
-
-def _error_message(response: Response) -> str:
-    error = response.json_object(limit=4096).get("error")
-    return str(error.get("message", ""))[:200].lower() if isinstance(error, dict) else ""
-
-
-def _is_loading(response: Response) -> bool:
-    # "no slot available" is also a 503 unavailable_error: only the message tells loading apart.
-    return response.status == 503 and "loading" in _error_message(response)
-
-
-def _is_router(response: Response) -> bool:
-    return response.status == 400 and "model name is missing" in _error_message(response)
 
 
 def _int(value: Any) -> bool:
@@ -130,95 +104,6 @@ def _number(value: Any) -> float | None:
     except OverflowError:
         return None
     return number if math.isfinite(number) else None
-
-
-class RouterEvents:
-    """A llama.cpp router's `GET /models/sse`, read in the background: the exact time of each model's status
-    change (`model_status` when a load starts, `status_change` to loaded, sleeping or unloaded), as this
-    exporter received it. The stream loads and wakes nothing (a GET to the router, never to a child). A dropped
-    stream reconnects after 1, 2, 4 ... 30 s; a build without it (404) is not asked again. Bounded: lines of
-    64 KiB, the last EVENTS_KEPT transitions per model, MAX_ROUTER_MODELS models."""
-
-    def __init__(self, http: HttpFetcher):
-        self.http = http
-        self.transitions: dict[str, list[tuple[float, str]]] = {}
-        self.task: asyncio.Task[None] | None = None
-        self.supported: bool | None = None  # None until the first answer
-        self.connects = 0
-        self.backoff = 1.0
-
-    def start(self) -> None:
-        if self.task is None and self.supported is not False and self.http.session is not None:
-            self.task = asyncio.create_task(self._run(), name="llamacpp:models/sse")
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.task
-            self.task = None
-
-    def last(self, model: str, status: str, since: float | None = None) -> float | None:
-        """When `model` last changed to `status` (after `since`), by the stream."""
-        times = [t for t, s in self.transitions.get(model, ()) if s == status and (since is None or t >= since)]
-        return times[-1] if times else None
-
-    async def _run(self) -> None:
-        import aiohttp
-
-        while True:
-            try:
-                await self._read(aiohttp)
-                self.backoff = 1.0 if self.connects else self.backoff
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # refused, reset, a line too long, bad JSON: reconnect after a pause
-                pass
-            if self.supported is False:
-                return
-            await asyncio.sleep(self.backoff)
-            self.backoff = min(30.0, self.backoff * 2)
-
-    async def _read(self, aiohttp: Any) -> None:
-        http = self.http
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
-        async with http.session.get(
-            http.base_url + "/models/sse",
-            headers=http.headers,
-            ssl=http.ssl,
-            allow_redirects=False,
-            timeout=timeout,
-            read_bufsize=65536,
-        ) as response:
-            if response.status == 404:
-                self.supported = False
-                return
-            if response.status != 200:
-                return
-            self.supported = True
-            self.connects += 1
-            self.backoff = 1.0
-            async for raw in response.content:  # one line each; longer than the buffer raises: reconnect
-                self._event(raw)
-
-    def _event(self, raw: bytes) -> None:
-        if not raw.startswith(b"data:"):
-            return
-        try:
-            event = json.loads(raw[5:].decode("utf-8", "replace"))
-        except (ValueError, RecursionError):
-            return
-        if not isinstance(event, dict) or event.get("event") not in ("model_status", "status_change"):
-            return
-        model, data = event.get("model"), event.get("data")
-        status = data.get("status") if isinstance(data, dict) else None
-        if not isinstance(model, str) or not model or not isinstance(status, str):
-            return
-        if model not in self.transitions and len(self.transitions) >= MAX_ROUTER_MODELS:
-            return
-        kept = self.transitions.setdefault(model[:200], [])
-        kept.append((clock.now(), status[:20]))
-        del kept[:-EVENTS_KEPT]
 
 
 def held_tokens(slot: dict[str, Any]) -> float:
@@ -310,7 +195,7 @@ def kv_layout(argv: tuple[str, ...], env: dict[str, str] | None) -> KvLayout | N
 
 
 @dataclass
-class _Metrics:
+class LlamaCppMetrics:
     """One server's (or one router child's) /metrics, mapped."""
 
     sample: ModelSample
@@ -347,15 +232,10 @@ class LlamaCppSource(HttpSource):
         self.labels = self.shared.label_cache(self.engine)
         self.metrics_enabled = True
         self.slots_enabled = True
-        self.router = False
-        self.model_props: dict[str, dict[str, Any]] = {}  # router: each loaded model's /props
+        self.router: LlamaCppRouter | None = None  # router mode's own state, while the server is a router
         self.props: dict[str, Any] = {}
         self.polls_since_props = PROPS_REFRESH_POLLS
         self.instance: str | None = None
-        # router model → ((argv, state) when looked up, its child process or None when not visible)
-        self.children: dict[str, tuple[tuple[tuple[str, ...], ModelState], ProcessInfo | None]] = {}
-        self.events = RouterEvents(self.http)  # router mode: /models/sse, started when a router is seen
-        self.router_states: dict[str, ModelState] = {}  # each router model's state at the previous poll
         # The KV cache's layout (from the engine's command line): how much context the slots share
         self.kv_layout: KvLayout | None = None
         self.layouts: dict[int, KvLayout | None] = {}  # engine (or router child) pid → its layout
@@ -363,20 +243,39 @@ class LlamaCppSource(HttpSource):
         self.argv_model = ""  # the model the engine process was started with (its command line), if known
 
     async def collect(self) -> Observation:
-        http = self.http
-        if self.router:
-            return await self._collect_router(http)
         notices: list[str] = []
-        response = await http.get("/metrics")
-        if _is_loading(response):
+        if self.router is not None:
+            try:
+                return await self.router.collect()
+            except NotARouter as why:
+                response = await self.http.get("/metrics")
+                if is_router(response):  # still a router: /models failed this poll, its state is kept
+                    raise PollError(Reason.HTTP_STATUS, str(why)) from None
+                await self.router.close()
+                self.router = None
+                notices.append(f"no longer a router ({why}): polling a single-model server")
+                return await self._collect_single(response, notices)
+        return await self._collect_single(await self.http.get("/metrics"), notices)
+
+    async def close(self) -> None:
+        if self.router is not None:
+            await self.router.close()
+        await super().close()
+
+    async def _collect_single(self, response: Response, notices: list[str]) -> Observation:
+        http = self.http
+        if is_loading(response):
             return self._loading(notices)
-        if _is_router(response):
-            self.router = True
+        if is_router(response):
+            self.router = LlamaCppRouter(self)
             notices.append("router mode (several models): polling /models and each loaded model's /metrics")
-            observation = await self._collect_router(http)
+            try:
+                observation = await self.router.collect()
+            except NotARouter as why:  # answers of a router and of a single server in one poll: a restart
+                raise PollError(Reason.HTTP_STATUS, str(why)) from None
             observation.notices = tuple(notices) + observation.notices
             return observation
-        metrics: _Metrics | None = None
+        metrics: LlamaCppMetrics | None = None
         if response.status == 501:
             if self.metrics_enabled:
                 notices.append(
@@ -385,24 +284,24 @@ class LlamaCppSource(HttpSource):
                 )
             self.metrics_enabled = False
             health = await http.get("/health")
-            if _is_loading(health):
+            if is_loading(health):
                 return self._loading(notices)
             expect_status(health, "/health")
         else:
             expect_status(response, "/metrics")
             self.metrics_enabled = True
-            metrics = self._map_metrics(response)
+            metrics = self.map_metrics(response)
 
         slots = None
         if metrics is not None and metrics.busy:
-            slots = await self._slots(http, "/slots", notices)
+            slots = await self.read_slots(http, "/slots", notices)
         if (
             metrics is None
             or not metrics.busy
             or self.polls_since_props >= PROPS_REFRESH_POLLS
             or (metrics.ready_header != self.instance)
         ):
-            props = await self._props(http, "/props")
+            props = await self.read_props(http, "/props")
             if props is not None:
                 self.props, self.polls_since_props = props, 0
         self.polls_since_props += 1
@@ -410,7 +309,7 @@ class LlamaCppSource(HttpSource):
         sleeping = (metrics is None or not metrics.busy) and self.props.get("is_sleeping") is True
         observation = Observation(
             Readiness.READY,
-            endpoints=self._endpoints(),
+            endpoints=self.endpoints_enabled(),
             notices=tuple(notices),
             mapping_misses=tuple(metrics.misses) if metrics else (),
             model_states=SINGLE_STATES,
@@ -422,11 +321,11 @@ class LlamaCppSource(HttpSource):
         sample = metrics.sample if metrics is not None else ModelSample()
         observation.models = {model_name: sample}
         observation.info = self._props_info(model_name)
-        self._fill_from_props(self.props, sample)
+        self.fill_from_props(self.props, sample)
         if metrics is not None:
-            self._map_slots(slots, metrics, sample, self.kv_layout)
+            self.map_slots(slots, metrics, sample, self.kv_layout)
             if self.slots_enabled:  # without /slots no task is ever counted: no estimate at all
-                observation.queue_probes[model_name] = self._probe(sample, slots)
+                observation.queue_probes[model_name] = self.probe(sample, slots)
             self.add_passthrough(observation, metrics.text)
         observation.lifecycle[""] = ModelStatus(
             ModelState.SLEEPING if sleeping else ModelState.LOADED,
@@ -440,7 +339,7 @@ class LlamaCppSource(HttpSource):
 
     def _loading(self, notices: list[str]) -> Observation:
         observation = Observation(
-            Readiness.LOADING, endpoints=self._endpoints(), notices=tuple(notices), model_states=SINGLE_STATES
+            Readiness.LOADING, endpoints=self.endpoints_enabled(), notices=tuple(notices), model_states=SINGLE_STATES
         )
         self._timing(observation, None)
         observation.lifecycle[""] = ModelStatus(
@@ -451,168 +350,9 @@ class LlamaCppSource(HttpSource):
         )
         return observation
 
-    # ------------------------------------------------------------------ router mode
-
-    async def close(self) -> None:
-        await self.events.stop()
-        await super().close()
-
-    async def _collect_router(self, http: HttpFetcher) -> Observation:
-        self.events.start()
-        response = await http.get("/models")
-        expect_status(response, "/models")
-        listing = parse_json(response, "/models")
-        entries = listing.get("data") if isinstance(listing, dict) else None
-        if not isinstance(entries, list):
-            raise PollError(Reason.PARSE, "/models: expected an object with a data list")
-        if self.polls_since_props >= PROPS_REFRESH_POLLS:
-            props = await self._props(http, "/props")
-            if props is not None:
-                self.props, self.polls_since_props = props, 0
-        self.polls_since_props += 1
-        observation = Observation(Readiness.READY, endpoints=self._endpoints(), model_states=ROUTER_STATES)
-        router = self.process_by_port() if self.same_host else None
-        if router is not None:  # the router's own life: a new process is a restart (its children are apart)
-            observation.instance_id = f"router:{router.pid}:{router.start_since_boot:.2f}"
-        loaded: list[str] = []
-        paths: dict[str, str] = {}
-        for entry in entries[:MAX_ROUTER_MODELS]:
-            parsed = self._router_entry(entry)
-            if parsed is None:
-                continue
-            model, state, argv, path = parsed
-            paths[model] = path
-            child = (
-                self._child(model, argv, state)
-                if state in (ModelState.LOADING, ModelState.LOADED, ModelState.SLEEPING)
-                else None
-            )
-            if child is None:
-                self.children.pop(model, None)
-            if state is not ModelState.LOADED:
-                self.model_props.pop(model, None)
-            started = self.events.last(model, "loading")
-            observation.lifecycle[model] = ModelStatus(
-                state,
-                model=model,
-                process_start=child.start_time if child else None,
-                reports_loading=True,
-                pid=child.pid if child else None,
-                load_started=started,
-                ready_time=self.events.last(model, "loaded", started) if state is ModelState.LOADED else None,
-                ready_exact=state is ModelState.LOADED and self.events.last(model, "loaded", started) is not None,
-            )
-            if state is ModelState.LOADED:
-                loaded.append(model)
-        self._unload_reasons(observation)
-        # Models no longer listed are forgotten (a router that lists fresh ids every poll grows nothing).
-        for table in (self.children, self.model_props):
-            for gone in [m for m in table if m not in paths]:
-                del table[gone]
-        results = await asyncio.gather(*(self._router_model(http, model) for model in loaded))
-        notices: list[str] = []
-        misses: set[str] = set()
-        for model, result in zip(loaded, results, strict=True):
-            if result is None:
-                continue  # unloaded between /models and its /metrics: state only this poll
-            metrics, slots = result
-            sample = metrics.sample
-            child_pid = observation.lifecycle[model].pid
-            self._map_slots(slots, metrics, sample, self._layout_of(child_pid))
-            observation.models[model] = sample
-            if self.slots_enabled:
-                observation.queue_probes[model] = self._probe(sample, slots)
-            misses.update(metrics.misses)
-            observation.info.append(
-                InfoSample(
-                    "engine_info",
-                    (
-                        ("model", model),
-                        ("build", str(self.props.get("build_info", ""))[:100]),
-                        ("model_path", paths.get(model, "")),
-                    ),
-                )
-            )
-            status = observation.lifecycle[model]
-            ready = self._ready_time(metrics.ready_header)
-            if ready is not None:
-                observation.lifecycle[model] = dataclasses.replace(status, ready_time=ready, ready_exact=True)
-        observation.mapping_misses = tuple(sorted(misses))
-        observation.notices = tuple(notices)
-        return observation
-
-    def _unload_reasons(self, observation: Observation) -> None:
-        """A model that left loaded (or sleeping) for unloaded: `evicted` when another model started loading
-        since the previous poll (the router made room: --models-max), else `requested` (POST /models/unload,
-        or its idle unload). The router's answers tell no more; a failed child shows as `failed`, a failure."""
-        now = {model: status.state for model, status in observation.lifecycle.items()}
-        before = self.router_states
-        busy = (ModelState.LOADING, ModelState.LOADED)
-        arriving = any(
-            state is ModelState.LOADING or (state is ModelState.LOADED and before.get(model) not in busy)
-            for model, state in now.items()
-        )
-        for model, state in now.items():
-            if state is ModelState.UNLOADED and before.get(model) in (ModelState.LOADED, ModelState.SLEEPING):
-                observation.lifecycle[model] = dataclasses.replace(
-                    observation.lifecycle[model], unload_reason="evicted" if arriving else "requested"
-                )
-        self.router_states = now
-
-    @staticmethod
-    def _router_entry(entry: Any) -> tuple[str, ModelState, tuple[str, ...], str] | None:
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
-            return None
-        status = entry.get("status")
-        if not isinstance(status, dict) or status.get("value") not in ROUTER_STATUS:
-            return None
-        state = ROUTER_STATUS[status["value"]]
-        if state is ModelState.UNLOADED and status.get("failed") is True:
-            state = ModelState.FAILED
-        args = status.get("args")
-        argv = tuple(a for a in args if isinstance(a, str)) if isinstance(args, list) else ()
-        path = entry.get("path")
-        return entry["id"][:200], state, argv, str(path)[:200] if isinstance(path, str) else ""
-
-    def _child(self, model: str, argv: tuple[str, ...], state: ModelState) -> ProcessInfo | None:
-        """The child process serving `model` (same host only): its argv is the one /models lists. /proc is
-        scanned again only when the model's argv or state changes, or the process went away."""
-        if not self.same_host or not argv:
-            return None
-        known = self.children.get(model)
-        if known is not None and known[0] == (argv, state):
-            if known[1] is None:
-                return None  # not visible from here (another PID namespace): not looked for every poll
-            if still_running(known[1]):
-                return known[1]
-        info = find_by_argv(argv)
-        self.children[model] = ((argv, state), info)
-        return info
-
-    async def _router_model(self, http: HttpFetcher, model: str) -> tuple[_Metrics, list[dict[str, Any]] | None] | None:
-        query = f"?model={quote(model, safe='')}&autoload=false"
-        response = await http.get("/metrics" + query)
-        if response.status == 400 or _is_loading(response):
-            return None  # "model is not loaded": it went away since /models
-        expect_status(response, "/metrics" + query)
-        metrics = self._map_metrics(response)
-        slots = await self._slots(http, "/slots" + query, []) if metrics.busy else None
-        if model not in self.model_props:  # read once per load (exempt from the idle timer)
-            props = await self._props(http, "/props" + query)
-            if props is not None:  # only what is used is kept (a /props can be large)
-                settings = props.get("default_generation_settings")
-                self.model_props[model] = {
-                    "total_slots": props.get("total_slots"),
-                    "default_generation_settings": {"n_ctx": settings.get("n_ctx")}
-                    if isinstance(settings, dict)
-                    else None,
-                }
-        self._fill_from_props(self.model_props.get(model, {}), metrics.sample)
-        return metrics, slots
-
     # ------------------------------------------------------------------ endpoints
 
-    def _map_metrics(self, response: Response) -> _Metrics:
+    def map_metrics(self, response: Response) -> LlamaCppMetrics:
         text = response.text()
         payload = parse_metrics(text, METRICS_PREFIXES, self.labels)
         if not payload.samples:
@@ -628,9 +368,9 @@ class LlamaCppSource(HttpSource):
             sample.set("kv_cache_query_tokens", cached + computed)
             sample.set("prompt_tokens", cached + computed)
             self.fed_by["prompt_tokens"] = f"{COMPUTED_PROMPT_TOKENS} + llamacpp:prompt_tokens_cached_total"
-        return _Metrics(sample, misses, response.headers.get("Process-Start-Time-Unix"), text)
+        return LlamaCppMetrics(sample, misses, response.headers.get("Process-Start-Time-Unix"), text)
 
-    async def _slots(self, http: HttpFetcher, path: str, notices: list[str]) -> list[dict[str, Any]] | None:
+    async def read_slots(self, http: HttpFetcher, path: str, notices: list[str]) -> list[dict[str, Any]] | None:
         response = await http.get(path)
         if response.status == 501:
             if self.slots_enabled:
@@ -653,7 +393,7 @@ class LlamaCppSource(HttpSource):
             raise PollError(Reason.PARSE, "/slots: id_task is not an integer")
         return slots
 
-    async def _props(self, http: HttpFetcher, path: str) -> dict[str, Any] | None:
+    async def read_props(self, http: HttpFetcher, path: str) -> dict[str, Any] | None:
         try:
             response = await http.get(path)
         except PollError:
@@ -675,7 +415,7 @@ class LlamaCppSource(HttpSource):
         return os.path.basename(path)[:200] if isinstance(path, str) else ""
 
     @staticmethod
-    def _fill_from_props(props: dict[str, Any], sample: ModelSample) -> None:
+    def fill_from_props(props: dict[str, Any], sample: ModelSample) -> None:
         slots = _number(props.get("total_slots"))
         if slots is not None and slots > 0:
             sample.set("slots_total", slots)
@@ -685,7 +425,7 @@ class LlamaCppSource(HttpSource):
             sample.set("context_size_tokens", n_ctx)
 
     @staticmethod
-    def _probe(sample: ModelSample, slots: list[dict[str, Any]] | None) -> QueueProbe:
+    def probe(sample: ModelSample, slots: list[dict[str, Any]] | None) -> QueueProbe:
         if slots is None:
             return QueueProbe(sample.get("requests_waiting") or 0.0, None)
         return QueueProbe(
@@ -695,8 +435,11 @@ class LlamaCppSource(HttpSource):
         )
 
     @staticmethod
-    def _map_slots(
-        slots: list[dict[str, Any]] | None, metrics: _Metrics, sample: ModelSample, layout: KvLayout | None = None
+    def map_slots(
+        slots: list[dict[str, Any]] | None,
+        metrics: LlamaCppMetrics,
+        sample: ModelSample,
+        layout: KvLayout | None = None,
     ) -> None:
         if slots is None:
             if not metrics.busy and sample.get("kv_cache_usage_ratio") is None:
@@ -719,7 +462,7 @@ class LlamaCppSource(HttpSource):
             capacity = max(contexts) if layout.unified else float(sum(contexts))
             sample.set("kv_cache_usage_ratio", min(used, capacity) / capacity)
 
-    def _endpoints(self) -> dict[str, bool]:
+    def endpoints_enabled(self) -> dict[str, bool]:
         return {"metrics": self.metrics_enabled, "slots": self.slots_enabled}
 
     def _props_info(self, model: str) -> list[InfoSample]:
@@ -731,7 +474,7 @@ class LlamaCppSource(HttpSource):
         )
         return [InfoSample("engine_info", labels)]
 
-    def _ready_time(self, ready_header: str | None) -> float | None:
+    def ready_time(self, ready_header: str | None) -> float | None:
         """The header's CLOCK_MONOTONIC microseconds at ready, as Unix time (same host only)."""
         if ready_header is None or not self.same_host:
             return None
@@ -750,7 +493,7 @@ class LlamaCppSource(HttpSource):
                 self.rescan_by_port()  # a new engine process: find it now, whatever the scan throttle
             observation.instance_id = ready_header
             self.instance = ready_header
-            ready = self._ready_time(ready_header)
+            ready = self.ready_time(ready_header)
             if ready is not None:
                 observation.engine_ready_time = ready
                 observation.engine_ready_exact = True
@@ -762,11 +505,11 @@ class LlamaCppSource(HttpSource):
                 if observation.process_start_time is None:
                     observation.process_start_time = info.start_time
                     observation.process_start_basis = "proc"
-        self.kv_layout = self._layout_of(observation.process_pid)
+        self.kv_layout = self.layout_of(observation.process_pid)
         argv = self.argvs.get(observation.process_pid) if observation.process_pid is not None else None
         self.argv_model = argv_model(argv) if argv else ""
 
-    def _layout_of(self, pid: int | None) -> KvLayout | None:
+    def layout_of(self, pid: int | None) -> KvLayout | None:
         """The KV layout of an engine process (read once per process: its command line and environment)."""
         if pid is None:
             return None

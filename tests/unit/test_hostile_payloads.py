@@ -260,9 +260,9 @@ async def test_router_listing_fresh_models_every_poll_keeps_no_state_for_gone_on
             await p.poll()
         assert p.state.health.up, p.state.health.last_error
         source = p.source
-        assert set(source.model_props) <= {f"m{polls['n']}-{i}" for i in range(50)}
-        assert all(len(str(props)) < 1000 for props in source.model_props.values())  # only what is used
-        assert set(source.children) <= {f"m{polls['n']}-{i}" for i in range(50)}
+        assert set(source.router.model_props) <= {f"m{polls['n']}-{i}" for i in range(50)}
+        assert all(len(str(props)) < 1000 for props in source.router.model_props.values())  # only what is used
+        assert set(source.router.children) <= {f"m{polls['n']}-{i}" for i in range(50)}
         assert len(p.state.life.lifecycles) == 50
     finally:
         await p.close()

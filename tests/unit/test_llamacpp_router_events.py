@@ -93,7 +93,7 @@ async def test_event_times_date_the_load_and_a_dropped_stream_reconnects(router)
         router.stream_opened.clear()
         await router.drop()
         await asyncio.wait_for(router.stream_opened.wait(), 5)
-        assert pipe.source.events.connects == 2
+        assert pipe.source.router.events.connects == 2
         assert all(method == "GET" for method, _ in router.requests)
         assert [path for _, path in router.requests].count("/models/sse") == 2
     finally:
@@ -111,7 +111,7 @@ async def test_a_build_without_the_stream_is_asked_once_and_polling_still_dates_
         router.state = "loaded"
         await pipe.poll()
         await asyncio.sleep(1.5)
-        assert pipe.source.events.supported is False
+        assert pipe.source.router.events.supported is False
         assert [path for _, path in router.requests].count("/models/sse") == 1
         load = pipe.state.life.lifecycles["m"].last
         assert load is not None and load.basis == "first_seen_loading"
