@@ -10,6 +10,8 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from .passthrough import RawFamily
+
 LabelPairs = tuple[tuple[str, str], ...]
 
 
@@ -161,9 +163,10 @@ class Observation:
     # Conditions worth one log line when they first appear (e.g. "/slots disabled").
     notices: tuple[str, ...] = ()
     series: list[SeriesSample] = field(default_factory=list)
-    # The engine's own /metrics text, when the target asks for pass-through (exporter/passthrough.py).
-    passthrough_text: str | None = None
-    passthrough_prefix: str = ""  # only families named with it are passed through (the engine's own)
+    # The engine's own families, when the target asks for pass-through (exporter/passthrough.py), and how
+    # many of their series the cap dropped.
+    passthrough: tuple[RawFamily, ...] = ()
+    passthrough_dropped: int = 0
     # Unified metrics for which the target answered without any known upstream family.
     mapping_misses: tuple[str, ...] = ()
     # Series that the source dropped because of the per-target cardinality cap.

@@ -1,7 +1,7 @@
 """Optional raw pass-through (`passthrough: true` on a target): the engine's own families re-exposed
 under the namespace with colons replaced (`vllm:num_requests_running` → `llm_vllm_num_requests_running`),
-with the target's labels added, for users who want one scrape per pod. Sources keep the payload's text;
-the state turns it into families here; samples.py's one sample stream exposes them (text format
+with the target's labels added, for users who want one scrape per pod. Sources turn the payload's text
+into families here (in a worker thread when it is large); samples.py's one sample stream exposes them (text format
 and OpenMetrics alike).
 
 Upstream labels that collide with the exporter's (`target`, `engine`, configured labels) are kept as
@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .promparse import PromParseError, family_of, parse
+from .promparse import family_of, parse
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 KINDS = {"counter", "gauge", "histogram", "summary", "untyped"}
@@ -36,11 +36,9 @@ def families(text: str, prefix: str, reserved: frozenset[str], max_series: int) 
     """The engine's own families in a payload (those named with its `prefix`: `vllm:`, not the process_*,
     python_gc_* or http_* families of the client library it uses), ready to re-expose; and how many series
     were dropped by the cap. `*_created` samples (when a counter or histogram was created) are left out:
-    re-exposed they would be gauge families of their own, which OpenMetrics forbids beside their parent."""
-    try:
-        payload = parse(text, (prefix,) if prefix else None)
-    except PromParseError:
-        return [], 0
+    re-exposed they would be gauge families of their own, which OpenMetrics forbids beside their parent.
+    Raises PromParseError on a payload that does not parse (the source reports it)."""
+    payload = parse(text, (prefix,) if prefix else None)
     grouped: dict[str, list[tuple[str, tuple[tuple[str, str], ...], float]]] = {}
     budget, dropped = max_series, 0
     for name, samples in payload.samples.items():

@@ -1,6 +1,6 @@
 """One asyncio task per target: poll on schedule, never overlapping, within a deadline.
 
-A poll is `source.collect()` under the target's timeout. Transient failures
+A poll is `source.poll()` (its `collect()`) under the target's timeout. Transient failures
 (connection reset, keep-alive closed by the server) are retried with
 exponential backoff by tenacity while the poll's time budget lasts; tenacity is
 brought in only when a first attempt fails that way (most polls never need it,
@@ -47,7 +47,7 @@ async def poll_once(source: Source, budget_s: float) -> Observation:
     try:
         async with asyncio.timeout(budget_s):
             try:
-                return await source.collect()
+                return await source.poll()
             except TransientPollError:
                 if time.monotonic() + 0.1 >= deadline:
                     raise
@@ -75,7 +75,7 @@ async def _retry(source: Source, deadline: float) -> Observation:
     await asyncio.sleep(0.05)  # the first backoff, before tenacity's own
     async for attempt in retrying:
         with attempt:
-            return await source.collect()
+            return await source.poll()
     raise AssertionError("unreachable")  # pragma: no cover - tenacity returns or reraises
 
 
@@ -163,61 +163,18 @@ class Poller:
         except asyncio.CancelledError:
             raise
         except PollError as error:
-            events = self.state.record_failure(error, clock.now(), time.monotonic() - started)
-            self._log_failed_loads(events)
-            if events.went_down:
-                self.changes.emit(
-                    logging.WARNING,
-                    "target %s (%s) down: %s: %s",
-                    target.name,
-                    target.engine,
-                    error.reason.value,
-                    error,
-                )
+            self._log(self.state.record_failure(error, clock.now(), time.monotonic() - started))
         except Exception as error:  # a bug in a source must not kill the poller
             self._internal_error(error, time.monotonic() - started)
         else:
-            observation.fed_by = self.source.fed_by  # the source's own map (no copy on every poll)
             events = self.state.record_success(observation, clock.now(), time.monotonic() - started)
             self._log(events)
 
     def _log(self, events: PollEvents) -> None:
+        """The poll's events, worded as the debug view's (PollEvents.describe). Every line a target's behaviour
+        causes goes through a limiter (a crash-looping engine, a churning router): the debug view's events
+        keep the full record."""
         target = self.state.target
-        readiness = self.state.health.readiness.value if self.state.health.readiness else "?"
-        # Every line a target's behaviour causes goes through a limiter (a crash-looping engine, a churning
-        # router): the debug view's events keep the full record.
-        if events.came_up:
-            self.changes.emit(logging.INFO, "target %s (%s) up (%s)", target.name, target.engine, readiness)
-        elif events.readiness_changed:
-            self.changes.emit(logging.INFO, "target %s (%s) is %s", target.name, target.engine, readiness)
-        for notice in events.notices:
-            self.notices.emit(logging.WARNING, "target %s (%s): %s", target.name, target.engine, notice)
-        self._log_failed_loads(events)
-        for model, load in events.loads:
-            if load.seconds is None:
-                self.notices.emit(
-                    logging.INFO,
-                    "target %s (%s): model %s ready (%s; duration unknown)",
-                    target.name,
-                    target.engine,
-                    model or "?",
-                    load.kind,
-                )
-            else:
-                self.notices.emit(
-                    logging.INFO,
-                    "target %s (%s): model %s ready (%s) after %.2fs (basis %s)",
-                    target.name,
-                    target.engine,
-                    model or "?",
-                    load.kind,
-                    load.seconds,
-                    load.basis,
-                )
-
-    def _log_failed_loads(self, events: PollEvents) -> None:
-        target = self.state.target
-        for model in events.failed:
-            self.notices.emit(
-                logging.WARNING, "target %s (%s): model %s failed to load", target.name, target.engine, model or "?"
-            )
+        for level, text, change in events.describe():
+            limiter = self.changes if change else self.notices
+            limiter.emit(level, "target %s (%s): %s", target.name, target.engine, text)

@@ -6,12 +6,15 @@
 
 Pollers write here (one writer per target); the renderers only read. The maths lives in
 exporter/derive; this module decides *when* to apply it (restarts reseed windows, vanished models
-are dropped, the series cap holds). `record_success`/`record_failure` return what changed
-(`PollEvents`), which the poller logs.
+are dropped, the series cap holds). Each concern owns the rules that change it (`PollHealth.succeeded`,
+`EngineLife.apply`, `EngineReport.apply`); `TargetState.record_success`/`record_failure` only orchestrate
+them and return what changed (`PollEvents`), whose `describe()` is the one wording of the poller's log lines
+and the debug view's events. The observation a source returned is never changed here.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,13 +37,15 @@ from .observation import (
     Reason,
     SeriesSample,
 )
-from .passthrough import RawFamily, families
+from .passthrough import RawFamily
 
 
 @dataclass
 class PollEvents:
-    """What one poll changed, for the poller's log lines."""
+    """What one poll changed; `describe()` words it once, for the log and for the debug view."""
 
+    readiness: str = ""  # the readiness the poll found (a successful poll)
+    error: str = ""  # "<reason>: <message>" of a failed poll
     came_up: bool = False  # the previous poll had failed (or there was none)
     went_down: bool = False  # a failure that is news: first one, or a new reason
     readiness_changed: bool = False
@@ -48,6 +53,23 @@ class PollEvents:
     notices: list[str] = field(default_factory=list)  # engine conditions seen for the first time
     loads: list[tuple[str, LoadRecord]] = field(default_factory=list)  # (model, load) completed this poll
     failed: list[str] = field(default_factory=list)  # models whose load failed this poll
+
+    def describe(self) -> list[tuple[int, str, bool]]:
+        """(log level, text, whether it is an up/down/readiness change) for each thing worth saying."""
+        out: list[tuple[int, str, bool]] = []
+        if self.error:
+            if self.went_down:
+                out.append((logging.WARNING, f"poll failed: {self.error}", True))
+        elif self.came_up:
+            out.append((logging.INFO, f"up ({self.readiness})", True))
+        elif self.readiness_changed:
+            out.append((logging.INFO, f"readiness: {self.readiness}", True))
+        out.extend((logging.WARNING, f"notice: {notice}", False) for notice in self.notices)
+        out.extend((logging.WARNING, f"model {model or '?'} failed to load", False) for model in self.failed)
+        for model, load in self.loads:
+            took = f" after {load.seconds:.3f}s (basis {load.basis})" if load.seconds is not None else ""
+            out.append((logging.INFO, f"model {model or '?'} ready ({load.kind}){took}", False))
+        return out
 
 
 @dataclass
@@ -69,6 +91,30 @@ class PollHealth:
             and self.last_error is not None
             and self.last_error[0] in (Reason.CONNECT, Reason.OTHER)
         )
+
+    def succeeded(self, now: float, duration: float, readiness: Readiness) -> tuple[bool, bool]:
+        """A poll that worked; returns (came up, readiness changed)."""
+        came_up, changed = not self.up, self.readiness is not readiness
+        self.polls += 1
+        self.up = True
+        self.last_poll_duration = duration
+        self.last_success = now
+        self.readiness = readiness
+        if came_up:
+            self.last_error = None
+        return came_up, changed
+
+    def failed(self, error: PollError, duration: float) -> bool:
+        """A poll that failed; returns whether that is news (the first failure, or a new reason)."""
+        news = self.up or self.last_error is None or self.last_error[0] != error.reason
+        self.polls += 1
+        self.up = False
+        self.last_poll_duration = duration
+        self.last_error = (error.reason, str(error))
+        self.errors[error.reason] += 1
+        if error.reason is Reason.CONNECT:
+            self.readiness = Readiness.DOWN  # nothing listening: the engine is down or not started yet
+        return news
 
 
 @dataclass
@@ -95,6 +141,77 @@ class EngineLife:
             pids[self.process_pid] = next(iter(models), "")
         return pids
 
+    def apply(self, obs: Observation, now: float, counters_went_back: bool, events: PollEvents) -> None:
+        """One answer from the engine: its process, restarts (a new process identity, or counters that went
+        back), and each model's lifecycle; what changed goes into `events`."""
+        events.notices = [n for n in obs.notices if n not in self.notices_seen]
+        self.notices_seen.update(events.notices)
+        self.endpoints = dict(obs.endpoints)
+        if obs.process_start_time is not None:
+            self.process_start = (obs.process_start_time, obs.process_start_basis or "unknown")
+        self.process_pid = obs.process_pid
+        if obs.detected_engine is not None:
+            self.detected_engine = obs.detected_engine
+        new_process = obs.instance_id is not None and self.instance_id not in (None, obs.instance_id)
+        if new_process or counters_went_back:
+            events.restarted = True
+            self.restarts += 1
+            for lifecycle in self.lifecycles.values():
+                lifecycle.restarted()
+        if obs.instance_id is not None:
+            self.instance_id = obs.instance_id
+        events.loads, events.failed = self._apply_lifecycles(obs, now)
+
+    def refused(self, now: float) -> list[str]:
+        """Nothing listened: every model that was loading failed; returns those models."""
+        self.last_refused = now
+        failed = []
+        for lifecycle in self.lifecycles.values():
+            before = lifecycle.failures
+            lifecycle.gone(now)
+            if lifecycle.failures > before:
+                failed.append(lifecycle.model)
+        return failed
+
+    def _apply_lifecycles(self, obs: Observation, now: float) -> tuple[list[tuple[str, LoadRecord]], list[str]]:
+        """Feed each model's status to its lifecycle; returns the loads completed and the loads failed."""
+        loads: list[tuple[str, LoadRecord]] = []
+        failed: list[str] = []
+        if not obs.lifecycle:
+            return loads, failed
+        self.model_states = obs.model_states
+        kept: dict[str, ModelLifecycle] = {}
+        for slot, status in obs.lifecycle.items():
+            lifecycle = self.lifecycles.get(slot)
+            if (
+                slot == ""
+                and lifecycle is not None
+                and status.model
+                and lifecycle.model
+                and status.model != lifecycle.model
+            ):
+                # The engine now serves another model: each model keeps its own history.
+                successor = self.history.pop(status.model, None) or ModelLifecycle(KIND_START)
+                successor.take_over(lifecycle)
+                lifecycle.retire()
+                self.history[lifecycle.model] = lifecycle
+                while len(self.history) > HISTORY_KEPT:
+                    self.history.pop(next(iter(self.history)))
+                lifecycle = successor
+            if lifecycle is None:
+                lifecycle = ModelLifecycle(KIND_START if slot == "" else KIND_LOAD)
+                if slot == "" and self.last_refused is not None:
+                    lifecycle.gone(self.last_refused)  # seen not running: what comes next is a start
+                elif status.appeared:
+                    lifecycle.gone(now)  # absent from the engine's last answer: this is a load seen happening
+            before = lifecycle.failures
+            loads.extend((lifecycle.model, load) for load in lifecycle.observe(now, status))
+            if lifecycle.failures > before:
+                failed.append(lifecycle.model)
+            kept[slot] = lifecycle
+        self.lifecycles = kept  # models no longer listed by the engine are forgotten
+        return loads, failed
+
 
 @dataclass
 class ModelValues:
@@ -115,14 +232,72 @@ class EngineReport:
     # Last sample per model, kept across loading/down gaps to spot counters that went back.
     previous: dict[str, ModelSample] = field(default_factory=dict)
 
-    def clear_exposed(self) -> None:
-        """Nothing to show now (a failed poll, a loading engine); windows and history are kept."""
-        self.models.clear()
+    def hide(self) -> None:
+        """A failed poll: no target series or pass-through now; models keep their windows (a transient
+        failure must not restart them), and nothing of theirs is exposed while the target is down."""
         self.series = []
         self.passthrough = []
 
+    def clear_exposed(self) -> None:
+        """A loading or dead engine: nothing to show, and windows must not bridge the gap (history, the
+        previous samples and the mapping misses are kept)."""
+        self.hide()
+        self.models.clear()
 
-def sanitise(sample: ModelSample) -> None:
+    def went_backwards(self, obs: Observation) -> bool:
+        """A counter or histogram count of some model decreased since its previous sample."""
+        return any(
+            went_backwards(previous, obs.models[name]) for name, previous in self.previous.items() if name in obs.models
+        )
+
+    def reseed(self) -> None:
+        """The engine restarted: windows and queue estimators start again from the next sample."""
+        for model in self.models.values():
+            model.window.reseed()
+        for estimator in self.estimators.values():
+            estimator.reseed()
+
+    def apply(self, obs: Observation, now: float, target: TargetConfig) -> None:
+        """A ready engine's answer: info, pass-through, mapping misses, target series and per-model values
+        (sanitised copies: the observation stays as the source returned it), within the target's cap."""
+        self.info = obs.info
+        self.passthrough = list(obs.passthrough)
+        self.series_dropped += obs.passthrough_dropped
+        for metric in obs.mapping_misses:
+            self.mapping_misses[metric] = self.mapping_misses.get(metric, 0) + 1
+        self.series = obs.series[: target.max_series]
+        self.series_dropped += len(obs.series) - len(self.series)
+        budget = target.max_series
+        kept: dict[str, ModelValues] = {}
+        for name in sorted(obs.models):
+            sample = ModelSample(dict(obs.models[name].values), dict(obs.models[name].histograms))
+            drop_implausible(sample)
+            probe = obs.queue_probes.get(name)
+            if probe is not None and "token_queue_latency" not in sample.histograms:
+                estimator = self.estimators.setdefault(name, QueueWaitEstimator())
+                estimator.observe(now, probe)
+                sample.histograms["token_queue_latency"] = estimator.histogram()
+            for key, hist in list(sample.histograms.items()):
+                if not histogram_is_valid(hist):
+                    del sample.histograms[key]  # hostile or broken: expose nothing rather than nonsense
+            cost = len(sample.values) + sum(len(h.buckets) + 2 for h in sample.histograms.values()) + 8
+            if cost > budget:
+                self.series_dropped += cost
+                continue
+            budget -= cost
+            model = self.models.get(name) or ModelValues(SlidingWindow(target.window))
+            model.latest = sample
+            self.previous[name] = sample
+            model.window.add(now, snapshot(sample))
+            model.derived = windowed_values(model.window)
+            kept[name] = model
+        self.models = kept  # models that vanished from the payload vanish from /metrics
+        self.estimators = {name: est for name, est in self.estimators.items() if name in kept}
+        self.previous = {name: sample for name, sample in self.previous.items() if name in kept}
+        self.series_dropped += obs.dropped_series
+
+
+def drop_implausible(sample: ModelSample) -> None:
     """Drop values no engine should send: non-finite numbers, negative counters, ratios and counts, and
     ratios above 1 (a `kv_cache_usage_perc 5.0` is a lie, not a full cache)."""
     for key in [
@@ -180,191 +355,31 @@ class TargetState:
         (`auto` until then)."""
         return self.life.detected_engine or self.target.engine
 
-    # ------------------------------------------------------------------ writes
+    # ------------------------------------------------------------------ writes (one poll each)
 
     def record_failure(self, error: PollError, now: float, duration: float) -> PollEvents:
-        health = self.health
-        events = PollEvents(went_down=health.up or health.last_error is None or health.last_error[0] != error.reason)
-        health.polls += 1
+        events = PollEvents(error=f"{error.reason.value}: {error}")
+        events.went_down = self.health.failed(error, duration)
         self.version += 1
-        health.up = False
-        self.report.series = []
-        self.report.passthrough = []
-        health.last_poll_duration = duration
-        health.last_error = (error.reason, str(error))
-        health.errors[error.reason] += 1
-        if events.went_down:
-            self.events.append((now, f"poll failed: {error.reason.value}: {error}"))
+        self.report.hide()
         if error.reason is Reason.CONNECT:
-            # Nothing listening: the engine is down or not started yet (vLLM while loading).
-            events.readiness_changed = health.readiness is not Readiness.DOWN
-            health.readiness = Readiness.DOWN
-            self.life.last_refused = now
-            for lifecycle in self.life.lifecycles.values():
-                before = lifecycle.failures
-                lifecycle.gone(now)
-                if lifecycle.failures > before:
-                    events.failed.append(lifecycle.model)
-        self._record_failed_loads(now, events)
+            events.failed = self.life.refused(now)
+        self.events.extend((now, text) for _, text, _ in events.describe())
         return events
-
-    def _record_failed_loads(self, now: float, events: PollEvents) -> None:
-        self.events.extend((now, f"model {model or '?'} failed to load") for model in events.failed)
 
     def record_success(self, obs: Observation, now: float, duration: float) -> PollEvents:
-        """Apply one observation; returns what changed."""
+        """Apply one observation (left as it is); returns what changed."""
         self.last_observation = (now, obs)
-        events = self._record_success(obs, now, duration)
-        if events.came_up:
-            self.events.append((now, f"up ({obs.readiness.value})"))
-        elif events.readiness_changed:
-            self.events.append((now, f"readiness: {obs.readiness.value}"))
-        self.events.extend((now, f"notice: {notice}") for notice in events.notices)
-        self._record_failed_loads(now, events)
-        self.events.extend(
-            (
-                now,
-                f"model {model or '?'} ready ({load.kind})"
-                + (f" after {load.seconds:.3f}s (basis {load.basis})" if load.seconds is not None else ""),
-            )
-            for model, load in events.loads
-        )
-        return events
-
-    def _record_success(self, obs: Observation, now: float, duration: float) -> PollEvents:
-        health, life, report = self.health, self.life, self.report
-        events = PollEvents(came_up=not health.up, readiness_changed=health.readiness is not obs.readiness)
-        health.polls += 1
+        events = PollEvents(readiness=obs.readiness.value)
+        events.came_up, events.readiness_changed = self.health.succeeded(now, duration, obs.readiness)
         self.version += 1
-        health.up = True
-        health.last_poll_duration = duration
-        health.last_success = now
-        if events.came_up:
-            health.last_error = None
-        events.notices = [n for n in obs.notices if n not in life.notices_seen]
-        life.notices_seen.update(events.notices)
-        life.endpoints = dict(obs.endpoints)
-        if obs.process_start_time is not None:
-            life.process_start = (obs.process_start_time, obs.process_start_basis or "unknown")
-        life.process_pid = obs.process_pid
-        if obs.detected_engine is not None:
-            life.detected_engine = obs.detected_engine
-
-        if self._detect_restart(obs):
-            events.restarted = True
-            life.restarts += 1
-            for lifecycle in life.lifecycles.values():
-                lifecycle.restarted()
-            for model in report.models.values():
-                model.window.reseed()
-            for estimator in report.estimators.values():
-                estimator.reseed()
+        self.life.apply(obs, now, self.report.went_backwards(obs), events)
+        if events.restarted:
+            self.report.reseed()
             events.notices.append("engine restart detected: windows reseeded")
-        if obs.instance_id is not None:
-            life.instance_id = obs.instance_id
-
-        health.readiness = obs.readiness
-        events.loads, events.failed = self._apply_lifecycle(obs, now)
-        if obs.readiness is not Readiness.READY:
-            # Loading or dead: there are no model values to show, and windows must not bridge the gap.
-            report.clear_exposed()
-            return events
-
-        report.info = obs.info
-        report.passthrough = self._passthrough(obs)
-        for metric in obs.mapping_misses:
-            report.mapping_misses[metric] = report.mapping_misses.get(metric, 0) + 1
-        report.series = obs.series[: self.target.max_series]
-        report.series_dropped += len(obs.series) - len(report.series)
-        self._apply_models(obs, now)
+        if obs.readiness is Readiness.READY:
+            self.report.apply(obs, now, self.target)
+        else:
+            self.report.clear_exposed()  # loading or dead: no model values, and windows must not bridge the gap
+        self.events.extend((now, text) for _, text, _ in events.describe())
         return events
-
-    def _passthrough(self, obs: Observation) -> list[RawFamily]:
-        if obs.passthrough_text is None:
-            return []
-        reserved = frozenset({"target", "engine", "model", *dict(self.target.labels)})
-        kept, dropped = families(obs.passthrough_text, obs.passthrough_prefix, reserved, self.target.max_series)
-        obs.passthrough_text = None  # the payload's text is not kept (the debug view keeps this observation)
-        self.report.series_dropped += dropped
-        return kept
-
-    def _apply_lifecycle(self, obs: Observation, now: float) -> tuple[list[tuple[str, LoadRecord]], list[str]]:
-        """Feed each model's status to its lifecycle; returns the loads completed and the loads failed."""
-        life = self.life
-        loads: list[tuple[str, LoadRecord]] = []
-        failed: list[str] = []
-        if not obs.lifecycle:
-            return loads, failed
-        life.model_states = obs.model_states
-        kept: dict[str, ModelLifecycle] = {}
-        for slot, status in obs.lifecycle.items():
-            lifecycle = life.lifecycles.get(slot)
-            if (
-                slot == ""
-                and lifecycle is not None
-                and status.model
-                and lifecycle.model
-                and status.model != lifecycle.model
-            ):
-                # The engine now serves another model: each model keeps its own history.
-                successor = life.history.pop(status.model, None) or ModelLifecycle(KIND_START)
-                successor.take_over(lifecycle)
-                lifecycle.retire()
-                life.history[lifecycle.model] = lifecycle
-                while len(life.history) > HISTORY_KEPT:
-                    life.history.pop(next(iter(life.history)))
-                lifecycle = successor
-            if lifecycle is None:
-                lifecycle = ModelLifecycle(KIND_START if slot == "" else KIND_LOAD)
-                if slot == "" and life.last_refused is not None:
-                    lifecycle.gone(life.last_refused)  # seen not running: what comes next is a start
-                elif status.appeared:
-                    lifecycle.gone(now)  # absent from the engine's last answer: this is a load seen happening
-            before = lifecycle.failures
-            loads.extend((lifecycle.model, load) for load in lifecycle.observe(now, status))
-            if lifecycle.failures > before:
-                failed.append(lifecycle.model)
-            kept[slot] = lifecycle
-        life.lifecycles = kept  # models no longer listed by the engine are forgotten
-        return loads, failed
-
-    def _detect_restart(self, obs: Observation) -> bool:
-        life = self.life
-        if obs.instance_id is not None and life.instance_id is not None and obs.instance_id != life.instance_id:
-            return True
-        for name, sample in obs.models.items():
-            previous = self.report.previous.get(name)
-            if previous is not None and went_backwards(previous, sample):
-                return True
-        return False
-
-    def _apply_models(self, obs: Observation, now: float) -> None:
-        report = self.report
-        budget = self.target.max_series
-        kept: dict[str, ModelValues] = {}
-        for name in sorted(obs.models):
-            sample = obs.models[name]
-            sanitise(sample)
-            probe = obs.queue_probes.get(name)
-            if probe is not None and "token_queue_latency" not in sample.histograms:
-                estimator = report.estimators.setdefault(name, QueueWaitEstimator())
-                estimator.observe(now, probe)
-                sample.histograms["token_queue_latency"] = estimator.histogram()
-            for key, hist in list(sample.histograms.items()):
-                if not histogram_is_valid(hist):
-                    del sample.histograms[key]  # hostile or broken: expose nothing rather than nonsense
-            cost = len(sample.values) + sum(len(h.buckets) + 2 for h in sample.histograms.values()) + 8
-            if cost > budget:
-                report.series_dropped += cost
-                continue
-            budget -= cost
-            model = report.models.get(name) or ModelValues(SlidingWindow(self.target.window))
-            model.latest = sample
-            report.previous[name] = sample
-            model.window.add(now, snapshot(sample))
-            model.derived = windowed_values(model.window)
-            kept[name] = model
-        report.models = kept  # models that vanished from the payload vanish from /metrics
-        report.estimators = {name: est for name, est in report.estimators.items() if name in kept}
-        report.previous = {name: sample for name, sample in report.previous.items() if name in kept}
-        report.series_dropped += obs.dropped_series

@@ -75,8 +75,8 @@ class AutoSource(HttpSource):
         if self.delegate is None:
             self.detected = await detect(self.http)
             self.delegate = REGISTRY[self.detected](self.target, self.shared)
-        observation = await self.delegate.collect()
-        self.fed_by = self.delegate.fed_by
+        observation = await self.delegate.poll()
+        self.fed_by = observation.fed_by
         observation.detected_engine = self.detected
         observation.info.append(InfoSample("engine_detected_info", (("detected", self.detected or ""),)))
         return observation

@@ -22,6 +22,7 @@ import aiohttp
 from ..catalogue import BY_KEY
 from ..config import EngineSpec, TargetConfig, is_loopback_url, read_small_file
 from ..observation import ModelSample, ModelState, ModelStatus, Observation, PollError, Readiness, Reason
+from ..passthrough import families as passthrough_families
 from ..procinfo import ProcessFinder, ProcessInfo, find_by_port, still_running
 from ..promparse import LabelCache, Payload, PromParseError, parse
 from .mapping import Feed, apply, mapped_keys, prefixes
@@ -181,6 +182,10 @@ def expect_status(response: Response, path: str, *ok: int) -> None:
 
 
 OFF_LOOP_BYTES = 256 * 1024  # /metrics bodies larger than this are parsed off the event loop
+PASSTHROUGH_UNPARSED = (
+    "pass-through: /metrics is not valid Prometheus text beyond the engine's own families; "
+    "nothing is passed through while it is not"
+)
 PORT_SCAN_SECONDS = 5.0  # how often /proc is scanned for an engine not found by its port
 
 
@@ -284,7 +289,7 @@ class Source(abc.ABC):
         self.shared = shared or SharedContext()
         match = target.process
         self.finder = ProcessFinder(match.pid_file, match.name, match.cmdline) if match else None
-        self.fed_by: dict[str, str] = {}  # unified key → the upstream family that fed it last (debug view)
+        self.fed_by: dict[str, str] = {}  # unified key → the upstream family that fed it this poll (debug view)
 
     def locate_process(self, observation: Observation) -> None:
         """The engine process the target's `process:` names (same host, or a shared PID namespace): its
@@ -296,6 +301,13 @@ class Source(abc.ABC):
         if observation.process_start_time is None:
             observation.process_start_time = info.start_time
             observation.process_start_basis = "proc"
+
+    async def poll(self) -> Observation:
+        """One poll: `collect()`, with which upstream family fed each unified key in this poll only."""
+        self.fed_by = {}
+        observation = await self.collect()
+        observation.fed_by = self.fed_by
+        return observation
 
     @abc.abstractmethod
     async def collect(self) -> Observation:
@@ -395,12 +407,24 @@ class HttpSource(Source):
             raise PollError(Reason.PARSE, f"/metrics has no {marker} series ({hint})")
         return payload, text
 
-    def add_passthrough(self, observation: Observation, text: str) -> None:
-        """Keep the engine's own payload when the target asked for `passthrough: true` (samples.py
-        re-exposes it)."""
-        if self.target.passthrough:
-            observation.passthrough_text = text
-            observation.passthrough_prefix = self.metrics_prefix if self.target.passthrough == "own" else ""
+    async def add_passthrough(self, observation: Observation, text: str) -> None:
+        """The engine's own families, when the target asked for `passthrough: true` (samples.py re-exposes
+        them): all of them, or only those named with its prefix (`own`). A payload that does not parse as a
+        whole (the mapping read only the engine's families) is a notice, and nothing is passed through."""
+        if not self.target.passthrough:
+            return
+        prefix = self.metrics_prefix if self.target.passthrough == "own" else ""
+        reserved = frozenset({"target", "engine", "model", *dict(self.target.labels)})
+        args = (text, prefix, reserved, self.target.max_series)
+        try:
+            if len(text) > OFF_LOOP_BYTES:
+                kept, dropped = await asyncio.to_thread(passthrough_families, *args)
+            else:
+                kept, dropped = passthrough_families(*args)
+        except PromParseError:
+            observation.notices += (PASSTHROUGH_UNPARSED,)
+            return
+        observation.passthrough, observation.passthrough_dropped = tuple(kept), dropped
 
 
 def parse_metrics(
@@ -439,7 +463,7 @@ class PrometheusTextSource(HttpSource):
             dropped_series=payload.dropped,
             model_states=self.model_states,
         )
-        self.add_passthrough(observation, text)
+        await self.add_passthrough(observation, text)
         self.extend(observation, payload)
         self.served_model = self.model_name(models) or self.served_model
         observation.lifecycle[""] = self.model_status(observation, payload)

@@ -326,7 +326,7 @@ class LlamaCppSource(HttpSource):
             self.map_slots(slots, metrics, sample, self.kv_layout)
             if self.slots_enabled:  # without /slots no task is ever counted: no estimate at all
                 observation.queue_probes[model_name] = self.probe(sample, slots)
-            self.add_passthrough(observation, metrics.text)
+            await self.add_passthrough(observation, metrics.text)
         observation.lifecycle[""] = ModelStatus(
             ModelState.SLEEPING if sleeping else ModelState.LOADED,
             model=model_name,

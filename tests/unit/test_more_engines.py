@@ -415,6 +415,47 @@ async def test_passthrough_own_families_only_unless_all():
         await srv.stop()
 
 
+async def test_passthrough_of_a_payload_that_only_parses_in_part_is_a_notice_not_a_failure():
+    """A runtime family the mapping never reads is malformed: the unified metrics still come (the parser skips
+    what it is not asked for); `passthrough: all` passes nothing through and says why, once; `true` (the
+    engine's own families) is unaffected."""
+    text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text() + 'python_info{x="1" 1\n'
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})
+    await srv.start()
+    try:
+        for mode, passed in (("all", False), ("true", True)):
+            pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}", passthrough=mode)
+            try:
+                await pipe.poll()
+                await pipe.poll()
+                assert pipe.state.health.up and pipe.value("llm_requests_running") is not None
+                assert bool(pipe.state.report.passthrough) is passed
+                notices = [text for _, text in pipe.state.events if "pass-through" in text]
+                assert len(notices) == (0 if passed else 1), notices
+            finally:
+                await pipe.close()
+    finally:
+        await srv.stop()
+
+
+async def test_the_debug_views_fed_by_is_what_fed_this_poll():
+    """A family that fed a unified key in one poll and is gone in the next is not named in the next."""
+    text = (FIXTURES / "vllm-real" / "v0.32.0-metrics-after-load.prom").read_text()
+    srv = ReplayServer({"/health": Reply(200), "/metrics": Reply.text(text)})
+    await srv.start()
+    pipe = Pipeline("vllm", f"http://127.0.0.1:{srv.port}")
+    try:
+        await pipe.poll()
+        assert pipe.state.last_observation[1].fed_by["requests_waiting"] == "vllm:num_requests_waiting"
+        srv.set("/metrics", Reply.text(remove_family(text, "vllm:num_requests_waiting")))
+        await pipe.poll()
+        fed_by = pipe.state.last_observation[1].fed_by
+        assert "requests_waiting" not in fed_by and fed_by["requests_running"] == "vllm:num_requests_running"
+    finally:
+        await pipe.close()
+        await srv.stop()
+
+
 async def test_sglang_is_never_asked_to_run_a_generation():
     """SGLang's /health runs a one-token generation (tests/fixtures/sglang-real/SOURCES.md): a replay server
     that records every request sees 60 polls (a minute at the default interval) and never /health or
