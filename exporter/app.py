@@ -21,7 +21,7 @@ from .hostinfo import read_host_cpu
 from .openmetrics import ExporterCollector
 from .poller import Poller
 from .sources import engine_specs, source_for
-from .sources.base import SharedContext
+from .sources.base import SharedContext, Source
 from .state import TargetState
 from .status import ExporterStatus
 from .text import TextRenderer
@@ -126,13 +126,19 @@ class Exporter:
 
     # ------------------------------------------------------------------ pollers
 
-    def _make_poller(self, target: TargetConfig, state: TargetState) -> Poller:
-        source = source_for(target.engine)(target, self.shared)
+    def _make_poller(self, target: TargetConfig, state: TargetState, source: Source | None = None) -> Poller:
+        source = source or source_for(target.engine)(target, self.shared)
         return Poller(source, state, on_update=self.renderer.refresh, delays=self.status.poll_delay)
 
-    def _apply(self, config: Config) -> list[Poller]:
+    def _build_sources(self, targets: list[TargetConfig]) -> dict[str, Source]:
+        """The sources of new or changed targets: building one reads files (TLS keys and certificates, token
+        files) and may open NVML, so a reload runs this in a thread."""
+        return {target.name: source_for(target.engine)(target, self.shared) for target in targets}
+
+    def _apply(self, config: Config, sources: dict[str, Source] | None = None) -> list[Poller]:
         """Take a config: states kept for targets of the same name and engine, pollers kept for targets whose
-        settings did not change at all. Returns the pollers that are new (to start)."""
+        settings did not change at all (`sources`: built beforehand for the others). Returns the pollers that
+        are new (to start)."""
         states: dict[str, TargetState] = {}
         pollers: dict[str, Poller] = {}
         new: list[Poller] = []
@@ -147,7 +153,7 @@ class Exporter:
                 states[target.name] = previous
             else:
                 states[target.name] = TargetState(target)
-            pollers[target.name] = self._make_poller(target, states[target.name])
+            pollers[target.name] = self._make_poller(target, states[target.name], (sources or {}).get(target.name))
             new.append(pollers[target.name])
         self.states = states
         self.pollers = pollers
@@ -199,10 +205,17 @@ class Exporter:
             for name in self.pollers
             if name in self.states and self.states[name].target.same_poller(wanted.get(name))
         }
+        changed = [t for t in new.targets if t.name not in keep]
+        try:
+            sources = await read_off_loop(lambda: self._build_sources(changed), RELOAD_TIMEOUT, "the new targets")
+        except Exception as exc:  # a source that cannot be built: nothing of the new config is taken
+            self.status.config_reload_ok = False
+            log.error("config reload rejected, keeping the running config: %s", exc)
+            return False
         await asyncio.gather(
             *(p.stop() for name, p in self.pollers.items() if name not in keep), return_exceptions=True
         )
-        started = self._apply(new)
+        started = self._apply(new, sources)
         if self.running:
             for poller in started:
                 poller.start()

@@ -30,6 +30,41 @@ async def test_a_label_change_shows_in_both_formats_at_once_and_unchanged_poller
         await exporter.stop()
 
 
+async def test_a_reload_builds_new_sources_off_the_event_loop_and_a_failing_one_keeps_the_old_config(
+    tmp_path, monkeypatch
+):
+    """Building a source reads TLS files and token files: on reload that runs in a worker thread. A source
+    that cannot be built rejects the reload as a whole (the running targets keep polling)."""
+    import threading
+
+    from exporter.sources.vllm import VllmSource
+
+    path = tmp_path / "c.yaml"
+    path.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://127.0.0.1:9'}\n")
+    exporter = Exporter(load_config_text(path.read_text(), str(path), {}, engines=engine_specs()), str(path))
+    built_in: list[str] = []
+    original = VllmSource.__init__
+
+    def recording(self, target, shared=None):
+        built_in.append(threading.current_thread().name)
+        if target.name == "broken":
+            raise ValueError("cannot build this one")
+        original(self, target, shared)
+
+    monkeypatch.setattr(VllmSource, "__init__", recording)
+    await exporter.start()
+    try:
+        assert built_in == [threading.current_thread().name]  # at start, before anything is served
+        path.write_text(path.read_text() + "  - {name: b, engine: vllm, url: 'http://127.0.0.1:9'}\n")
+        assert await exporter.reload()
+        assert built_in[1:] == ["read:the new targets"] and set(exporter.pollers) == {"a", "b"}
+        path.write_text(path.read_text() + "  - {name: broken, engine: vllm, url: 'http://127.0.0.1:9'}\n")
+        assert not await exporter.reload()
+        assert set(exporter.pollers) == {"a", "b"} and not exporter.status.config_reload_ok
+    finally:
+        await exporter.stop()
+
+
 def test_text_logs_escape_control_characters():
     record = logging.LogRecord(
         "llm_exporter",
