@@ -4,7 +4,7 @@ Covers text format 0.0.4 and the OpenMetrics subset that prometheus_client
 produces: HELP/TYPE comments, escaped label values, +Inf/-Inf/NaN, exponents,
 `_created` series, blank lines, other comments, a missing trailing newline and
 optional timestamps. It yields the same samples as `prometheus_client.parser`
-(tests/unit/test_promparse_differential.py checks that on every fixture and on
+(tests/unit/test_promparse.py checks that on every fixture and on
 generated payloads) and raises only `PromParseError` on malformed input.
 
 Speed comes from three things: lines whose name does not start with a wanted
@@ -28,8 +28,6 @@ _LABEL_PAIR_RE = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)
 _ESCAPE_RE = re.compile(r'\\[\\n"]')
 _FAMILY_COMMENTS = ("# HELP ", "# TYPE ")
 _ESCAPES = {"\\\\": "\\", "\\n": "\n", '\\"': '"'}
-_HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
-_SUMMARY_SUFFIXES = ("_count", "_sum", "")
 MAX_LABEL_BLOCK = 16 * 1024  # characters between { and } of one sample: engines' are well under 1 KiB
 
 

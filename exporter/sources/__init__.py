@@ -5,14 +5,14 @@
 from __future__ import annotations
 
 import importlib
-import os
+import pkgutil
 
 from ..config import EngineSpec
 from .base import REGISTRY, Source
 
-for _file in sorted(os.listdir(os.path.dirname(__file__))):
-    if _file.endswith(".py") and not _file.startswith("_"):
-        importlib.import_module(f"{__name__}.{_file[:-3]}")
+for _module in sorted(info.name for info in pkgutil.iter_modules(__path__)):
+    if not _module.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module}")
 
 
 def source_for(engine: str) -> type[Source]:
