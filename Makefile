@@ -1,7 +1,7 @@
 # One task runner for everyday work. `make help` lists the targets; CI runs `bash .ci/run` (= `make ci`).
 PY ?= .venv/bin/python
 
-.PHONY: help venv lint format typecheck test-fast test-real test bench docs docs-check ci
+.PHONY: help venv lint format typecheck test-quick test-fast test-real test bench docs docs-check ci
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -20,6 +20,9 @@ format:  ## format the tree (ruff format) and apply safe lint fixes
 
 typecheck:  ## mypy --strict on exporter/ and tests/support/
 	$(PY) -m mypy
+
+test-quick:  ## unit and fuzz tests in-process only (no promtool, no spawned processes): the edit-test loop
+	$(PY) -m pytest tests/unit tests/fuzz -q -m "not tools"
 
 test-fast:  ## the fast tier: unit and fuzz under the coverage floor, e2e against the real exporter process
 	$(PY) -m pytest tests/unit tests/fuzz -q --cov --cov-report=term

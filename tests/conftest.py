@@ -23,7 +23,11 @@ SUPPORT = ROOT / "tests" / "support"
 sys.path.insert(0, str(ROOT))
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects: the marks added here count
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "promtool" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.tools)
     slow_marks = ("real_engine", "prometheus")
     items.sort(key=lambda item: any(item.get_closest_marker(m) for m in slow_marks))
 

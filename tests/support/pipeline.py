@@ -1,23 +1,22 @@
-"""Drive the real poll pipeline (fetch → source → state → collector) in-process for tests."""
+"""Drive the real poll pipeline (fetch → source → state → renderers) in-process for tests."""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.app import make_session
-from exporter.config import TargetConfig, load_config_text
+from exporter.config import TargetConfig
 from exporter.openmetrics import ExporterCollector
 from exporter.poller import Poller
-from exporter.sources import engine_specs, source_for
+from exporter.sources import source_for
 from exporter.sources.base import SharedContext
 from exporter.state import TargetState
 from exporter.status import ExporterStatus
+from tests.support.configs import load_target
 
 
 def target_config(engine: str, url: str, name: str = "t", **extra: str) -> TargetConfig:
-    lines = "".join(f"    {k}: {v}\n" for k, v in extra.items())
-    text = f"targets:\n  - name: {name}\n    engine: {engine}\n    url: {url}\n{lines}"
-    return load_config_text(text, "test", {}, engines=engine_specs()).targets[0]
+    return load_target(engine, url, name, **extra)
 
 
 class Pipeline:

@@ -7,7 +7,6 @@ from prometheus_client import generate_latest
 
 from exporter.catalogue import ALL_METRICS, exposed_names
 from exporter.observation import ModelSample, Observation, Readiness
-from exporter.sources import engine_specs
 from tests.conftest import FIXTURES
 from tests.support.pipeline import Pipeline
 from tests.support.replay import ReplayServer, Reply
@@ -50,12 +49,10 @@ async def test_failure_hides_stale_engine_values_but_keeps_self_metrics(pipe):
 
 
 def test_vanished_models_vanish_from_exposition():
-    from exporter.config import load_config_text
     from exporter.state import TargetState
+    from tests.support.configs import load_target
 
-    target = load_config_text(
-        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()
-    ).targets[0]
+    target = load_target("vllm", "http://h:1")
     state = TargetState(target)
     a, b = ModelSample(), ModelSample()
     a.set("requests_running", 1)
@@ -74,12 +71,10 @@ def test_vanished_models_vanish_from_exposition():
 
 
 def test_series_cap_drops_and_counts():
-    from exporter.config import load_config_text
     from exporter.state import TargetState
+    from tests.support.configs import load_target
 
-    target = load_config_text(
-        "targets:\n  - {name: t, engine: vllm, url: 'http://h:1', max_series: 30}\n", "t", {}, engines=engine_specs()
-    ).targets[0]
+    target = load_target("vllm", "http://h:1", max_series=30)
     state = TargetState(target)
     models = {}
     for i in range(100):

@@ -215,6 +215,7 @@ def test_shipped_configs_are_valid():
         load_config(str(path), {"VLLM_API_KEY": "x", "LLAMA_API_KEY": "x"}, check_files=False, engines=engine_specs())
 
 
+@pytest.mark.tools
 def test_check_config_cli_exit_codes(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("targets:\n  - {name: a, engine: vllm, url: 'http://h:1', intervl: 1s}\n")

@@ -68,6 +68,7 @@ def test_dockerfile_installs_the_way_the_readme_does(dockerfile):
         ), command
 
 
+@pytest.mark.tools
 def test_the_entrypoint_honours_the_config_path_variable(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("targets:\n  - {name: from-env, engine: vllm, url: 'http://127.0.0.1:9'}\n")
@@ -95,6 +96,7 @@ def systemd_analyze():
     return path
 
 
+@pytest.mark.tools
 def test_systemd_unit_exposure_score_is_at_most_2():
     out = subprocess.run([systemd_analyze(), "security", "--offline=true", str(UNIT)], capture_output=True, text=True)
     score = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out.stdout).group(1))
@@ -102,6 +104,7 @@ def test_systemd_unit_exposure_score_is_at_most_2():
     assert f"{score:.1f}" in (ROOT / "README.md").read_text(), "README must report the measured score"
 
 
+@pytest.mark.tools
 def test_systemd_unit_verifies_clean(tmp_path):
     exe = Path(sys.executable).with_name("llm-exporter")
     assert exe.exists()

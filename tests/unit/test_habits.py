@@ -26,6 +26,7 @@ def git(*args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+@pytest.mark.tools
 def test_one_version_from_the_installed_metadata_in_version_flag_and_build_info():
     assert __version__ == metadata.version("llm-exporter")
     assert re.fullmatch(r"\d+\.\d+\.\d+([.+].+)?", __version__), __version__

@@ -241,6 +241,7 @@ async def test_a_clock_step_during_a_load_bends_no_duration(server, pipe, monkey
     assert abs(shown - (time.time() + 3600.0)) < 2  # the system's (stepped) Unix time
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize(
     "flags, unified",
     [

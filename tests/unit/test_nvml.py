@@ -255,6 +255,7 @@ async def test_mig_instances_are_their_own_series(monkeypatch):
     close(shared.get(NVML))
 
 
+@pytest.mark.tools
 async def test_process_memory_joined_to_engine_target_through_parent_pid(monkeypatch):
     fake = FakeGpus(monkeypatch)
     # a real process tree: the engine (sh) and its worker child (sleep) that holds GPU memory

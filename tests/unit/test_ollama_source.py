@@ -118,6 +118,7 @@ async def test_a_model_not_yet_in_tags_that_appears_is_a_load(server, pipe):
     assert pipe.value("llm_model_loads_total", kind="load", model="tiny:latest") == 1
 
 
+@pytest.mark.tools
 async def test_a_load_is_dated_by_its_runner_process(server, pipe, tmp_path):
     """Same host: the model appears with one new `ollama runner` process; the load is dated from its start
     and its PID is the model's (GPU memory joins through it)."""

@@ -1,16 +1,13 @@
 """`optional: true` targets: llm_target_absent says whether the target was ever there."""
 
-from exporter.config import load_config_text
 from exporter.observation import Observation, PollError, Readiness, Reason
 from exporter.samples import target_samples
-from exporter.sources import engine_specs
 from exporter.state import TargetState
+from tests.support.configs import load_target
 
 
 def target(optional: bool):
-    flag = "true" if optional else "false"
-    text = f"targets:\n  - {{name: v, engine: vllm, url: 'http://127.0.0.1:1', optional: {flag}}}\n"
-    return load_config_text(text, "t", {"vllm": True}, engines=engine_specs()).targets[0]
+    return load_target("vllm", "http://127.0.0.1:1", name="v", optional=optional)
 
 
 def absent(state: TargetState):

@@ -1,10 +1,9 @@
 """Each model keeps its own lifecycle history when a single-model engine is restarted with another model."""
 
-from exporter.config import load_config_text
 from exporter.observation import ModelState, ModelStatus, Observation, PollError, Readiness, Reason
 from exporter.samples import target_samples
-from exporter.sources import engine_specs
 from exporter.state import TargetState
+from tests.support.configs import load_target
 
 
 def loads(state: TargetState) -> dict[str, float]:
@@ -16,9 +15,7 @@ def loads(state: TargetState) -> dict[str, float]:
 
 
 def test_alpha_beta_alpha_keep_their_own_counts():
-    target = load_config_text(
-        "targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()
-    ).targets[0]
+    target = load_target("llamacpp", "http://h:1")
     state = TargetState(target)
     t = 100.0
     for model in ("alpha", "beta", "beta", "alpha"):
@@ -48,9 +45,7 @@ def test_alpha_beta_alpha_keep_their_own_counts():
 
 
 def test_a_load_that_fails_is_charged_to_the_model_being_loaded():
-    target = load_config_text(
-        "targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()
-    ).targets[0]
+    target = load_target("llamacpp", "http://h:1")
     state = TargetState(target)
     state.record_success(
         Observation(Readiness.READY, lifecycle={"": ModelStatus(ModelState.LOADED, model="alpha")}), 1.0, 0.01
@@ -84,9 +79,7 @@ def test_a_failed_load_is_logged_once_and_in_the_debug_events(caplog):
                 raise step
             return step
 
-    target = load_config_text(
-        "targets:\n  - {name: t, engine: llamacpp, url: 'http://h:1'}\n", "t", {}, engines=engine_specs()
-    ).targets[0]
+    target = load_target("llamacpp", "http://h:1")
     state = TargetState(target)
     poller = Poller(Script(target), state)
     for _ in range(3):

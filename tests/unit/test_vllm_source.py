@@ -353,6 +353,7 @@ def test_prefix_cache_hits_by_tier_on_the_real_032_payload():
     assert models["tiny-llama"].get("kv_cache_hit_tokens") == 1280  # the total is unchanged
 
 
+@pytest.mark.tools
 async def test_refused_while_its_process_runs_is_loading_not_down(tmp_path):
     """vLLM binds its port only once loaded: refused while a vLLM process that names the port runs (found by
     the port in its command line, no `process:`) is a loading engine, not a down target."""
