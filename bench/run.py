@@ -168,19 +168,27 @@ class Exporter:
                 f"interval: {interval}, timeout: {interval if interval != '50ms' else '45ms'}}}"
             )
         config.write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--config", str(config), "--log-level", "warning"],
-            cwd=tree,
-            env={**os.environ, "PYTHONPATH": str(tree)},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_http(f"http://127.0.0.1:{self.port}/healthz")
+        self.log = tmp / f"exporter-{targets}-{interval}.log"
+        with self.log.open("wb") as log:  # the exporter's warnings, shown when it does not come up
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "exporter", "--config", str(config), "--log-level", "warning"],
+                cwd=tree,
+                env={**os.environ, "PYTHONPATH": str(tree)},
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        try:
+            wait_http(f"http://127.0.0.1:{self.port}/healthz", 60)
+        except TimeoutError:
+            self.stop()
+            tail = self.log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"no /healthz within 60 s (exit {self.proc.poll()}): {tail}") from None
         self.url = f"http://127.0.0.1:{self.port}/metrics"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 # ---------------------------------------------------------------- 1. parser
@@ -244,7 +252,11 @@ def live_run(
     tmp: Path, targets: int, interval: str, seconds: float, scrape_every: float = 1.0, tree: Path = ROOT
 ) -> dict:
     replay = Replay(FIXTURES / "v0.32.0-metrics-after-load.prom", tmp)
-    exporter = Exporter(tmp, replay.port, targets, interval, tree)
+    try:
+        exporter = Exporter(tmp, replay.port, targets, interval, tree)
+    except BaseException:
+        replay.stop()  # no replay server left behind
+        raise
     try:
         time.sleep(min(5.0, seconds / 4))  # warm-up: first polls spread over the interval
         _, body = scrape(exporter.url)
