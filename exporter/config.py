@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 import re
 import stat
@@ -320,7 +319,7 @@ def _dotted(path: tuple[Any, ...]) -> str:
     return out
 
 
-# --------------------------------------------------------------------------- schema
+# --------------------------------------------------------------------------- validation
 
 
 class Validator:
@@ -750,13 +749,3 @@ def load_config(
     if len(text) > 1024 * 1024:
         raise ConfigError("config is larger than 1 MiB", source=path)
     return load_config_text(text, path, environ, engines=engines, check_files=check_files)
-
-
-def is_loopback_url(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import ipaddress
 import json
 import os
 import ssl
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..catalogue import BY_KEY
-from ..config import EngineSpec, TargetConfig, is_loopback_url, read_small_file
+from ..config import EngineSpec, TargetConfig, read_small_file
 from ..observation import ModelSample, ModelState, ModelStatus, Observation, PollError, Readiness, Reason
 from ..passthrough import families as passthrough_families
 from ..procinfo import ProcessFinder, ProcessInfo, find_by_port, still_running
@@ -230,6 +231,17 @@ class SharedContext:
         while self.resources:
             key, value = self.resources.popitem()
             key.close(value)
+
+
+def is_loopback_url(url: str) -> bool:
+    """The URL names this host (localhost or a loopback address): the engine runs beside the exporter."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # Every Source subclass that names an `engine` registers itself here when its class is defined (the
