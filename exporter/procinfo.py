@@ -87,7 +87,10 @@ def _matches(pid: int, name: str | None, pattern: re.Pattern[str] | None, proc_r
 
 class ProcessFinder:
     """Resolves a process named by a PID file, a program name (comm) and/or a command-line regex to a PID,
-    re-resolving when the process goes away (a target's `process:`)."""
+    re-resolving when the process goes away (a target's `process:`). While nothing matches, /proc is
+    scanned again at most every `rescan_s` seconds (a scan reads every process's comm and command line; a
+    PID file is cheap and read every time). The start time it reports is the process's own, so finding a
+    process a few seconds late dates nothing wrong."""
 
     def __init__(
         self,
@@ -95,12 +98,18 @@ class ProcessFinder:
         name: str | None = None,
         cmdline: str | None = None,
         proc_root: str = "/proc",
+        rescan_s: float = 5.0,
+        now: Callable[[], float] = time.monotonic,
     ):
         self.pid_file = pid_file
         self.name = name
         self.proc_root = proc_root
         self.pattern = re.compile(cmdline) if cmdline else None
         self.pid: int | None = None
+        self.rescan_s = rescan_s
+        self.now = now
+        self.scans = 0
+        self._missed_at: float | None = None  # when the last scan found nothing
 
     def find(self) -> ProcessInfo | None:
         if self.pid is not None:
@@ -108,11 +117,19 @@ class ProcessFinder:
             if info is not None and self._still_matches(self.pid):
                 return info
             self.pid = None
+            self._missed_at = None  # it went away: look for its successor at once
+        if not self.pid_file and self._missed_at is not None and self.now() - self._missed_at < self.rescan_s:
+            return None
         pid = self._resolve()
+        self._missed_at = self.now() if pid is None else None
         if pid is None:
             return None
         self.pid = pid
         return process_start(pid, self.proc_root)
+
+    def rescan(self) -> None:
+        """A new engine process is known to exist (its identity changed): look at the next find()."""
+        self._missed_at = None
 
     def _still_matches(self, pid: int) -> bool:
         if self.pid_file:
@@ -135,6 +152,7 @@ class ProcessFinder:
             return pid if pid is not None and os.path.exists(f"{self.proc_root}/{pid}") else None
         own = os.getpid()
         candidates = []
+        self.scans += 1
         try:
             entries = os.listdir(self.proc_root)
         except OSError:

@@ -363,6 +363,8 @@ class HttpSource(Source):
         after the scan throttle (a restart within PORT_SCAN_SECONDS of the last scan would go unseen)."""
         self._by_port = None
         self._port_scanned = -PORT_SCAN_SECONDS
+        if self.finder is not None:
+            self.finder.rescan()
 
     def process_by_port(self) -> ProcessInfo | None:
         """The engine process beside the exporter, found by the port in its command line (no `process:`, no

@@ -42,6 +42,28 @@ def test_finder_by_name_takes_the_oldest_match_and_by_cmdline_the_one_named():
     assert ProcessFinder(name="sglang", proc_root=ROOT).find() is None
 
 
+def test_finder_scans_proc_again_only_every_few_seconds_while_nothing_matches(tmp_path):
+    """A scan reads every process: while the engine is not there, one scan per `rescan_s`, not per poll;
+    once it appears it is found at the next scan, with its own start time."""
+    import shutil
+
+    tree = tmp_path / "proc"
+    shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns("4300", "SOURCES.md"))
+    clock = [100.0]
+    finder = ProcessFinder(cmdline=r"--port=8081", proc_root=str(tree), rescan_s=5.0, now=lambda: clock[0])
+    for _ in range(10):  # ten polls within a second: one scan
+        assert finder.find() is None
+        clock[0] += 0.1
+    assert finder.scans == 1
+    shutil.copytree(pathlib.Path(ROOT) / "4300", tree / "4300")  # the engine starts
+    assert finder.find() is None and finder.scans == 1  # not looked for yet
+    clock[0] += 5.0
+    found = finder.find()
+    assert found is not None and found.pid == 4300 and finder.scans == 2
+    assert found.start_since_boot == process_start(4300, ROOT).start_since_boot  # its own start, not when seen
+    assert finder.find().pid == 4300 and finder.scans == 2  # followed without scanning
+
+
 def test_finder_by_pid_file_follows_the_file(tmp_path):
     pid_file = tmp_path / "engine.pid"
     pid_file.write_text("4300\n")
