@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from aiohttp import web
 
 from tests.conftest import FIXTURES
@@ -14,7 +15,7 @@ from tests.support.pipeline import Pipeline
 ROUTER = FIXTURES / "llamacpp" / "router"
 
 
-def captured(name: str) -> web.Response:
+def answer(name: str) -> web.Response:
     """A captured answer as served: its body, status and headers (from <name>.meta.json)."""
     meta = json.loads((ROUTER / f"{name}.meta.json").read_text())
     return web.Response(status=meta["status"], body=(ROUTER / name).read_bytes(), headers=meta["headers"])
@@ -36,9 +37,9 @@ class CapturedServer:
             return web.Response(status=404)  # the stream's own tests are in test_llamacpp_router_events.py
         if self.mode == "single":
             if request.path == "/models":
-                return captured("single-models.json")
+                return answer("single-models.json")
             if request.path == "/metrics":
-                return captured("single-metrics.prom")
+                return answer("single-metrics.prom")
             if request.path == "/props":  # a single-model b11434 server's /props (tests/fixtures/llamacpp)
                 body = (FIXTURES / "llamacpp" / "b11434-props.json").read_bytes()
                 return web.Response(body=body, content_type="application/json")
@@ -46,16 +47,16 @@ class CapturedServer:
         if request.path == "/models":
             if self.models_status is not None:
                 return web.Response(status=self.models_status)
-            return captured(self.models)
+            return answer(self.models)
         loaded = {m["id"] for m in json.loads((ROUTER / self.models).read_text())["data"]}
         loaded = {m for m in loaded if self._state(m) == "loaded"}
         model = request.query.get("model")
         if request.path == "/metrics" and model is None:
-            return captured("metrics-no-model.json")
+            return answer("metrics-no-model.json")
         if request.path == "/metrics":
-            return captured("child-metrics.prom") if model in loaded else captured("metrics-not-loaded.json")
+            return answer("child-metrics.prom") if model in loaded else answer("metrics-not-loaded.json")
         if request.path == "/props" and model is not None:
-            return captured("child-props.json") if model in loaded else captured("metrics-not-loaded.json")
+            return answer("child-props.json") if model in loaded else answer("metrics-not-loaded.json")
         return web.Response(status=404)
 
     def _state(self, model: str) -> str:
@@ -75,6 +76,17 @@ async def serve(server: CapturedServer) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
 
+@pytest.fixture
+async def captured():
+    """A server answering as the captured router (two models loaded) and a pipeline polling it."""
+    server = CapturedServer(models="models-two-loaded.json")
+    runner, url = await serve(server)
+    pipe = Pipeline("llamacpp", url)
+    yield server, pipe
+    await pipe.close()
+    await runner.cleanup()
+
+
 def states(pipe: Pipeline) -> dict[str, str]:
     from exporter.promparse import parse
 
@@ -85,80 +97,63 @@ def states(pipe: Pipeline) -> dict[str, str]:
     }
 
 
-async def test_router_models_states_and_each_loaded_childs_metrics():
-    server = CapturedServer(models="models-two-loaded.json")
-    runner, url = await serve(server)
-    pipe = Pipeline("llamacpp", url)
-    try:
-        await pipe.poll()
-        assert pipe.state.health.up, pipe.state.health.last_error
-        assert states(pipe) == {"broken": "unloaded", "large": "loaded", "small": "loaded"}
-        child = (ROUTER / "child-metrics.prom").read_text()
-        generated = next(line for line in child.splitlines() if line.startswith("llamacpp:tokens_predicted_total"))
-        for model in ("large", "small"):  # each child's own counters, under its own model
-            assert pipe.value("llm_generation_tokens_total", model=model) == float(generated.split()[-1])
-            assert pipe.value("llm_slots", model=model) == 2  # from the child's /props (total_slots)
-        assert pipe.value("llm_generation_tokens_total", model="broken") is None  # not loaded: no values
-        # nothing asked could load a model: every per-model read says autoload=false, nothing is POSTed
-        per_model = [path for _, path in server.requests if "model=" in path]
-        assert per_model and all("autoload=false" in path for path in per_model)
-        assert all(method == "GET" for method, _ in server.requests)
-    finally:
-        await pipe.close()
-        await runner.cleanup()
+async def test_router_models_states_and_each_loaded_childs_metrics(captured):
+    server, pipe = captured
+    await pipe.poll()
+    assert pipe.state.health.up, pipe.state.health.last_error
+    assert states(pipe) == {"broken": "unloaded", "large": "loaded", "small": "loaded"}
+    child = (ROUTER / "child-metrics.prom").read_text()
+    generated = next(line for line in child.splitlines() if line.startswith("llamacpp:tokens_predicted_total"))
+    for model in ("large", "small"):  # each child's own counters, under its own model
+        assert pipe.value("llm_generation_tokens_total", model=model) == float(generated.split()[-1])
+        assert pipe.value("llm_slots", model=model) == 2  # from the child's /props (total_slots)
+    assert pipe.value("llm_generation_tokens_total", model="broken") is None  # not loaded: no values
+    # nothing asked could load a model: every per-model read says autoload=false, nothing is POSTed
+    per_model = [path for _, path in server.requests if "model=" in path]
+    assert per_model and all("autoload=false" in path for path in per_model)
+    assert all(method == "GET" for method, _ in server.requests)
 
 
-async def test_router_loading_failed_and_requested_unload():
-    server = CapturedServer(models="models-one-loading.json")
-    runner, url = await serve(server)
-    pipe = Pipeline("llamacpp", url)
-    try:
-        await pipe.poll()
-        assert states(pipe) == {"broken": "unloaded", "large": "loading", "small": "unloaded"}
-        server.models = "models-two-loaded.json"
-        await pipe.poll()
-        assert states(pipe)["large"] == "loaded"
-        assert pipe.value("llm_model_loads_total", model="large", kind="load") == 1
-        server.models = "models-failed-and-unloaded.json"
-        await pipe.poll()
-        assert states(pipe) == {"broken": "failed", "large": "unloaded", "small": "loaded"}
-        assert pipe.value("llm_model_load_failures_total", model="broken") == 1
-        # nothing was loading when large left: the router was asked to unload it (not evicted for another)
-        assert pipe.value("llm_model_unloads_total", model="large", reason="requested") == 1
-    finally:
-        await pipe.close()
-        await runner.cleanup()
+async def test_router_loading_failed_and_requested_unload(captured):
+    server, pipe = captured
+    server.models = "models-one-loading.json"
+    await pipe.poll()
+    assert states(pipe) == {"broken": "unloaded", "large": "loading", "small": "unloaded"}
+    server.models = "models-two-loaded.json"
+    await pipe.poll()
+    assert states(pipe)["large"] == "loaded"
+    assert pipe.value("llm_model_loads_total", model="large", kind="load") == 1
+    server.models = "models-failed-and-unloaded.json"
+    await pipe.poll()
+    assert states(pipe) == {"broken": "failed", "large": "unloaded", "small": "loaded"}
+    assert pipe.value("llm_model_load_failures_total", model="broken") == 1
+    # nothing was loading when large left: the router was asked to unload it (not evicted for another)
+    assert pipe.value("llm_model_unloads_total", model="large", reason="requested") == 1
 
 
-async def test_a_router_restarted_as_a_single_model_server_is_followed_and_back():
-    server = CapturedServer(models="models-two-loaded.json")
-    runner, url = await serve(server)
-    pipe = Pipeline("llamacpp", url)
-    try:
-        await pipe.poll()
-        assert pipe.source.router is not None
-        router = pipe.source.router
-        # /models fails while /metrics still says router: the poll fails, router mode and its state stay
-        server.models_status = 503
-        await pipe.poll()
-        assert not pipe.state.health.up and pipe.source.router is router
-        server.models_status = None
-        # the same URL now serves one model (-m small.gguf): its /models entries carry no status
-        server.mode = "single"
-        await pipe.poll()
-        assert pipe.state.health.up, pipe.state.health.last_error
-        assert pipe.source.router is None
-        assert states(pipe) == {"small-random-llama.gguf": "loaded"}  # named by its /props
-        single = (ROUTER / "single-metrics.prom").read_text()
-        generated = next(line for line in single.splitlines() if line.startswith("llamacpp:tokens_predicted_total"))
-        tokens = float(generated.split()[-1])
-        assert pipe.value("llm_generation_tokens_total", model="small-random-llama.gguf") == tokens
-        assert any("no longer a router" in text for _, text in pipe.state.events)
-        # and a router again
-        server.mode = "router"
-        await pipe.poll()
-        assert pipe.source.router is not None and pipe.source.router is not router  # fresh state
-        assert states(pipe) == {"broken": "unloaded", "large": "loaded", "small": "loaded"}
-    finally:
-        await pipe.close()
-        await runner.cleanup()
+async def test_a_router_restarted_as_a_single_model_server_is_followed_and_back(captured):
+    server, pipe = captured
+    await pipe.poll()
+    assert pipe.source.router is not None
+    router = pipe.source.router
+    # /models fails while /metrics still says router: the poll fails, router mode and its state stay
+    server.models_status = 503
+    await pipe.poll()
+    assert not pipe.state.health.up and pipe.source.router is router
+    server.models_status = None
+    # the same URL now serves one model (-m small.gguf): its /models entries carry no status
+    server.mode = "single"
+    await pipe.poll()
+    assert pipe.state.health.up, pipe.state.health.last_error
+    assert pipe.source.router is None
+    assert states(pipe) == {"small-random-llama.gguf": "loaded"}  # named by its /props
+    single = (ROUTER / "single-metrics.prom").read_text()
+    generated = next(line for line in single.splitlines() if line.startswith("llamacpp:tokens_predicted_total"))
+    tokens = float(generated.split()[-1])
+    assert pipe.value("llm_generation_tokens_total", model="small-random-llama.gguf") == tokens
+    assert any("no longer a router" in text for _, text in pipe.state.events)
+    # and a router again
+    server.mode = "router"
+    await pipe.poll()
+    assert pipe.source.router is not None and pipe.source.router is not router  # fresh state
+    assert states(pipe) == {"broken": "unloaded", "large": "loaded", "small": "loaded"}
