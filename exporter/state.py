@@ -59,7 +59,7 @@ class PollEvents:
         out: list[tuple[int, str, bool]] = []
         if self.error:
             if self.went_down:
-                out.append((logging.WARNING, f"poll failed: {self.error}", True))
+                out.append((logging.WARNING, f"down: {self.error}", True))
         elif self.came_up:
             out.append((logging.INFO, f"up ({self.readiness})", True))
         elif self.readiness_changed:

@@ -261,7 +261,7 @@ targets:
         view = _json.loads(body)
         assert view["target"]["headers"] == {"Authorization": "<redacted>"}
         assert view["health"]["last_error"]["reason"] == "connect"
-        assert any("poll failed: connect" in e["event"] for e in view["events"])
+        assert any("down: connect" in e["event"] for e in view["events"])
         assert get(base + "/debug/targets/nope", None, "prometheus", PASSWORD)[0] == 404
     finally:
         exporter.stop()

@@ -157,7 +157,7 @@ def test_a_restart_reseeds_windows_and_says_so_once_in_log_and_events():
 def test_events_are_worded_once():
     failed = PollEvents(error="timeout: slow", went_down=True, failed=["m"])
     assert failed.describe() == [
-        (logging.WARNING, "poll failed: timeout: slow", True),
+        (logging.WARNING, "down: timeout: slow", True),
         (logging.WARNING, "model m failed to load", False),
     ]
     assert PollEvents(error="timeout: slow").describe() == []  # the same failure again: nothing to say
