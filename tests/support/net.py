@@ -150,3 +150,17 @@ def start_prometheus(prometheus_bin: str, config: Path, port: int, workdir: Path
     )
     wait_until(lambda: http_get(f"http://127.0.0.1:{port}/-/ready")[0] == 200, 30, what="prometheus")
     return proc
+
+
+async def serve_handler(handler: Callable[[Any], Any], methods: str = "*") -> tuple[Any, int]:
+    """An aiohttp server on a free loopback port answering every path with `handler` (a fake engine for
+    fault injection); returns its runner (to `cleanup()`) and its port."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_route(methods, "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 
 from exporter.promparse import parse
+from tests.support.net import serve_handler
 from tests.support.pipeline import Pipeline
 from tests.support.replay import ReplayServer, Reply
 
@@ -247,13 +248,7 @@ async def test_router_listing_fresh_models_every_poll_keeps_no_state_for_gone_on
             )
         return web.json_response({"status": "ok"})
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]
+    runner, port = await serve_handler(handle, "GET")
     p = Pipeline("llamacpp", f"http://127.0.0.1:{port}")
     try:
         for _ in range(5):

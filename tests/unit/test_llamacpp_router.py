@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import FIXTURES
+from tests.support.net import serve_handler
 from tests.support.pipeline import Pipeline
 
 ROUTER = FIXTURES / "llamacpp" / "router"
@@ -66,22 +67,12 @@ class CapturedServer:
         return ""
 
 
-async def serve(server: CapturedServer) -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", server.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-
-
 @pytest.fixture
 async def captured():
     """A server answering as the captured router (two models loaded) and a pipeline polling it."""
     server = CapturedServer(models="models-two-loaded.json")
-    runner, url = await serve(server)
-    pipe = Pipeline("llamacpp", url)
+    runner, port = await serve_handler(server.handle)
+    pipe = Pipeline("llamacpp", f"http://127.0.0.1:{port}")
     yield server, pipe
     await pipe.close()
     await runner.cleanup()

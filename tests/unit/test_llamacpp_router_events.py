@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import FIXTURES
+from tests.support.net import serve_handler
 from tests.support.pipeline import Pipeline
 
 LC = FIXTURES / "llamacpp"
@@ -61,13 +62,7 @@ class FakeRouter:
 @pytest.fixture
 async def router(request):
     fake = FakeRouter(sse=getattr(request, "param", True))
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    runner, fake.port = await serve_handler(fake.handle)  # type: ignore[attr-defined]
     yield fake
     await fake.drop()
     await runner.cleanup()
