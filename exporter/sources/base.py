@@ -397,15 +397,10 @@ class HttpSource(Source):
         expect_status(health, "/health")
         return False
 
-    async def read_metrics(
-        self, families: tuple[str, ...] | None = None, marker: str | None = None, hint: str | None = None
-    ) -> tuple[Payload, str]:
-        """GET `metrics_path` and parse the families in `families` (by default the mapping's and
-        `extra_families`); a payload without any `marker` series (by default `metrics_prefix`) is not this
-        engine's (a PARSE failure saying `hint`)."""
-        families = families if families is not None else self.families()
-        marker = marker if marker is not None else self.metrics_prefix
-        hint = hint if hint is not None else self.hint
+    async def read_metrics(self) -> tuple[Payload, str]:
+        """GET `metrics_path` and parse the mapping's families and `extra_families`; a payload without any
+        series named with `metrics_prefix` is not this engine's (a PARSE failure saying `hint`)."""
+        families, marker = self.families(), self.metrics_prefix
         response = await self.http.get(self.metrics_path)
         expect_status(response, self.metrics_path)
         text = response.text()
@@ -418,7 +413,7 @@ class HttpSource(Source):
         else:
             payload = parse_metrics(text, families, cache, self.target.max_series)
         if not any(name.startswith(marker) for name in payload.samples):
-            raise PollError(Reason.PARSE, f"/metrics has no {marker} series ({hint})")
+            raise PollError(Reason.PARSE, f"/metrics has no {marker} series ({self.hint})")
         return payload, text
 
     async def add_passthrough(self, observation: Observation, text: str) -> None:

@@ -22,9 +22,10 @@ async def test_a_source_defined_in_one_place_is_an_engine_everywhere():
         model_label = "model"
         metrics_prefix = "toy_"
         docs = "Toy notes: a throw-away engine for this test."
+        hint = "not a toy server?"
 
         async def collect(self) -> Observation:
-            payload, _ = await self.read_metrics(("toy_",), "toy_", "not a toy server?")
+            payload, _ = await self.read_metrics()
             models, misses = apply(payload, self.mapping, self.model_label)
             return Observation(Readiness.READY, models=models, mapping_misses=tuple(misses))
 
